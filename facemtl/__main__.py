@@ -1,0 +1,5 @@
+import sys
+
+from facemtl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""Recipes: YAML files validated into dataclasses, overridable from the command line.
+
+A recipe is data. `load_recipe("recipes/quickstart.yaml", overrides=["train.epochs=3"])`
+reads the YAML, applies `--set`-style overrides (values parsed as YAML), applies
+the recipe's own `smoke:` overrides when asked, and validates everything into a
+`Recipe`. Unknown keys and bad values stop with a `RecipeError` that names the
+file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from typing import Literal, Optional
+
+import yaml
+
+from facemtl.errors import RecipeError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Architecture of the multi-task network."""
+
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    height: int = 64
+    width: int = 64
+    channels: Literal[1, 3] = 3
+    stem: Literal["standard", "small"] = "standard"
+    stage_blocks: Optional[list[int]] = None
+    base_filters: int = 64
+    identity_units: list[int] = dataclasses.field(default_factory=lambda: [256])
+    expression_units: list[int] = dataclasses.field(default_factory=lambda: [256])
+    activation: str = "relu"
+    dropout: float = 0.3
+    embedding_dim: int = 128
+    backbone_weights: Optional[str] = None
+    normalization: Literal["auto", "tf", "caffe"] = "auto"
+    freeze_backbone: bool = False
+
+
+@dataclasses.dataclass
+class SyntheticDataConfig:
+    """Generated faces (facemtl.data.synthetic)."""
+
+    num_identities: int = 20
+    train_per_pair: int = 40
+    val_per_pair: int = 4
+    test_per_pair: int = 8
+    seed: int = 0
+    # "both": every sample has both labels. "split": half the samples keep only
+    # the identity label, half only the expression label, as in merged datasets.
+    label_mode: Literal["both", "split"] = "both"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where training data comes from."""
+
+    source: Literal["synthetic"] = "synthetic"
+    synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
+    shuffle_buffer: int = 10000
+
+
+@dataclasses.dataclass
+class LossWeights:
+    """λ1 and λ2 in L = λ1·L_identity + λ2·L_expression."""
+
+    identity: float = 1.0
+    expression: float = 1.0
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    clipnorm: Optional[float] = None
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    name: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10
+    step_factor: float = 0.1
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32  # global: split across replicas
+    strategy: Literal["auto", "default", "mirrored", "one_device"] = "auto"
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    jit_compile: bool = False
+    unfreeze_at_epoch: Optional[int] = None
+    finetune_lr_factor: float = 0.1
+    seed: int = 0
+    verbose: Literal["auto", 0, 1, 2] = "auto"
+    early_stopping_patience: Optional[int] = None
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    enabled: bool = True
+    name: Optional[str] = None  # defaults to the recipe name
+    base_dir: str = "saved_models"
+    version: Optional[int] = None  # defaults to the next free integer
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    name: str = "facemtl"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss_weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    output_dir: str = "runs"
+    # Overrides (dotted key -> value) applied by `--smoke`: a tiny variant of
+    # this recipe that runs in seconds.
+    smoke: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+_POSITIVE = {
+    "model.height", "model.width", "model.base_filters", "model.embedding_dim",
+    "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
+    "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
+    "optimizer.learning_rate", "schedule.step_epochs",
+}
+_NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs"}
+
+
+def _check(value, tp, key):
+    """Validates `value` against the annotation `tp`; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise RecipeError(f"Bad value for '{key}': expected one of {list(choices)}. Received: {key}={value!r}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise RecipeError(f"Bad value for '{key}': expected a list. Received: {key}={value!r}")
+        return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"Bad value for '{key}': expected a mapping. Received: {key}={value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"Bad value for '{key}': expected true or false. Received: {key}={value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"Bad value for '{key}': expected an integer. Received: {key}={value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"Bad value for '{key}': expected a number. Received: {key}={value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"Bad value for '{key}': expected a string. Received: {key}={value!r}")
+        return value
+    raise TypeError(f"Unsupported recipe annotation {tp!r} for {key}")
+
+
+def _from_dict(cls, data, prefix=""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"Bad value for '{prefix or '<recipe>'}': expected a mapping. Received: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise RecipeError(f"Unknown recipe key {where}. Valid keys here: {names}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            value = _check(data[name], hints[name], key)
+            if key in _POSITIVE and value is not None and value <= 0:
+                raise RecipeError(f"Bad value for '{key}': must be > 0. Received: {key}={value!r}")
+            if key in _NON_NEGATIVE and value < 0:
+                raise RecipeError(f"Bad value for '{key}': must be >= 0. Received: {key}={value!r}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _apply_override(raw, dotted, value, source):
+    parts = dotted.split(".")
+    node, cls = raw, Recipe
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else None
+        if fields is not None and part not in fields:
+            raise RecipeError(f"Unknown recipe key '{'.'.join(parts[: i + 1])}' in {source}. Valid keys here: {list(fields)}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        hint = typing.get_type_hints(cls)[part] if cls else None
+        cls = hint if hint is not None and dataclasses.is_dataclass(hint) else None
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"Cannot set '{dotted}' from {source}: '{'.'.join(parts[: i + 1])}' is not a mapping")
+        node = child
+
+
+def parse_override(text):
+    """Splits `"train.epochs=3"` into `("train.epochs", 3)` (value parsed as YAML)."""
+    if "=" not in text:
+        raise RecipeError(f"Bad override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"Bad override {text!r}: the value is not valid YAML ({exc})") from None
+
+
+def recipe_from_dict(raw, overrides=(), smoke=False, source="<dict>"):
+    """Validates a raw mapping (as read from YAML) into a `Recipe`.
+
+    Args:
+        raw: the mapping.
+        overrides: `"dotted.key=value"` strings, applied after `smoke`.
+        smoke: apply the recipe's own `smoke:` overrides first.
+        source: what to call the mapping in error messages (a file name).
+
+    Returns:
+        A validated `Recipe`.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping at top level. Received: {type(raw).__name__}")
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    if smoke:
+        smoke_overrides = raw.get("smoke") or {}
+        if not isinstance(smoke_overrides, dict):
+            raise RecipeError(f"{source}: 'smoke' must be a mapping of dotted keys to values")
+        for key, value in smoke_overrides.items():
+            _apply_override(raw, key, value, f"{source} (smoke)")
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply_override(raw, key, value, "--set")
+    try:
+        return _from_dict(Recipe, raw)
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+
+
+def load_recipe(path, overrides=(), smoke=False):
+    """Reads and validates a YAML recipe.
+
+    Args:
+        path: the recipe file.
+        overrides: `"dotted.key=value"` strings (the CLI's `--set`).
+        smoke: apply the recipe's `smoke:` section (the CLI's `--smoke`).
+
+    Returns:
+        A `Recipe`.
+
+    Example:
+        >>> recipe = load_recipe("recipes/quickstart.yaml", ["train.epochs=2"])
+        >>> recipe.train.epochs
+        2
+    """
+    if not os.path.isfile(path):
+        raise RecipeError(f"Recipe file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    return recipe_from_dict(raw, overrides, smoke, source=path)
+
+
+def save_recipe(recipe, path):
+    """Writes the resolved recipe as YAML (the run directory keeps one)."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)

@@ -1,0 +1,17 @@
+"""Exceptions that the CLI turns into one-line messages instead of tracebacks."""
+
+
+class FacemtlError(Exception):
+    """Base class for user-facing errors (bad recipe, bad file, bad model)."""
+
+
+class RecipeError(FacemtlError, ValueError):
+    """A recipe file or a `--set` override is missing, malformed or invalid."""
+
+
+class ImageError(FacemtlError, ValueError):
+    """A file or buffer could not be decoded as an image."""
+
+
+class ModelFormatError(FacemtlError, ValueError):
+    """A SavedModel directory is missing or was not exported by facemtl."""

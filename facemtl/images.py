@@ -1,0 +1,111 @@
+"""Decoding user images (paths, bytes, arrays) into uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facemtl.errors import ImageError
+
+# Decoding a huge photo at full size can exhaust memory; PIL's own guard raises
+# beyond this many pixels. Callers that can work on a downscaled copy pass
+# `max_side` instead, and JPEGs are then decoded at reduced size directly.
+Image.MAX_IMAGE_PIXELS = 500_000_000
+
+
+def _describe(source):
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def _to_rgb_array(array, name):
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
+        raise ImageError(f"{name}: expected an image array [h, w] or [h, w, 1|3|4]. Received shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+def load_image(source, max_side=None):
+    """Loads a photo as a uint8 RGB array.
+
+    Gray, palette, 16-bit and RGBA images become RGB (alpha is dropped); EXIF
+    orientation is applied.
+
+    Args:
+        source: a path, encoded image bytes, a PIL image or a numpy array.
+        max_side: if given, the image is downscaled (keeping its aspect ratio)
+            so that its longer side is at most this many pixels.
+
+    Returns:
+        `uint8` array `[h, w, 3]`.
+
+    Raises:
+        ImageError: naming the file when it is missing, empty, truncated or
+            not an image.
+
+    Example:
+        >>> load_image(np.zeros((10, 20), np.uint8)).shape
+        (10, 20, 3)
+    """
+    name = _describe(source)
+    if isinstance(source, np.ndarray):
+        image = None
+        arr = _to_rgb_array(source, name)
+        if max_side is None or max(arr.shape[:2]) <= max_side:
+            return arr
+        image = Image.fromarray(arr)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.isfile(source):
+                raise ImageError(f"{name}: no such file")
+            if os.path.getsize(source) == 0:
+                raise ImageError(f"{name}: empty file (0 bytes)")
+            opener = source
+        elif isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise ImageError("<0 bytes>: empty image buffer")
+            opener = io.BytesIO(source)
+        else:
+            raise ImageError(f"{name}: expected a path, bytes, PIL image or numpy array")
+        try:
+            image = Image.open(opener)
+            if max_side is not None:
+                image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{name}: not a readable image ({exc})") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not lose the picture itself
+        pass
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{name}: zero-size image")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        arr = arr / max(arr.max(), 1) * 255
+        image = Image.fromarray(arr.astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8).copy()

@@ -1,0 +1,55 @@
+"""Task heads: each task's own feature layers and output layer."""
+
+from __future__ import annotations
+
+from keras import layers
+
+
+def feature_stack(x, units, *, activation="relu", dropout=0.0, name):
+    """Dense -> activation -> Dropout, once per entry of `units`.
+
+    Args:
+        x: input tensor (pooled backbone features).
+        units: widths of the dense layers, e.g. `[256]`; empty for none.
+        activation: Keras activation name.
+        dropout: dropout rate after each layer.
+        name: prefix for layer names (the task name).
+
+    Returns:
+        The output tensor.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    for i, width in enumerate(units):
+        if width < 1:
+            raise ValueError(f"Head widths must be positive. Received: units={units}")
+        x = layers.Dense(width, name=f"{name}_dense{i + 1}")(x)
+        x = layers.Activation(activation, name=f"{name}_act{i + 1}")(x)
+        if dropout:
+            x = layers.Dropout(dropout, name=f"{name}_dropout{i + 1}")(x)
+    return x
+
+
+def identity_head(x, num_identities, *, units, embedding_dim, activation="relu", dropout=0.0):
+    """Identity branch: features -> embedding -> softmax over training identities.
+
+    Returns:
+        `(identity_probs, embedding)`: the softmax over `num_identities` and the
+        L2-normalised embedding (both float32, also under mixed precision).
+    """
+    if num_identities < 1:
+        raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
+    if embedding_dim < 1:
+        raise ValueError(f"embedding_dim must be >= 1. Received: embedding_dim={embedding_dim}")
+    h = feature_stack(x, units, activation=activation, dropout=dropout, name="identity")
+    h = layers.Dense(embedding_dim, name="embedding_dense")(h)
+    h = layers.BatchNormalization(name="embedding_bn")(h)
+    probs = layers.Dense(num_identities, activation="softmax", dtype="float32", name="identity")(h)
+    embedding = layers.UnitNormalization(dtype="float32", name="embedding")(h)
+    return probs, embedding
+
+
+def expression_head(x, num_classes, *, units, activation="relu", dropout=0.0):
+    """Expression branch: features -> softmax over the expression classes (float32)."""
+    h = feature_stack(x, units, activation=activation, dropout=dropout, name="expression")
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="expression")(h)

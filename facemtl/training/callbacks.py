@@ -1,0 +1,69 @@
+"""Training callbacks that never leave a half-written file in place of a good one."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Saves `model` (the full multi-task model) whenever `monitor` improves.
+
+    The file is written beside the target and renamed over it only once
+    complete, so an interrupted save leaves the previous best intact. A NaN
+    value of `monitor` never counts as an improvement.
+
+    Args:
+        model_to_save: the model to write (may differ from the one being fit,
+            e.g. the full model while a training view of it is fit).
+        path: target `.keras` file.
+        monitor: a logged metric, e.g. `val_loss`.
+        mode: `"min"` or `"max"`.
+    """
+
+    def __init__(self, model_to_save, path, monitor="val_loss", mode="min"):
+        super().__init__()
+        self.model_to_save = model_to_save
+        self.path = path
+        self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best = math.inf
+        self.best_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        if self.sign * value < self.best:
+            self.best = self.sign * value
+            self.best_epoch = epoch
+            save_model_atomically(self.model_to_save, self.path)
+
+
+def save_model_atomically(model, path):
+    """`model.save(path)` through a temporary file and an atomic rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training with a clear message when the loss becomes NaN or infinite."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_batch = batch
+            self.model.stop_training = True

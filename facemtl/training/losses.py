@@ -1,0 +1,88 @@
+"""Losses and metrics that ignore missing labels.
+
+In a merged FER2013 + VGGFace2 stream each sample has only one task's label;
+the other is `IGNORE_LABEL` (-1). Keras' default reduction divides a task's
+summed loss by the whole batch, so unlabelled samples would shrink that task's
+loss and silently skew λ. Here each task's loss is averaged over the samples
+that carry its label only.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from facemtl.labels import IGNORE_LABEL
+
+
+def _flatten_labels(y_true):
+    return ops.reshape(ops.cast(y_true, "int32"), (-1,))
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Cross-entropy over probabilities, averaged over labelled samples only.
+
+    A batch where no sample has a label gives 0 (and zero gradients), not NaN.
+
+    Args:
+        class_weights: optional per-class weights (e.g. for FER2013's
+            imbalance); the mean is then weighted, normalised by the weights'
+            sum over labelled samples.
+        ignore_label: the label value that means "no label".
+        name: loss name.
+
+    Example:
+        >>> loss = MaskedSparseCategoricalCrossentropy()
+        >>> float(loss([1, -1], [[0.5, 0.5], [0.9, 0.1]]))  # only the first counts
+        0.6931...
+    """
+
+    def __init__(self, class_weights=None, ignore_label=IGNORE_LABEL, name="masked_sparse_categorical_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.ignore_label = int(ignore_label)
+
+    def call(self, y_true, y_pred):
+        labels = _flatten_labels(y_true)
+        valid = ops.not_equal(labels, self.ignore_label)
+        safe = ops.where(valid, labels, ops.zeros_like(labels))
+        per_sample = keras.losses.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"))
+        weights = ops.cast(valid, "float32")
+        if self.class_weights is not None:
+            weights = weights * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
+        # Returning the already-averaged scalar makes Keras' reduction a no-op.
+        return ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
+
+    def get_config(self):
+        return {**super().get_config(), "class_weights": self.class_weights, "ignore_label": self.ignore_label}
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class MaskedSparseCategoricalAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy over the samples that carry a label (ignores `-1`)."""
+
+    def __init__(self, ignore_label=IGNORE_LABEL, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_label = int(ignore_label)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = _flatten_labels(y_true)
+        valid = ops.cast(ops.not_equal(labels, self.ignore_label), "float32")
+        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        hit = ops.cast(ops.equal(ops.reshape(predicted, (-1,)), labels), "float32") * valid
+        self.correct.assign_add(ops.sum(hit))
+        self.count.assign_add(ops.sum(valid))
+
+    def result(self):
+        return ops.divide_no_nan(self.correct, self.count)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "ignore_label": self.ignore_label}

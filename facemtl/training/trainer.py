@@ -1,0 +1,226 @@
+"""Training from a recipe: strategy, precision, compile with λ, fit, evaluate, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from facemtl.config import save_recipe
+from facemtl.data.pipeline import load_splits, make_dataset
+from facemtl.errors import FacemtlError
+from facemtl.evaluation import evaluate_model, plot_history
+from facemtl.export import export_saved_model
+from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
+from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
+from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: str
+    model: keras.Model
+    history: dict
+    test_report: dict
+    export_dir: str | None
+    seconds: float
+
+
+def select_strategy(name="auto"):
+    """Picks the `tf.distribute` strategy a recipe asks for.
+
+    `auto` is MirroredStrategy when more than one GPU is visible, else the
+    default (single-device) strategy.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    raise ValueError(f"Unknown strategy. Received: strategy={name!r}")
+
+
+def training_view(model, tasks=TASKS):
+    """The model restricted to the trained heads (shares all layers and weights).
+
+    Keras requires a target for every output named in `compile`; the
+    `embedding` output has none, so `fit` runs on this view.
+    """
+    return keras.Model(model.inputs, {t: model.output[t] for t in tasks if t in model.output}, name="facemtl_train")
+
+
+def learning_rate(recipe, steps_per_epoch, factor=1.0):
+    """The recipe's learning-rate schedule (warm-up, then constant, cosine or step)."""
+    lr = recipe.optimizer.learning_rate * factor
+    s = recipe.schedule
+    total = max(1, recipe.train.epochs * steps_per_epoch)
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if s.name == "step":
+        boundaries = list(range(s.step_epochs * steps_per_epoch, total, s.step_epochs * steps_per_epoch))
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [lr * s.step_factor**i for i in range(len(boundaries) + 1)])
+    if s.name == "constant" and warmup == 0:
+        return lr
+    # Cosine with alpha=1 stays flat after the warm-up: one code path for both.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else lr, decay_steps=max(1, total - warmup), alpha=1.0 if s.name == "constant" else 0.0,
+        warmup_target=lr if warmup else None, warmup_steps=warmup)
+
+
+def build_optimizer(recipe, steps_per_epoch, factor=1.0):
+    o = recipe.optimizer
+    lr = learning_rate(recipe, steps_per_epoch, factor)
+    kwargs = {"learning_rate": lr}
+    if o.clipnorm:
+        kwargs["clipnorm"] = o.clipnorm
+    if o.name == "adam":
+        return keras.optimizers.Adam(**kwargs)
+    if o.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=o.weight_decay, **kwargs)
+    return keras.optimizers.SGD(momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay or None, **kwargs)
+
+
+def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=None):
+    """Compiles the training view with masked losses and λ from the recipe."""
+    class_weights = class_weights or {}
+    view.compile(
+        optimizer=build_optimizer(recipe, steps_per_epoch, lr_factor),
+        loss={t: MaskedSparseCategoricalCrossentropy(class_weights.get(t), name=f"{t}_loss") for t in view.output_names},
+        loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names},
+        metrics={t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names},
+        jit_compile=recipe.train.jit_compile,
+    )
+
+
+def new_run_dir(recipe):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(recipe.output_dir, recipe.name, stamp)
+    suffix = 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(recipe.output_dir, recipe.name, f"{stamp}-{suffix}")
+    return path
+
+
+def train(recipe, run_dir=None, log=print):
+    """Trains, evaluates and exports the model a recipe describes.
+
+    Args:
+        recipe: a validated `Recipe`.
+        run_dir: where logs, checkpoints and reports go (a new
+            `output_dir/name/<timestamp>` folder when `None`).
+        log: where progress lines go.
+
+    Returns:
+        A `TrainResult`.
+
+    Example:
+        >>> result = train(load_recipe("recipes/quickstart.yaml", smoke=True))
+        >>> result.test_report["expression"]["accuracy"]
+    """
+    start = time.time()
+    keras.utils.set_random_seed(recipe.train.seed)
+    keras.mixed_precision.set_global_policy(recipe.train.precision)
+    run_dir = run_dir or new_run_dir(recipe)
+    os.makedirs(run_dir, exist_ok=True)
+    save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
+    log(f"facemtl: run directory {run_dir}")
+
+    log("facemtl: preparing data ...")
+    splits = load_splits(recipe)
+    names = {"identity": splits.identity_names, "expression": splits.expression_names}
+    batch = recipe.train.batch_size
+    train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
+                            shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed)
+    val_ds = make_dataset(splits.val, recipe.model, batch, training=False)
+    test_ds = make_dataset(splits.test, recipe.model, batch, training=False)
+    steps_per_epoch = math.ceil(len(splits.train[0]) / batch)
+    log(f"facemtl: {len(splits.train[0])} training, {len(splits.val[0])} validation, {len(splits.test[0])} test "
+        f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
+
+    strategy = select_strategy(recipe.train.strategy)
+    if batch % strategy.num_replicas_in_sync:
+        raise FacemtlError(f"train.batch_size={batch} must divide evenly over "
+                           f"{strategy.num_replicas_in_sync} replicas")
+    log(f"facemtl: strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
+        f"global batch {batch}, precision {recipe.train.precision}")
+    with strategy.scope():
+        model = build_from_recipe(recipe.model, len(splits.identity_names))
+        view = training_view(model)
+        compile_model(view, recipe, steps_per_epoch)
+
+    ckpt_path = os.path.join(run_dir, "checkpoints", "best.keras")
+    checkpoint = AtomicBestCheckpoint(model, ckpt_path, monitor="val_loss")
+    nan_guard = StopOnNaN()
+    callbacks = [
+        checkpoint,
+        nan_guard,
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
+    ]
+    if recipe.train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=recipe.train.early_stopping_patience))
+    verbose = recipe.train.verbose
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+
+    epochs = recipe.train.epochs
+    unfreeze = recipe.train.unfreeze_at_epoch if recipe.model.freeze_backbone else None
+    phases = [(0, epochs, 1.0)]
+    if unfreeze is not None and 0 < unfreeze < epochs:
+        phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
+    history = {}
+    for i, (first, last, lr_factor) in enumerate(phases):
+        if i > 0:
+            log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
+            with strategy.scope():
+                set_backbone_trainable(model, True)
+                compile_model(view, recipe, steps_per_epoch, lr_factor)
+        h = view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks, shuffle=False,
+                     verbose=verbose)
+        for k, v in h.history.items():
+            history.setdefault(k, []).extend(v)
+        if nan_guard.bad_batch is not None:
+            raise FacemtlError(
+                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch} "
+                f"of epoch {len(history.get('loss', []))}. The last good checkpoint is kept at {ckpt_path}. "
+                "Try a lower optimizer.learning_rate or train.precision=float32.")
+
+    if checkpoint.best_epoch is not None:
+        log(f"facemtl: restoring the best weights (epoch {checkpoint.best_epoch + 1}, val_loss {checkpoint.best:.4f})")
+        model.load_weights(ckpt_path)
+    plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
+    log("facemtl: evaluating on held-out test data ...")
+    report = evaluate_model(model, test_ds, names, os.path.join(run_dir, "test"), title=f"{recipe.name} test ")
+    for task, r in report.items():
+        log(f"facemtl: test {task}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['count']} images)")
+
+    export_dir = None
+    if recipe.export.enabled:
+        keras.mixed_precision.set_global_policy("float32")
+        export_dir = export_saved_model(
+            model, splits.identity_names, splits.expression_names, base_dir=recipe.export.base_dir,
+            name=recipe.export.name or recipe.name, version=recipe.export.version,
+            extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
+                            "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
+        log(f"facemtl: exported SavedModel to {export_dir}")
+    seconds = time.time() - start
+    summary = {"seconds": round(seconds, 1), "export_dir": export_dir,
+               "test": {t: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for t, r in report.items()}}
+    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    log(f"facemtl: done in {seconds:.0f} s")
+    return TrainResult(run_dir, model, history, report, export_dir, seconds)
