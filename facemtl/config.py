@@ -58,12 +58,25 @@ class SyntheticDataConfig:
 
 
 @dataclasses.dataclass
+class AugmentConfig:
+    """Training-only augmentation with Keras 3 preprocessing layers (0 turns one off)."""
+
+    flip: bool = False
+    rotation: float = 0.0  # fraction of a full turn, e.g. 0.03 = +-11 degrees
+    translation: float = 0.0  # fraction of height/width
+    zoom: float = 0.0  # fraction
+    brightness: float = 0.0  # fraction of the [0, 255] range
+    contrast: float = 0.0  # factor
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Where training data comes from."""
 
     source: Literal["synthetic"] = "synthetic"
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
     shuffle_buffer: int = 10000
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
 @dataclasses.dataclass
@@ -140,7 +153,9 @@ _POSITIVE = {
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs",
 }
-_NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs"}
+_NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
+                 "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
+                 "data.augment.contrast"}
 
 
 def _check(value, tp, key):

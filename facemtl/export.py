@@ -39,21 +39,27 @@ def next_version(model_base):
 
 
 def make_serving_fn(model, identity_names, expression_names):
-    """The uint8-images-in, named-outputs-out function that the SavedModel serves."""
+    """The uint8-images-in, named-outputs-out function that the SavedModel serves.
+
+    A single-task model (used by the benchmarks' baselines) serves only its
+    own task's outputs.
+    """
     height, width, channels = model.input_shape[1:]
-    id_names = tf.constant(list(identity_names))
+    id_names = tf.constant(list(identity_names) or [""])
     ex_names = tf.constant(list(expression_names))
 
     def serve(images):
         x = prepare_images(images, height, width, channels)
         out = model(x, training=False)
-        return {
-            "expression_probs": out["expression"],
-            "expression": tf.gather(ex_names, tf.argmax(out["expression"], axis=-1)),
-            "identity_probs": out["identity"],
-            "identity": tf.gather(id_names, tf.argmax(out["identity"], axis=-1)),
-            "embedding": out["embedding"],
-        }
+        result = {}
+        if "expression" in out:
+            result["expression_probs"] = out["expression"]
+            result["expression"] = tf.gather(ex_names, tf.argmax(out["expression"], axis=-1))
+        if "identity" in out:
+            result["identity_probs"] = out["identity"]
+            result["identity"] = tf.gather(id_names, tf.argmax(out["identity"], axis=-1))
+            result["embedding"] = out["embedding"]
+        return result
 
     return serve
 
@@ -68,7 +74,8 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     version is never overwritten.
 
     Args:
-        model: the multi-task Keras model (outputs identity, expression, embedding).
+        model: the multi-task Keras model (outputs identity, expression,
+            embedding); a single-task model exports only its own outputs.
         identity_names: training identity names, in label order.
         expression_names: expression names, in label order.
         base_dir: root of the model repository (`saved_models`).
@@ -82,11 +89,11 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     Example:
         >>> path = export_saved_model(model, ["ann", "bob"], EXPRESSIONS, name="demo")
     """
-    missing = {"identity", "expression", "embedding"} - set(model.output_names)
-    if missing:
-        raise ValueError(f"The model lacks outputs {sorted(missing)}. Received: output_names={model.output_names}")
-    num_identities = model.output["identity"].shape[-1]
-    if num_identities != len(identity_names):
+    tasks = [t for t in ("identity", "expression") if t in model.output_names]
+    if not tasks:
+        raise ValueError(f"The model has no identity or expression output. Received: output_names={model.output_names}")
+    num_identities = model.output["identity"].shape[-1] if "identity" in tasks else 0
+    if "identity" in tasks and num_identities != len(identity_names):
         raise ValueError(f"identity_names has {len(identity_names)} names but the model has "
                          f"{num_identities} identities")
     model_base = os.path.join(base_dir, name)
@@ -117,7 +124,8 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             "input": {"height": height, "width": width, "channels": channels},
             "expressions": list(expression_names),
             "identities": list(identity_names),
-            "embedding_dim": int(model.output["embedding"].shape[-1]),
+            "tasks": tasks,
+            "embedding_dim": int(model.output["embedding"].shape[-1]) if "identity" in tasks else 0,
             **(extra_metadata or {}),
         }
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)

@@ -54,7 +54,28 @@ def load_splits(recipe):
     return Splits(splits["train"], splits["val"], splits["test"], synthetic.identity_names(cfg.num_identities))
 
 
-def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10000, seed=0):
+def augmentation_layers(augment, seed=0):
+    """Keras 3 augmentation layers for a recipe's `data.augment` section (an empty list when all are off)."""
+    from keras import layers
+
+    a = augment
+    out = []
+    if a.flip:
+        out.append(layers.RandomFlip("horizontal", seed=seed))
+    if a.rotation:
+        out.append(layers.RandomRotation(a.rotation, fill_mode="reflect", seed=seed))
+    if a.translation:
+        out.append(layers.RandomTranslation(a.translation, a.translation, fill_mode="reflect", seed=seed))
+    if a.zoom:
+        out.append(layers.RandomZoom(a.zoom, fill_mode="reflect", seed=seed))
+    if a.brightness:
+        out.append(layers.RandomBrightness(a.brightness, value_range=(0, 255), seed=seed))
+    if a.contrast:
+        out.append(layers.RandomContrast(a.contrast, value_range=(0, 255), seed=seed))
+    return out
+
+
+def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10000, seed=0, augment=None):
     """Turns one split into a batched, preprocessed `tf.data.Dataset`.
 
     Args:
@@ -63,7 +84,8 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
         batch_size: the global batch size.
         training: shuffle (reshuffled each epoch) when true.
         shuffle_buffer: shuffle buffer size.
-        seed: shuffle seed.
+        seed: shuffle and augmentation seed.
+        augment: the recipe's `data.augment` section, applied when `training`.
 
     Returns:
         A dataset of `(images float32 [b, h, w, c], {"identity", "expression"})`.
@@ -76,4 +98,12 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
     c = model_config
     ds = ds.map(lambda x, y: (prepare_images(x, c.height, c.width, c.channels), y),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    augmenters = augmentation_layers(augment, seed) if (training and augment is not None) else []
+    if augmenters:
+        def apply(x, y):
+            for layer in augmenters:
+                x = layer(x, training=True)
+            return tf.clip_by_value(x, 0.0, 255.0), y
+
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

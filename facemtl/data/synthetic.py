@@ -27,11 +27,11 @@ _CANVAS = 128  # drawing resolution; images are downsampled to the requested siz
 #   centre (negative = corners up, a smile); mouth_open: lip gap in canvas px;
 #   mouth_width: factor on the identity's mouth width.
 _MUSCLES = {
-    "angry": dict(eye=0.75, brow_in=5.0, brow_out=-3.0, mouth_curve=1.0, mouth_open=0.0, mouth_width=0.75),
+    "angry": dict(eye=0.7, brow_in=8.0, brow_out=-4.0, mouth_curve=1.5, mouth_open=0.0, mouth_width=0.7),
     "disgust": dict(eye=0.5, brow_in=3.0, brow_out=1.0, mouth_curve=3.0, mouth_open=2.0, mouth_width=0.85),
     "fear": dict(eye=1.45, brow_in=-6.0, brow_out=-2.0, mouth_curve=2.5, mouth_open=5.0, mouth_width=1.15),
     "happy": dict(eye=0.55, brow_in=-1.0, brow_out=-1.0, mouth_curve=-7.0, mouth_open=3.0, mouth_width=1.2),
-    "sad": dict(eye=0.8, brow_in=-5.0, brow_out=3.0, mouth_curve=5.0, mouth_open=0.0, mouth_width=0.9),
+    "sad": dict(eye=0.75, brow_in=-8.0, brow_out=4.0, mouth_curve=9.0, mouth_open=0.0, mouth_width=0.9),
     "surprise": dict(eye=1.6, brow_in=-8.0, brow_out=-8.0, mouth_curve=0.0, mouth_open=11.0, mouth_width=0.6),
     "neutral": dict(eye=1.0, brow_in=0.0, brow_out=0.0, mouth_curve=0.0, mouth_open=0.0, mouth_width=1.0),
 }
@@ -112,7 +112,7 @@ def _curve(x0, x1, y_centre, corner_rise, n=9):
 def _draw_face(style, expression, rng):
     """Draws one face on a transparent RGBA canvas, centred, upright."""
     m = _MUSCLES[expression]
-    strength = rng.uniform(0.75, 1.2)  # how strongly the expression is shown
+    strength = rng.uniform(0.85, 1.2)  # how strongly the expression is shown
     img = Image.new("RGBA", (_CANVAS, _CANVAS), (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
     cx, cy = _CANVAS / 2, _CANVAS / 2 + 2
@@ -179,7 +179,7 @@ def _draw_face(style, expression, rng):
             if expression == "happy":  # teeth
                 d.line(_curve(cx - mw * 0.7, cx + mw * 0.7, mouth_y - gap / 2 + 1.5, curve * 0.5), fill=(245, 245, 245, 255), width=2)
     else:
-        d.line(upper, fill=lip, width=3 if expression == "angry" else 2, joint="curve")
+        d.line(upper, fill=lip, width=4 if expression == "angry" else 2, joint="curve")
     return img
 
 
@@ -209,7 +209,7 @@ def render_face(style, expression, rng, size=64):
         raise ValueError(f"Unknown expression. Expected one of {EXPRESSIONS}. Received: expression={expression!r}")
     face = _draw_face(style, expression, rng)
     angle = np.deg2rad(rng.uniform(-14, 14))
-    scale = rng.uniform(0.82, 1.12)
+    scale = rng.uniform(0.9, 1.15)
     tx, ty = rng.uniform(-7, 7, 2)
     # Inverse affine map (output -> input) for PIL, rotating about the centre.
     c, s = np.cos(angle) / scale, np.sin(angle) / scale

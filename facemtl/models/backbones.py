@@ -9,6 +9,7 @@ downloaded by users whose network allows it.
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 from keras import layers
@@ -107,7 +108,9 @@ def build_resnet(name="resnet18", input_shape=(64, 64, 3), *, stage_blocks=None,
         if not os.path.isfile(weights):
             raise ValueError(f"Backbone weights file not found. Received: weights={weights!r}")
         try:
-            backbone.load_weights(weights)
+            with warnings.catch_warnings():  # a mismatch is reported below as one clear error
+                warnings.simplefilter("ignore", UserWarning)
+                backbone.load_weights(weights)
         except ValueError as exc:
             raise ValueError(f"Backbone weights in {weights!r} do not fit backbone {name!r}: {exc}") from None
     return backbone

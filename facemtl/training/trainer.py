@@ -144,7 +144,8 @@ def train(recipe, run_dir=None, log=print):
     names = {"identity": splits.identity_names, "expression": splits.expression_names}
     batch = recipe.train.batch_size
     train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
-                            shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed)
+                            shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
+                            augment=recipe.data.augment)
     val_ds = make_dataset(splits.val, recipe.model, batch, training=False)
     test_ds = make_dataset(splits.test, recipe.model, batch, training=False)
     steps_per_epoch = math.ceil(len(splits.train[0]) / batch)

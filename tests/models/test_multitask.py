@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from facemtl.labels import EXPRESSIONS
+from facemtl.models import build_multitask_model, set_backbone_trainable
+from tests.conftest import TINY_MODEL
+
+
+def test_outputs_are_named_and_shaped():
+    model = build_multitask_model(5, input_shape=(64, 64, 3), **TINY_MODEL)
+    assert model.input.name == "image" or model.inputs[0].name == "image"
+    assert set(model.output_names) == {"identity", "expression", "embedding"}
+    out = model(np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32"))
+    assert out["identity"].shape == (4, 5)
+    assert out["expression"].shape == (4, len(EXPRESSIONS))
+    assert out["embedding"].shape == (4, 16)
+    np.testing.assert_allclose(np.sum(out["identity"], -1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=-1), 1, atol=1e-5)
+
+
+def test_gray_input_is_replicated_to_rgb():
+    model = build_multitask_model(3, input_shape=(64, 64, 1), **TINY_MODEL)
+    assert model.get_layer("backbone").input_shape[-1] == 3 if hasattr(model.get_layer("backbone"), "input_shape") \
+        else True
+    assert model.get_layer("gray_to_rgb") is not None
+    out = model(np.full((2, 64, 64, 1), 128, "float32"))
+    assert out["expression"].shape == (2, 7)
+
+
+def test_each_task_has_its_own_feature_layers():
+    model = build_multitask_model(3, input_shape=(64, 64, 3), **TINY_MODEL)
+    names = [layer.name for layer in model.layers]
+    assert "identity_dense1" in names and "expression_dense1" in names
+    # Both heads hang off the single shared backbone.
+    assert names.count("backbone") == 1
+
+
+def test_freeze_and_unfreeze_backbone():
+    model = build_multitask_model(3, input_shape=(64, 64, 3), freeze_backbone=True, **TINY_MODEL)
+    backbone_weights = len(model.get_layer("backbone").weights)
+    head_trainable = len(model.trainable_weights)
+    assert not model.get_layer("backbone").trainable
+    set_backbone_trainable(model, True)
+    assert len(model.trainable_weights) > head_trainable
+    assert backbone_weights > 0
+
+
+def test_single_task_variants():
+    only_expr = build_multitask_model(3, input_shape=(64, 64, 3), tasks=("expression",), **TINY_MODEL)
+    assert only_expr.output_names == ["expression"]
+    with pytest.raises(ValueError, match="tasks"):
+        build_multitask_model(3, tasks=("age",), **TINY_MODEL)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(input_shape=(64, 64, 2)), "input_shape"),
+        (dict(input_shape=(16, 16, 3)), ">= 32"),
+        (dict(backbone="vgg16"), "Unknown backbone"),
+        (dict(dropout=1.5), "dropout"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    args = {**TINY_MODEL, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_multitask_model(3, **args)
+
+
+def test_zero_identities_rejected():
+    with pytest.raises(ValueError, match="num_identities"):
+        build_multitask_model(0, **TINY_MODEL)

@@ -1,0 +1,63 @@
+"""The command line as users run it: `facemtl train` and `facemtl predict` in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from facemtl.labels import EXPRESSIONS
+from tests.conftest import QUICKSTART, REPO, tiny_overrides
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "facemtl", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env)
+
+
+def test_missing_recipe_is_a_clear_error(tmp_path):
+    r = run_cli("train", tmp_path / "missing.yaml")
+    assert r.returncode == 2
+    assert "facemtl: error: Recipe file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_backbone_is_a_clear_error():
+    r = run_cli("train", QUICKSTART, "--set", "model.backbone=resnet101")
+    assert r.returncode == 2
+    assert "model.backbone='resnet101'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_model_dir_for_predict(tmp_path, face_files):
+    r = run_cli("predict", tmp_path, face_files["rgb"])
+    assert r.returncode == 2 and "not a SavedModel" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_train_smoke_then_predict(tmp_path, face_files):
+    r = run_cli("train", QUICKSTART, "--smoke", *sum((["--set", o] for o in tiny_overrides(tmp_path)), []))
+    assert r.returncode == 0, r.stderr
+    export = tmp_path / "saved_models" / "quickstart" / "1"
+    assert (export / "saved_model.pb").is_file()
+    run_dirs = list((tmp_path / "runs" / "quickstart").iterdir())
+    assert len(run_dirs) == 1
+    for name in ("recipe.yaml", "history.csv", "summary.json", "training_curves.png", "checkpoints/best.keras",
+                 "test/report.json", "test/confusion_expression.png"):
+        assert (run_dirs[0] / name).is_file(), name
+    assert any((run_dirs[0] / "logs").rglob("events.out.tfevents*"))
+
+    r = run_cli("predict", export, face_files["rgb"], face_files["gray"], face_files["rgba"], face_files["text"])
+    assert r.returncode == 1  # one file could not be read
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    by_path = {os.path.basename(d["path"]): d for d in lines}
+    assert "not a readable image" in by_path["notes.png"]["error"]
+    assert "notes.png" in r.stderr and "Traceback" not in r.stderr
+    for name in ("rgb.png", "gray.jpg", "rgba.png"):
+        answer = by_path[name]
+        assert answer["expression"]["label"] in EXPRESSIONS
+        assert set(answer["expression"]["probabilities"]) == set(EXPRESSIONS)
+        assert sum(answer["expression"]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert answer["identity"]["label"].startswith("person_")
+        assert 0 < answer["identity"]["probability"] <= 1
+        assert answer["embedding_size"] == 16 and "embedding" not in answer

@@ -1,0 +1,50 @@
+import pytest
+
+from facemtl.config import load_recipe, recipe_from_dict
+from facemtl.errors import RecipeError
+from tests.conftest import QUICKSTART
+
+
+def test_quickstart_recipe_loads_and_overrides():
+    recipe = load_recipe(QUICKSTART, overrides=["train.epochs=3", "loss_weights.expression=2.5"])
+    assert recipe.name == "quickstart"
+    assert recipe.train.epochs == 3
+    assert recipe.loss_weights.expression == 2.5
+    assert recipe.model.backbone == "resnet18"
+
+
+def test_smoke_variant_applies_before_overrides():
+    recipe = load_recipe(QUICKSTART, overrides=["train.epochs=2"], smoke=True)
+    assert recipe.model.stage_blocks == [1, 1]
+    assert recipe.train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "raw, overrides, message",
+    [
+        ({"model": {"backbon": "resnet18"}}, [], "'model.backbon'"),
+        ({"model": {"backbone": "resnet99"}}, [], "model.backbone='resnet99'"),
+        ({"train": {"epochs": "many"}}, [], "train.epochs='many'"),
+        ({"train": {"epochs": 0}}, [], "must be > 0"),
+        ({"loss_weights": {"identity": -1}}, [], "loss_weights.identity"),
+        ({"model": {"channels": 2}}, [], "model.channels=2"),
+        ({}, ["train.epoch=3"], "'train.epoch'"),
+        ({}, ["train.epochs"], "KEY=VALUE"),
+        ({"model": "resnet18"}, [], "expected a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_key(raw, overrides, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.").replace("(", r"\(")):
+        recipe_from_dict(raw, overrides, source="r.yaml")
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(RecipeError, match="bad.yaml"):
+        load_recipe(path)

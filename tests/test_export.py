@@ -1,0 +1,83 @@
+"""The SavedModel contract, checked on a real export loaded in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from facemtl.export import export_saved_model, make_serving_fn, read_metadata
+from facemtl.errors import ModelFormatError
+from facemtl.labels import EXPRESSIONS
+
+pytestmark = pytest.mark.slow
+
+_FRESH_PROCESS = r"""
+import sys, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures["serving_default"]
+images = np.load(sys.argv[2])
+out = serve(images=tf.constant(images))
+np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+"""
+
+
+def test_layout_and_metadata(trained):
+    path = trained.export_dir
+    assert os.path.basename(path) == "1" and os.path.basename(os.path.dirname(path)) == "quickstart"
+    meta = read_metadata(path)
+    assert meta["expressions"] == list(EXPRESSIONS)
+    assert meta["identities"] == [f"person_{i:03d}" for i in range(4)]
+    assert meta["input"] == {"height": 64, "width": 64, "channels": 3}
+    assert meta["embedding_dim"] == 16
+
+
+def test_fresh_process_matches_in_memory_model(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 90, 70, 3), dtype=np.uint8)  # not the model's size: resized inside
+    np.save(tmp_path / "images.npy", images)
+    subprocess.run([sys.executable, "-c", _FRESH_PROCESS, trained.export_dir, str(tmp_path / "images.npy"),
+                    str(tmp_path / "out.npz")], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    served = np.load(tmp_path / "out.npz", allow_pickle=True)  # string outputs are object arrays; our own file
+    meta = read_metadata(trained.export_dir)
+    expected = make_serving_fn(trained.model, meta["identities"], meta["expressions"])(tf.constant(images))
+    for key in ("expression_probs", "identity_probs", "embedding"):
+        np.testing.assert_allclose(served[key], expected[key].numpy(), atol=1e-5)
+    assert served["expression_probs"].shape == (5, 7) and served["expression_probs"].dtype == np.float32
+    assert served["identity_probs"].shape == (5, 4)
+    assert served["embedding"].shape == (5, 16)
+    np.testing.assert_allclose(np.linalg.norm(served["embedding"], axis=1), 1, atol=1e-5)
+    assert [s.decode() for s in served["expression"]] == [EXPRESSIONS[i] for i in served["expression_probs"].argmax(1)]
+    assert [s.decode() for s in served["identity"]] == [meta["identities"][i] for i in served["identity_probs"].argmax(1)]
+
+
+def test_saved_model_cli_lists_the_signature(trained):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", trained.export_dir, "--all"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "signature_def['serving_default']" in out
+    for name in ("images", "expression_probs", "expression", "identity_probs", "identity", "embedding"):
+        assert f"['{name}']" in out
+    assert "dtype: DT_UINT8" in out and "dtype: DT_STRING" in out
+
+
+def test_versions_increment_and_never_overwrite(trained, tmp_path):
+    names = [f"p{i}" for i in range(4)]
+    first = export_saved_model(trained.model, names, EXPRESSIONS, base_dir=str(tmp_path), name="m")
+    second = export_saved_model(trained.model, names, EXPRESSIONS, base_dir=str(tmp_path), name="m")
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
+    with pytest.raises(FileExistsError):
+        export_saved_model(trained.model, names, EXPRESSIONS, base_dir=str(tmp_path), name="m", version=1)
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]  # no temporary folder left behind
+    with pytest.raises(ValueError, match="identity_names"):
+        export_saved_model(trained.model, names[:2], EXPRESSIONS, base_dir=str(tmp_path), name="m")
+
+
+def test_read_metadata_errors(tmp_path, trained):
+    with pytest.raises(ModelFormatError, match="no such model"):
+        read_metadata(str(tmp_path / "missing"))
+    with pytest.raises(ModelFormatError, match="did you mean"):
+        read_metadata(os.path.dirname(trained.export_dir))

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from facemtl.models import build_multitask_model
+from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
+from facemtl.training.trainer import training_view
+from tests.conftest import TINY_MODEL
+
+
+def _probs(n, k, seed):
+    logits = np.random.default_rng(seed).normal(size=(n, k))
+    return (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype("float32")
+
+
+def test_unlabelled_samples_do_not_dilute_the_loss():
+    loss = MaskedSparseCategoricalCrossentropy()
+    labels = np.array([0, 3, 6] + [-1] * 29)
+    probs = _probs(32, 7, 0)
+    full = float(loss(labels, probs))
+    alone = float(loss(labels[:3], probs[:3]))
+    expected = -np.mean(np.log(probs[np.arange(3), labels[:3]]))
+    assert full == pytest.approx(alone, rel=1e-6)
+    assert full == pytest.approx(expected, rel=1e-5)
+
+
+def test_batch_without_labels_gives_zero_not_nan():
+    loss = MaskedSparseCategoricalCrossentropy()
+    assert float(loss(np.full(8, -1), _probs(8, 7, 1))) == 0.0
+
+
+def test_class_weights_make_a_weighted_mean():
+    probs = _probs(4, 3, 2)
+    labels = np.array([0, 1, 2, -1])
+    w = [1.0, 2.0, 3.0]
+    ce = -np.log(probs[np.arange(3), labels[:3]])
+    expected = (ce * w).sum() / sum(w)
+    assert float(MaskedSparseCategoricalCrossentropy(class_weights=w)(labels, probs)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_masked_accuracy_ignores_missing_labels():
+    metric = MaskedSparseCategoricalAccuracy()
+    metric.update_state(np.array([1, -1, 0, -1]), np.array([[0, 1], [0, 1], [0, 1], [1, 0]], "float32"))
+    assert float(metric.result()) == 0.5
+    metric.reset_state()
+    metric.update_state(np.array([-1, -1]), np.array([[0, 1], [1, 0]], "float32"))
+    assert float(metric.result()) == 0.0
+
+
+def test_compiled_model_3_labelled_in_32_equals_the_3_alone():
+    """The issue's check, through Keras' own compile/evaluate with loss weights."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_multitask_model(5, input_shape=(64, 64, 3), **TINY_MODEL)
+    view = training_view(model)
+    view.compile(
+        optimizer="sgd",
+        loss={t: MaskedSparseCategoricalCrossentropy() for t in ("identity", "expression")},
+        loss_weights={"identity": 0.7, "expression": 1.3},
+        metrics={t: [MaskedSparseCategoricalAccuracy()] for t in ("identity", "expression")},
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 64, 64, 3)).astype("float32")
+    ids = np.r_[[0, 2, 4], np.full(29, -1)].astype("int32")
+    exprs = np.full(32, -1, "int32")  # no expression label at all in this batch
+    full = view.evaluate(x, {"identity": ids, "expression": exprs}, batch_size=32, return_dict=True, verbose=0)
+    alone = view.evaluate(x[:3], {"identity": ids[:3], "expression": exprs[:3]}, batch_size=32, return_dict=True,
+                          verbose=0)
+    assert full["identity_loss"] == pytest.approx(alone["identity_loss"], rel=1e-5)
+    assert full["identity_accuracy"] == pytest.approx(alone["identity_accuracy"])
+    assert full["expression_loss"] == 0.0 and not np.isnan(full["loss"])
+    assert full["loss"] == pytest.approx(0.7 * full["identity_loss"], rel=1e-5)
