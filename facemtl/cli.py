@@ -1,4 +1,4 @@
-"""The `facemtl` command line: train, predict.
+"""The `facemtl` command line: train, predict, analyze.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -47,6 +47,91 @@ def _predict(args):
     return 1 if failures else 0
 
 
+def _analyze(args):
+    from facemtl.annotate import annotate
+    from facemtl.inference import FaceAnalyzer
+    from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
+
+    analyzer = FaceAnalyzer(args.model, detector=args.detector, min_score=args.min_score,
+                            min_face_size=args.min_face_size, max_side=args.max_side)
+    files = expand_paths(args.paths)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    if args.annotate:
+        os.makedirs(args.annotate, exist_ok=True)
+    failures, photos, faces_found = [], 0, 0
+    used_names = set()
+
+    def report_error(path, message):
+        failures.append(path)
+        print(f"facemtl: skipping {message}", file=sys.stderr)
+        out.write(json.dumps({"path": path, "error": message}) + "\n")
+
+    def annotated_name(path, frame):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = f"{stem}_frame{frame:06d}.jpg" if frame is not None else f"{stem}.jpg"
+        k = 1
+        while name in used_names:
+            k += 1
+            name = f"{stem}_{k}.jpg" if frame is None else f"{stem}_frame{frame:06d}_{k}.jpg"
+        used_names.add(name)
+        return name
+
+    def flush(batch):
+        nonlocal photos, faces_found
+        if not batch:
+            return
+        results = analyzer.analyze_images([img for _, _, img in batch])
+        for (path, frame, img), faces in zip(batch, results):
+            record = {"path": path}
+            if frame is not None:
+                record["frame"] = frame
+            record.update({"size": list(img.shape[:2]), "faces": faces})
+            if not args.embedding:
+                for face in faces:
+                    face.pop("embedding", None)
+            out.write(json.dumps(record) + "\n")
+            photos += 1
+            faces_found += len(faces)
+            if args.annotate:
+                annotate(img, faces).save(os.path.join(args.annotate, annotated_name(path, frame)), quality=90)
+        batch.clear()
+
+    total = sum(max(1, video_frame_count(p) // args.every) if is_video(p) and not err else 1 for p, err in files)
+    progress = Progress(total, "analyze")
+    batch = []
+    try:
+        for path, error in files:
+            if error:
+                report_error(path, error)
+                progress.update()
+                continue
+            if is_video(path):
+                try:
+                    for frame, img in video_frames(path, args.every, args.max_side):
+                        batch.append((path, frame, img))
+                        progress.update()
+                        if len(batch) >= args.batch_photos:
+                            flush(batch)
+                except FacemtlError as exc:
+                    report_error(path, str(exc))
+                continue
+            try:
+                batch.append((path, None, analyzer.load(path)))
+            except FacemtlError as exc:
+                report_error(path, str(exc))
+            progress.update()
+            if len(batch) >= args.batch_photos:
+                flush(batch)
+        flush(batch)
+    finally:
+        progress.close()
+        if out is not sys.stdout:
+            out.close()
+    print(f"facemtl: analysed {photos} photo(s)/frame(s), found {faces_found} face(s), "
+          f"{len(failures)} file(s) skipped" + (f": {', '.join(failures[:5])}" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +150,20 @@ def build_parser():
     p.add_argument("--embedding", action="store_true", help="include the embedding vector in the output")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("analyze", help="detect, align and analyse every face in photos, folders and videos")
+    p.add_argument("paths", nargs="+", help="photos, folders (walked recursively) and video files")
+    p.add_argument("--model", required=True, help="a SavedModel version folder")
+    p.add_argument("--out", help="write JSON lines here instead of stdout")
+    p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
+    p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+    p.add_argument("--every", type=int, default=10, help="analyse every N-th video frame (default 10)")
+    p.add_argument("--batch-photos", type=int, default=16, help="photos/frames per batched forward pass")
+    p.add_argument("--min-score", type=float, default=0.9, help="minimum detection confidence")
+    p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
+    p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
+    p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
+    p.set_defaults(func=_analyze)
     return parser
 
 

@@ -82,3 +82,87 @@ class Predictor:
         """
         images = [load_image(s) for s in sources]
         return [self.describe(r) for r in self.run(images)]
+
+
+class FaceAnalyzer:
+    """Photos in, answers out: detect faces, align them, one batched forward pass.
+
+    Args:
+        saved_model_dir: a facemtl SavedModel version folder.
+        detector: `"mtcnn"` (default, 5 landmarks) or `"haar"` (faster, landmarks
+            placed from the box), or a detector object with `detect(image)`.
+        min_score: detections below this confidence are dropped.
+        min_face_size: smallest face side, in pixels of the analysed photo.
+        max_side: photos are decoded/downscaled so their longer side is at most
+            this (memory stays bounded for huge photos); boxes refer to the
+            downscaled photo, whose size each result reports.
+        face_scale: see `facemtl.faces.align.template`.
+        batch_size: most face crops per forward pass (all faces of one call go
+            through in as few passes as this allows, normally one).
+
+    Example:
+        >>> analyzer = FaceAnalyzer("saved_models/quickstart/1")
+        >>> [face["expression"]["label"] for face in analyzer.analyze(["group.jpg"])[0]["faces"]]
+        ['happy', 'neutral']
+    """
+
+    def __init__(self, saved_model_dir, detector="mtcnn", *, min_score=0.9, min_face_size=20, max_side=2048,
+                 face_scale=1.0, batch_size=256):
+        from facemtl.faces.detect import get_detector
+
+        self.predictor = Predictor(saved_model_dir, batch_size=batch_size)
+        if isinstance(detector, str):
+            kwargs = {"min_face_size": min_face_size}
+            if detector == "mtcnn":
+                kwargs["min_score"] = min_score
+            detector = get_detector(detector, **kwargs)
+        self.detector = detector
+        self.min_score = min_score
+        self.max_side = max_side
+        self.face_scale = face_scale
+        meta = self.predictor.metadata["input"]
+        self.crop_size = (meta["height"], meta["width"])
+
+    def load(self, source):
+        """Decodes one photo (path, bytes, array) at most `max_side` pixels long."""
+        return load_image(source, max_side=self.max_side)
+
+    def detect_and_align(self, image):
+        """Detections and their aligned crops for one decoded photo."""
+        from facemtl.faces.align import align_face
+
+        detections = [d for d in self.detector.detect(image) if d.score >= self.min_score]
+        crops = [align_face(image, d.landmarks, self.crop_size, self.face_scale)[0] for d in detections]
+        return detections, crops
+
+    def analyze_images(self, images):
+        """Analyses decoded `uint8 [h, w, 3]` photos; returns per photo a list of face dicts."""
+        per_photo, crops = [], []
+        for image in images:
+            detections, photo_crops = self.detect_and_align(image)
+            per_photo.append(detections)
+            crops.extend(photo_crops)
+        raw = self.predictor.run(crops) if crops else []
+        results, k = [], 0
+        for detections in per_photo:
+            faces = []
+            for d in detections:
+                faces.append({**d.to_dict(), **self.predictor.describe(raw[k])})
+                k += 1
+            results.append(faces)
+        return results
+
+    def analyze(self, sources):
+        """Analyses photos given as paths, bytes or arrays (any size; RGB, gray or RGBA; EXIF honoured).
+
+        Returns:
+            One dict per photo: `{"faces": [...], "size": [h, w]}`, each face with
+            box, landmarks, detection score, expression (label, probabilities),
+            identity (label, probability) and embedding. A photo with no face
+            has an empty list.
+
+        Raises:
+            ImageError: naming the photo, when one cannot be decoded.
+        """
+        images = [self.load(s) for s in sources]
+        return [{"size": list(img.shape[:2]), "faces": faces} for img, faces in zip(images, self.analyze_images(images))]

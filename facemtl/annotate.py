@@ -1,0 +1,35 @@
+"""Drawing boxes, landmarks and labels on photos."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def annotate(image, faces):
+    """Returns a copy of `image` with each face's box, landmarks and labels drawn.
+
+    Args:
+        image: `uint8 [h, w, 3]`.
+        faces: face dicts as returned by `FaceAnalyzer.analyze`.
+
+    Returns:
+        A PIL image.
+    """
+    pil = Image.fromarray(np.asarray(image))
+    draw = ImageDraw.Draw(pil)
+    line = max(2, round(max(pil.size) / 300))
+    for face in faces:
+        x, y, w, h = face["box"]
+        draw.rectangle([x, y, x + w, y + h], outline=(0, 255, 0), width=line)
+        r = line + 1
+        for px, py in face["landmarks"].values():
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 64, 64))
+        expr = face["expression"]["label"]
+        p_expr = face["expression"]["probabilities"][expr]
+        text = f"{expr} {p_expr:.2f} | {face['identity']['label']} {face['identity']['probability']:.2f}"
+        bbox = draw.textbbox((x, y), text)
+        ty = y - (bbox[3] - bbox[1]) - 4 if y > (bbox[3] - bbox[1]) + 4 else y + h + 2
+        draw.rectangle([x, ty, x + (bbox[2] - bbox[0]) + 4, ty + (bbox[3] - bbox[1]) + 4], fill=(0, 0, 0))
+        draw.text((x + 2, ty + 1), text, fill=(255, 255, 255))
+    return pil

@@ -1,0 +1,124 @@
+"""Face detectors: MTCNN (default, with 5 landmarks) and OpenCV's Haar cascade (light fallback)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from facemtl.faces.align import landmarks_from_box
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclasses.dataclass
+class Detection:
+    """One detected face.
+
+    Attributes:
+        box: `(x, y, width, height)` in the photo's pixels.
+        score: detector confidence in [0, 1].
+        landmarks: `float [5, 2]` (x, y) in `LANDMARK_NAMES` order.
+        estimated_landmarks: true when the detector gave no landmarks and they
+            were placed from the box (Haar).
+    """
+
+    box: tuple
+    score: float
+    landmarks: np.ndarray
+    estimated_landmarks: bool = False
+
+    def to_dict(self):
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(LANDMARK_NAMES, self.landmarks)},
+            "estimated_landmarks": self.estimated_landmarks,
+        }
+
+
+class MTCNNDetector:
+    """MTCNN from the `mtcnn` package (weights ship with it; runs on TensorFlow).
+
+    Args:
+        min_score: drop faces below this confidence.
+        min_face_size: smallest face side in pixels to search for.
+        device: TensorFlow device, e.g. `"CPU:0"` or `"GPU:0"`.
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, min_score=0.9, min_face_size=20, device=None):
+        from mtcnn import MTCNN
+
+        if device is None:
+            import tensorflow as tf
+
+            device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+        self.min_score = min_score
+        self.min_face_size = min_face_size
+        self._mtcnn = MTCNN(device=device)
+
+    def detect(self, image):
+        """Finds faces in one `uint8 [h, w, 3]` RGB photo; returns a list of `Detection`, best first."""
+        if min(image.shape[:2]) < 12:  # below MTCNN's smallest window
+            return []
+        found = self._mtcnn.detect_faces(image, min_face_size=self.min_face_size)
+        out = []
+        for f in found:
+            if f["confidence"] < self.min_score:
+                continue
+            kp = f["keypoints"]
+            out.append(Detection(tuple(float(v) for v in f["box"]), float(f["confidence"]),
+                                 np.array([kp[n] for n in LANDMARK_NAMES], dtype=np.float64)))
+        return sorted(out, key=lambda d: -d.score)
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade: fast, no landmarks (placed from the box), lower recall.
+
+    Args:
+        min_face_size: smallest face side in pixels.
+        min_neighbors: OpenCV's `minNeighbors` (higher: fewer false faces).
+    """
+
+    name = "haar"
+
+    def __init__(self, min_face_size=20, min_neighbors=5):
+        import cv2
+
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV could not load its Haar cascade from {path} (opencv-python-headless<5 ships it)")
+        self.min_face_size = min_face_size
+        self.min_neighbors = min_neighbors
+        self._cv2 = cv2
+
+    def detect(self, image):
+        gray = self._cv2.cvtColor(np.ascontiguousarray(image), self._cv2.COLOR_RGB2GRAY)
+        boxes, _, weights = self._cascade.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=self.min_neighbors,
+            minSize=(self.min_face_size, self.min_face_size), outputRejectLevels=True)
+        out = []
+        for (x, y, w, h), weight in zip(boxes, np.ravel(weights) if len(boxes) else []):
+            score = float(1 / (1 + np.exp(-float(weight))))  # cascade level weight -> (0, 1)
+            box = (float(x), float(y), float(w), float(h))
+            out.append(Detection(box, score, landmarks_from_box(box), estimated_landmarks=True))
+        return sorted(out, key=lambda d: -d.score)
+
+
+DETECTORS = {"mtcnn": MTCNNDetector, "haar": HaarDetector}
+
+
+def get_detector(name="mtcnn", **kwargs):
+    """Builds a detector by name (`"mtcnn"` or `"haar"`).
+
+    Example:
+        >>> detector = get_detector("haar")
+        >>> detector.detect(np.zeros((64, 64, 3), np.uint8))
+        []
+    """
+    if name not in DETECTORS:
+        raise ValueError(f"Unknown detector. Expected one of {sorted(DETECTORS)}. Received: detector={name!r}")
+    return DETECTORS[name](**kwargs)

@@ -1,0 +1,71 @@
+"""Detectors on a real photo that scikit-image ships (NASA's astronaut portrait)."""
+
+import numpy as np
+import pytest
+
+from facemtl.faces.align import align_face, template
+from facemtl.faces.detect import get_detector
+
+skimage_data = pytest.importorskip("skimage.data")
+
+# The astronaut's face in skimage.data.astronaut() (512x512), measured by eye.
+FACE_REGION = (170, 40, 280, 180)  # x0, y0, x1, y1
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skimage_data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return get_detector("mtcnn")
+
+
+def _inside(box, region, slack=10):
+    x, y, w, h = box
+    x0, y0, x1, y1 = region
+    return x >= x0 - slack and y >= y0 - slack and x + w <= x1 + slack and y + h <= y1 + slack
+
+
+def test_mtcnn_finds_the_face_with_sane_box_and_landmarks(astronaut, mtcnn):
+    faces = mtcnn.detect(astronaut)
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.score > 0.95
+    assert _inside(face.box, FACE_REGION)
+    assert 50 < face.box[2] < 130 and 50 < face.box[3] < 150
+    lm = face.landmarks
+    left_eye, right_eye, nose, mouth_l, mouth_r = lm
+    assert left_eye[0] < right_eye[0] and mouth_l[0] < mouth_r[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+
+
+def test_alignment_puts_the_eyes_where_the_template_says(astronaut, mtcnn):
+    face = mtcnn.detect(astronaut)[0]
+    crop, _ = align_face(astronaut, face.landmarks, (112, 112))
+    # Detect again on the aligned crop (padded so MTCNN has context): eyes must land on the template.
+    padded = np.pad(crop, ((56, 56), (56, 56), (0, 0)), mode="edge")
+    again = mtcnn.detect(padded)
+    assert again, "no face found in the aligned crop"
+    eyes = again[0].landmarks[:2] - 56
+    np.testing.assert_allclose(eyes, template(112)[:2], atol=6)
+
+
+def test_no_face_gives_an_empty_list(mtcnn):
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((40, 40, 1))).astype(np.uint8)
+    assert mtcnn.detect(smooth) == []
+    assert mtcnn.detect(np.zeros((5, 5, 3), np.uint8)) == []
+
+
+def test_haar_fallback_finds_the_face(astronaut):
+    faces = get_detector("haar").detect(astronaut)
+    assert faces, "Haar found nothing"
+    assert _inside(faces[0].box, FACE_REGION, slack=25)
+    assert faces[0].estimated_landmarks
+
+
+def test_unknown_detector():
+    with pytest.raises(ValueError, match="Unknown detector"):
+        get_detector("yolo")

@@ -1,0 +1,98 @@
+"""FaceAnalyzer and `facemtl analyze` on real photos (scikit-image's) and bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemtl.inference import FaceAnalyzer
+from tests.test_cli import run_cli
+
+skimage_data = pytest.importorskip("skimage.data")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def analyzer(trained):
+    return FaceAnalyzer(trained.export_dir)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    astro = skimage_data.astronaut()
+    Image.fromarray(astro).save(d / "astronaut.jpg", quality=95)
+    Image.fromarray(astro).convert("L").save(d / "astronaut_gray.png")
+    Image.fromarray(astro).convert("RGBA").save(d / "astronaut_rgba.png")
+    Image.fromarray(skimage_data.coffee()).save(d / "coffee.jpg")  # no face
+    (d / "readme.txt").write_text("not a photo")
+    data = (d / "astronaut.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "empty.png").write_bytes(b"")
+    return d
+
+
+def test_one_call_analyses_every_photo_and_face(analyzer, photos):
+    astro = skimage_data.astronaut()
+    rotated = np.ascontiguousarray(np.rot90(astro))  # sideways photo, as if EXIF were ignored
+    results = analyzer.analyze([photos / "astronaut.jpg", photos / "astronaut_gray.png", photos / "astronaut_rgba.png",
+                                (photos / "astronaut.jpg").read_bytes(), astro, photos / "coffee.jpg"])
+    counts = [len(r["faces"]) for r in results]
+    assert counts[:5] == [1, 1, 1, 1, 1] and counts[5] == 0
+    face = results[0]["faces"][0]
+    assert set(face) >= {"box", "score", "landmarks", "expression", "identity", "embedding"}
+    assert face["score"] > 0.9 and len(face["embedding"]) == 16
+    assert face["expression"]["label"] in face["expression"]["probabilities"]
+    del rotated
+
+
+def test_exif_orientation_is_honoured(analyzer, tmp_path):
+    astro = skimage_data.astronaut()
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated; viewers rotate it back upright
+    Image.fromarray(np.ascontiguousarray(np.rot90(astro, k=-1))).save(tmp_path / "exif.jpg", exif=exif)
+    result = analyzer.analyze([tmp_path / "exif.jpg"])[0]
+    assert result["size"] == [512, 512] and len(result["faces"]) == 1
+
+
+def test_huge_photo_is_downscaled_for_detection(analyzer, tmp_path):
+    path = tmp_path / "huge.jpg"
+    Image.new("L", (20000, 20000), 128).save(path, quality=50)
+    result = analyzer.analyze([path])[0]
+    assert max(result["size"]) <= 2048 and result["faces"] == []
+
+
+def test_cli_analyze_folder_with_bad_files(trained, photos, tmp_path):
+    out = tmp_path / "results.jsonl"
+    r = run_cli("analyze", photos, tmp_path / "missing.jpg", "--model", trained.export_dir, "--out", out,
+                "--annotate", tmp_path / "annotated")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    records = {os.path.basename(rec["path"]): rec for rec in map(json.loads, out.read_text().splitlines())}
+    for bad in ("readme.txt", "truncated.jpg", "empty.png", "missing.jpg"):
+        assert "error" in records[bad], bad
+        assert bad in r.stderr
+    assert len(records["astronaut.jpg"]["faces"]) == 1
+    assert records["coffee.jpg"]["faces"] == []
+    assert "embedding" not in records["astronaut.jpg"]["faces"][0]
+    annotated = sorted(os.listdir(tmp_path / "annotated"))
+    assert "astronaut.jpg" in annotated and "coffee.jpg" in annotated
+
+
+def test_cli_analyze_video(trained, tmp_path):
+    import cv2
+
+    astro = skimage_data.astronaut()
+    path = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
+    for i in range(12):
+        frame = np.roll(astro, 4 * i, axis=1) if i % 2 == 0 else np.full_like(astro, 90)
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    r = run_cli("analyze", path, "--model", trained.export_dir, "--every", "2", "--detector", "haar")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["frame"] for rec in records] == [0, 2, 4, 6, 8, 10]
+    assert all(len(rec["faces"]) >= 1 for rec in records)
