@@ -30,8 +30,8 @@ _MUSCLES = {
     "angry": dict(eye=0.7, brow_in=8.0, brow_out=-4.0, mouth_curve=1.5, mouth_open=0.0, mouth_width=0.7),
     "disgust": dict(eye=0.5, brow_in=3.0, brow_out=1.0, mouth_curve=3.0, mouth_open=2.0, mouth_width=0.85),
     "fear": dict(eye=1.45, brow_in=-6.0, brow_out=-2.0, mouth_curve=2.5, mouth_open=5.0, mouth_width=1.15),
-    "happy": dict(eye=0.55, brow_in=-1.0, brow_out=-1.0, mouth_curve=-7.0, mouth_open=3.0, mouth_width=1.2),
-    "sad": dict(eye=0.75, brow_in=-8.0, brow_out=4.0, mouth_curve=9.0, mouth_open=0.0, mouth_width=0.9),
+    "happy": dict(eye=0.55, brow_in=-1.0, brow_out=-1.0, mouth_curve=-9.0, mouth_open=4.0, mouth_width=1.2),
+    "sad": dict(eye=0.75, brow_in=-8.0, brow_out=5.0, mouth_curve=10.0, mouth_open=0.0, mouth_width=0.9),
     "surprise": dict(eye=1.6, brow_in=-8.0, brow_out=-8.0, mouth_curve=0.0, mouth_open=11.0, mouth_width=0.6),
     "neutral": dict(eye=1.0, brow_in=0.0, brow_out=0.0, mouth_curve=0.0, mouth_open=0.0, mouth_width=1.0),
 }
@@ -88,7 +88,7 @@ def identity_styles(num_identities, seed=0):
                 eye_y=rng.uniform(-5, 3),
                 eye_size=rng.uniform(5.5, 8.5),
                 iris=tuple(int(v) for v in rng.integers(20, 160, 3)),
-                brow_thickness=int(rng.integers(2, 5)),
+                brow_thickness=int(rng.integers(4, 7)),
                 nose_length=rng.uniform(6, 14),
                 nose_width=rng.uniform(3, 7),
                 mouth_width=rng.uniform(9, 15),
@@ -179,7 +179,7 @@ def _draw_face(style, expression, rng):
             if expression == "happy":  # teeth
                 d.line(_curve(cx - mw * 0.7, cx + mw * 0.7, mouth_y - gap / 2 + 1.5, curve * 0.5), fill=(245, 245, 245, 255), width=2)
     else:
-        d.line(upper, fill=lip, width=4 if expression == "angry" else 2, joint="curve")
+        d.line(upper, fill=lip, width=6 if expression == "angry" else 4, joint="curve")
     return img
 
 
