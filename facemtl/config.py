@@ -109,6 +109,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # global: split across replicas
     strategy: Literal["auto", "default", "mirrored", "one_device"] = "auto"
+    # Devices for `mirrored` (e.g. ["/cpu:0", "/cpu:1"]); all visible GPUs when None.
+    devices: Optional[list[str]] = None
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     jit_compile: bool = False
     unfreeze_at_epoch: Optional[int] = None
@@ -116,6 +118,10 @@ class TrainConfig:
     seed: int = 0
     verbose: Literal["auto", 0, 1, 2] = "auto"
     early_stopping_patience: Optional[int] = None
+    # Preemption: back up the training state every epoch, and every N steps when set;
+    # running the same command again resumes an unfinished run of the same recipe.
+    backup: bool = True
+    backup_every_steps: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -151,7 +157,7 @@ _POSITIVE = {
     "model.height", "model.width", "model.base_filters", "model.embedding_dim",
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
-    "optimizer.learning_rate", "schedule.step_epochs",
+    "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps",
 }
 _NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
@@ -192,6 +198,12 @@ def _check(value, tp, key):
             raise RecipeError(f"Bad value for '{key}': expected an integer. Received: {key}={value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads "1e-4" without a dot as a string.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"Bad value for '{key}': expected a number. Received: {key}={value!r}")
         return float(value)

@@ -48,3 +48,10 @@ def test_invalid_yaml_names_the_file(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(RecipeError, match="bad.yaml"):
         load_recipe(path)
+
+
+def test_exponent_notation_is_a_number():
+    recipe = recipe_from_dict({"optimizer": {"learning_rate": "1e-4"}}, ["optimizer.weight_decay=5e-5"])
+    assert recipe.optimizer.learning_rate == 1e-4 and recipe.optimizer.weight_decay == 5e-5
+    with pytest.raises(RecipeError, match="expected a number"):
+        recipe_from_dict({"optimizer": {"learning_rate": "fast"}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -31,6 +32,13 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         self.sign = 1.0 if mode == "min" else -1.0
         self.best = math.inf
         self.best_epoch = None
+        # A resumed run keeps competing against the best of its earlier part.
+        self._record = f"{os.path.splitext(path)[0]}.json"
+        if os.path.isfile(self._record) and os.path.isfile(path):
+            with open(self._record, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.get("monitor") == monitor:
+                self.best, self.best_epoch = self.sign * saved["value"], saved["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -40,6 +48,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
             self.best = self.sign * value
             self.best_epoch = epoch
             save_model_atomically(self.model_to_save, self.path)
+            write_json_atomically(self._record, {"monitor": self.monitor, "value": value, "epoch": epoch})
 
 
 def save_model_atomically(model, path):
@@ -53,6 +62,13 @@ def save_model_atomically(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomically(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 class StopOnNaN(keras.callbacks.Callback):

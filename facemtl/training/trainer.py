@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 
 import keras
 import tensorflow as tf
+import yaml
 
 from facemtl.config import save_recipe
 from facemtl.data.pipeline import load_splits, make_dataset
@@ -35,11 +39,12 @@ class TrainResult:
     seconds: float
 
 
-def select_strategy(name="auto"):
+def select_strategy(name="auto", devices=None):
     """Picks the `tf.distribute` strategy a recipe asks for.
 
     `auto` is MirroredStrategy when more than one GPU is visible, else the
-    default (single-device) strategy.
+    default (single-device) strategy. `mirrored` takes explicit `devices`
+    (e.g. two logical CPUs in tests) or all visible GPUs.
     """
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
@@ -47,7 +52,7 @@ def select_strategy(name="auto"):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(devices=devices)
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     raise ValueError(f"Unknown strategy. Received: strategy={name!r}")
@@ -105,6 +110,59 @@ def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=No
     )
 
 
+def find_unfinished_run(recipe):
+    """The newest run folder of this very recipe that was interrupted (has a backup, no summary)."""
+    base = os.path.join(recipe.output_dir, recipe.name)
+    if not os.path.isdir(base):
+        return None
+    wanted = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    for name in sorted(os.listdir(base), reverse=True):
+        run = os.path.join(base, name)
+        if not os.path.isdir(os.path.join(run, "backup")) or os.path.exists(os.path.join(run, "summary.json")):
+            continue
+        try:
+            with open(os.path.join(run, "recipe.yaml"), encoding="utf-8") as f:
+                if f.read() == wanted:
+                    return run
+        except OSError:
+            continue
+    return None
+
+
+def _backed_up_epochs(backup_dir):
+    """Epochs finished according to a BackupAndRestore folder (0 when there is none)."""
+    for name in ("training_metadata.json", "training_metadata.json.bkp"):
+        try:
+            with open(os.path.join(backup_dir, name), encoding="utf-8") as f:
+                return int(json.load(f)["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def _truncate_history(path, epochs):
+    """Keeps the CSV rows of the first `epochs` epochs (the ones the backup holds)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+                        and int(line.split(",", 1)[0]) < epochs]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _read_history(path):
+    """The whole run's per-epoch logs (a resumed run's `fit` only returns its own part)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+
+
 def new_run_dir(recipe):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(recipe.output_dir, recipe.name, stamp)
@@ -134,10 +192,13 @@ def train(recipe, run_dir=None, log=print):
     start = time.time()
     keras.utils.set_random_seed(recipe.train.seed)
     keras.mixed_precision.set_global_policy(recipe.train.precision)
+    resumed = None
+    if run_dir is None and recipe.train.backup:
+        run_dir = resumed = find_unfinished_run(recipe)
     run_dir = run_dir or new_run_dir(recipe)
     os.makedirs(run_dir, exist_ok=True)
     save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
-    log(f"facemtl: run directory {run_dir}")
+    log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
 
     log("facemtl: preparing data ...")
     splits = load_splits(recipe)
@@ -152,7 +213,7 @@ def train(recipe, run_dir=None, log=print):
     log(f"facemtl: {len(splits.train[0])} training, {len(splits.val[0])} validation, {len(splits.test[0])} test "
         f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
 
-    strategy = select_strategy(recipe.train.strategy)
+    strategy = select_strategy(recipe.train.strategy, recipe.train.devices)
     if batch % strategy.num_replicas_in_sync:
         raise FacemtlError(f"train.batch_size={batch} must divide evenly over "
                            f"{strategy.num_replicas_in_sync} replicas")
@@ -166,12 +227,24 @@ def train(recipe, run_dir=None, log=print):
     ckpt_path = os.path.join(run_dir, "checkpoints", "best.keras")
     checkpoint = AtomicBestCheckpoint(model, ckpt_path, monitor="val_loss")
     nan_guard = StopOnNaN()
+    backup_dir = os.path.join(run_dir, "backup")
+    history_csv = os.path.join(run_dir, "history.csv")
+    done = _backed_up_epochs(backup_dir) if recipe.train.backup else 0
+    if done:
+        log(f"facemtl: {done} epoch(s) already done; continuing from the last backup")
+        _truncate_history(history_csv, done)
     callbacks = [
-        checkpoint,
         nan_guard,
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        checkpoint,
+        keras.callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
     ]
+    if recipe.train.backup:
+        # Last, so an epoch counts as done only once everything else logged it;
+        # a kill in between re-runs that epoch and its history row is replaced.
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            backup_dir, save_freq=recipe.train.backup_every_steps or "epoch",
+            double_checkpoint=True, delete_checkpoint=False))
     if recipe.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=recipe.train.early_stopping_patience))
     verbose = recipe.train.verbose
@@ -183,27 +256,32 @@ def train(recipe, run_dir=None, log=print):
     phases = [(0, epochs, 1.0)]
     if unfreeze is not None and 0 < unfreeze < epochs:
         phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
-    history = {}
     for i, (first, last, lr_factor) in enumerate(phases):
+        if last <= done:  # a resumed run skips the phases it has finished
+            continue
         if i > 0:
             log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
             with strategy.scope():
                 set_backbone_trainable(model, True)
                 compile_model(view, recipe, steps_per_epoch, lr_factor)
-        h = view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks, shuffle=False,
-                     verbose=verbose)
-        for k, v in h.history.items():
-            history.setdefault(k, []).extend(v)
+        view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
+                 shuffle=False, verbose=verbose)
         if nan_guard.bad_batch is not None:
+            # The backup may hold the diverged weights: drop it so a rerun starts clean.
+            shutil.rmtree(backup_dir, ignore_errors=True)
             raise FacemtlError(
-                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch} "
-                f"of epoch {len(history.get('loss', []))}. The last good checkpoint is kept at {ckpt_path}. "
+                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
+                f"The last good checkpoint is kept at {ckpt_path}. "
                 "Try a lower optimizer.learning_rate or train.precision=float32.")
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    history = _read_history(history_csv)
 
     if checkpoint.best_epoch is not None:
         log(f"facemtl: restoring the best weights (epoch {checkpoint.best_epoch + 1}, val_loss {checkpoint.best:.4f})")
-        model.load_weights(ckpt_path)
-    plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "training_curves.png"))
+        with warnings.catch_warnings():  # the checkpoint's optimizer state is not needed here
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(ckpt_path)
+    plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
     log("facemtl: evaluating on held-out test data ...")
     report = evaluate_model(model, test_ds, names, os.path.join(run_dir, "test"), title=f"{recipe.name} test ")
     for task, r in report.items():

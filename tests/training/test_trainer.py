@@ -1,0 +1,105 @@
+"""Training runs: resume after kill -9, NaN stop, MirroredStrategy over two logical CPUs, unfreezing."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from facemtl.config import load_recipe
+from facemtl.errors import FacemtlError
+from facemtl.training.trainer import train
+from tests.conftest import QUICKSTART, REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _history_epochs(run_dir):
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_kill_9_then_same_command_resumes(tmp_path):
+    args = [sys.executable, "-m", "facemtl", "train", QUICKSTART, "--smoke",
+            "--set", "train.epochs=8", "--set", "train.backup_every_steps=3",
+            "--set", "data.synthetic.train_per_pair=6", "--set", "export.enabled=false"]
+    for o in tiny_overrides(tmp_path):
+        args += ["--set", o]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = tmp_path / "runs" / "quickstart"
+    deadline = time.time() + 300
+    run_dir = None
+    while time.time() < deadline and proc.poll() is None:
+        dirs = list(runs.glob("*")) if runs.exists() else []
+        if dirs and len(_history_epochs(dirs[0])) >= 3:
+            run_dir = dirs[0]
+            break
+        time.sleep(0.05)
+    assert run_dir is not None, "training finished or failed before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(_history_epochs(run_dir))
+    assert 3 <= finished_before < 8
+    assert (run_dir / "backup").is_dir()
+
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"resuming interrupted run in {run_dir}" in out.stdout
+    assert list(runs.glob("*")) == [run_dir]  # no second run folder
+    # Same history length as an uninterrupted run, every epoch once.
+    assert _history_epochs(run_dir) == list(range(8))
+    # Finished epochs were not repeated: the resumed process started at or after the last backed-up epoch.
+    first_resumed = int(out.stdout.split("Epoch ")[1].split("/")[0])
+    assert first_resumed >= finished_before
+    assert not (run_dir / "backup").exists() and (run_dir / "summary.json").is_file()
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
+        "optimizer.name=sgd", "optimizer.learning_rate=1e30", "train.epochs=3"])
+    with pytest.raises(FacemtlError, match="NaN or infinite"):
+        train(recipe, log=lambda *_: None)
+    run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    assert not (run_dir / "backup").exists()
+    assert not (tmp_path / "saved_models").exists()  # nothing exported from a diverged model
+
+
+_MIRRORED = r"""
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from facemtl.config import load_recipe
+from facemtl.training.trainer import train
+recipe = load_recipe(sys.argv[1], smoke=True, overrides=sys.argv[2:] + [
+    "train.strategy=mirrored", "train.devices=['/cpu:0', '/cpu:1']", "train.epochs=2"])
+lines = []
+result = train(recipe, log=lines.append)
+assert any("MirroredStrategy with 2 replica(s)" in l for l in lines), lines
+loss = result.history["loss"]
+assert len(loss) == 2 and all(l == l for l in loss), loss
+print("OK", loss)
+"""
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    out = subprocess.run([sys.executable, "-c", _MIRRORED, QUICKSTART, *tiny_overrides(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
+
+
+def test_frozen_backbone_then_unfreeze(tmp_path):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
+        "model.freeze_backbone=true", "train.unfreeze_at_epoch=1", "train.epochs=2", "export.enabled=false"])
+    lines = []
+    result = train(recipe, log=lines.append)
+    assert any("unfreezing the backbone at epoch 2" in line for line in lines)
+    assert result.model.get_layer("backbone").trainable
+    assert len(result.history["loss"]) == 2
