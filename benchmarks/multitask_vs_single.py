@@ -2,8 +2,8 @@
 
 Trains (and then serves, as exported SavedModels) the multi-task model and the
 two single-task models (identity-only, expression-only) with the same backbone,
-input size, batch size and data, interleaving the measurements so the machine's
-noise hits all three alike. Prints images/s and the ratios
+input size, batch size and data. The three are timed batch by batch in turn
+(rotating the order), so the machine's noise hits all three alike. Prints images/s and the ratios
 
     training:  (t_identity + t_expression) / t_multitask
     inference: (t_identity + t_expression) / t_multitask
@@ -45,7 +45,8 @@ def main():
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=15, help="training steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (median taken)")
+    parser.add_argument("--serve-repeats", type=int, default=4, help="passes over the images per serving round")
     parser.add_argument("--identities", type=int, default=20)
     args = parser.parse_args()
 
@@ -55,27 +56,37 @@ def main():
     images, ids, exprs = images[:n], ids[:n], exprs[:n]
     x = images.astype("float32")
     recipe = Recipe()
-    models, views, datasets = {}, {}, {}
+    models, views, labels = {}, {}, {}
     for name, tasks in VARIANTS.items():
         models[name] = build_multitask_model(args.identities, input_shape=(args.size, args.size, 3),
                                              backbone=args.backbone, tasks=tasks)
         views[name] = training_view(models[name], tasks)
         compile_model(views[name], recipe, args.steps)
-        labels = {t: {"identity": ids, "expression": exprs}[t] for t in tasks}
-        datasets[name] = tf.data.Dataset.from_tensor_slices((x, labels)).batch(b, drop_remainder=True).cache()
-        views[name].fit(datasets[name].take(2), epochs=1, verbose=0, shuffle=False)  # trace + warm up
-
-    def train_time(name):
-        start = time.perf_counter()
-        views[name].fit(datasets[name], epochs=1, verbose=0, shuffle=False)
-        return time.perf_counter() - start
+        labels[name] = {t: {"identity": ids, "expression": exprs}[t] for t in tasks}
+        for _ in range(2):  # trace + warm up
+            views[name].train_on_batch(x[:b], {t: v[:b] for t, v in labels[name].items()})
 
     print(f"benchmark: {args.backbone}, {args.size}x{args.size}, batch {b}, {n} images per round, "
-          f"{args.rounds} interleaved rounds, {os.cpu_count()} CPUs, tf {tf.__version__}", flush=True)
-    train_times = {k: [] for k in VARIANTS}
+          f"{args.rounds} rounds, {os.cpu_count()} CPUs, tf {tf.__version__}", flush=True)
+    names = list(VARIANTS)
+
+    def interleaved(step_fns, batches):
+        """Times every variant on every batch in turn (rotating the order), so noise hits all alike."""
+        totals = dict.fromkeys(names, 0.0)
+        for i, batch in enumerate(batches):
+            for name in names[i % 3:] + names[:i % 3]:
+                start = time.perf_counter()
+                step_fns[name](batch)
+                totals[name] += time.perf_counter() - start
+        return totals
+
+    train_steps = {name: (lambda s, name=name: views[name].train_on_batch(
+        x[s], {t: v[s] for t, v in labels[name].items()})) for name in names}
+    train_batches = [slice(i, i + b) for i in range(0, n - b + 1, b)]
+    train_times = {k: [] for k in names}
     for r in range(args.rounds):
-        for name in VARIANTS:
-            train_times[name].append(train_time(name))
+        for k, v in interleaved(train_steps, train_batches).items():
+            train_times[k].append(v)
         print(f"  training round {r + 1}/{args.rounds}: " +
               ", ".join(f"{k} {n / v[-1]:.0f} img/s" for k, v in train_times.items()), flush=True)
 
@@ -85,22 +96,16 @@ def main():
     for name, model in models.items():
         path = export_saved_model(model, identity_names(args.identities), EXPRESSIONS, base_dir=tmp, name=name)
         serve[name] = tf.saved_model.load(path).signatures["serving_default"]
-    batches = [tf.constant(images[i:i + b]) for i in range(0, n - b + 1, b)]
-    for fn in serve.values():
-        fn(images=batches[0])  # warm up
-
-    def serve_time(name):
-        start = time.perf_counter()
-        for batch in batches:
-            out = serve[name](images=batch)
-            next(iter(out.values())).numpy()
-        return time.perf_counter() - start
-
-    serve_times = {k: [] for k in VARIANTS}
-    served = len(batches) * b
+    serve_batches = [tf.constant(images[i:i + b]) for i in range(0, n - b + 1, b)] * args.serve_repeats
+    serve_steps = {name: (lambda batch, fn=fn: [v.numpy() for v in fn(images=batch).values()])
+                   for name, fn in serve.items()}
+    for name in names:
+        serve_steps[name](serve_batches[0])  # warm up
+    serve_times = {k: [] for k in names}
+    served = len(serve_batches) * b
     for r in range(args.rounds):
-        for name in VARIANTS:
-            serve_times[name].append(serve_time(name))
+        for k, v in interleaved(serve_steps, serve_batches).items():
+            serve_times[k].append(v)
         print(f"  serving round {r + 1}/{args.rounds}: " +
               ", ".join(f"{k} {served / v[-1]:.0f} img/s" for k, v in serve_times.items()), flush=True)
 
