@@ -1,4 +1,4 @@
-"""The `facemtl` command line: train, predict, analyze.
+"""The `facemtl` command line: train, predict, analyze, align.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -132,6 +132,23 @@ def _analyze(args):
     return 1 if failures else 0
 
 
+def _align(args):
+    from facemtl.faces.detect import get_detector
+    from facemtl.faces.preprocess import align_folder
+
+    if not os.path.isdir(args.src):
+        raise FacemtlError(f"{args.src}: no such folder")
+    report = align_folder(args.src, args.dst, get_detector(args.detector), size=(args.size, args.size),
+                          face_scale=args.face_scale, max_side=args.max_side)
+    print(f"facemtl: {report.summary()}", file=sys.stderr)
+    for label, paths in (("no face", report.no_face), ("unreadable", report.unreadable)):
+        for path in paths[:10]:
+            print(f"facemtl: {label}: {path}", file=sys.stderr)
+        if len(paths) > 10:
+            print(f"facemtl: ... and {len(paths) - 10} more ({label})", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +181,15 @@ def build_parser():
     p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
     p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("align", help="detect and align the main face of every photo of a folder (dataset preprocessing)")
+    p.add_argument("src", help="folder of photos (sub-folders are kept)")
+    p.add_argument("dst", help="output folder for the aligned crops (existing crops are reused)")
+    p.add_argument("--size", type=int, default=112, help="crop side in pixels")
+    p.add_argument("--face-scale", type=float, default=1.0, help="< 1 leaves more context around the face")
+    p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+    p.add_argument("--max-side", type=int, default=2048)
+    p.set_defaults(func=_align)
     return parser
 
 

@@ -69,3 +69,18 @@ def test_haar_fallback_finds_the_face(astronaut):
 def test_unknown_detector():
     with pytest.raises(ValueError, match="Unknown detector"):
         get_detector("yolo")
+
+
+@pytest.mark.shared_data
+def test_mtcnn_finds_faces_in_real_in_the_wild_photos(mtcnn):
+    """CelebA's in-the-wild photos each show a labelled person: most must yield a face."""
+    import glob
+    import os
+
+    from facemtl.images import load_image
+    from tests.conftest import SHARED_DATA
+
+    paths = sorted(glob.glob(os.path.join(SHARED_DATA, "celeba_subset", "img_celeba", "*.jpg")))[:30]
+    assert len(paths) == 30
+    found = sum(1 for p in paths if mtcnn.detect(load_image(p)))
+    assert found >= 24, f"faces found in only {found}/30 photos"

@@ -1,0 +1,94 @@
+"""Alignment as a dataset preprocessing step: photos in, aligned face crops out.
+
+Training crops made here go through the very detector and aligner that
+`FaceAnalyzer` uses at serving time, so both look alike to the model. Crops are
+cached: a photo whose crop already exists is not detected again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from PIL import Image
+
+from facemtl.errors import FacemtlError
+from facemtl.faces.align import align_face
+from facemtl.images import load_image
+from facemtl.media import Progress, expand_paths
+
+
+@dataclasses.dataclass
+class AlignReport:
+    """What `align_folder` did. Lists hold source paths."""
+
+    aligned: int = 0
+    cached: int = 0
+    no_face: list = dataclasses.field(default_factory=list)
+    several_faces: list = dataclasses.field(default_factory=list)
+    unreadable: list = dataclasses.field(default_factory=list)
+
+    def summary(self):
+        return (f"{self.aligned} aligned, {self.cached} already cached, {len(self.no_face)} without a face, "
+                f"{len(self.unreadable)} unreadable, {len(self.several_faces)} with several faces (largest kept)")
+
+
+def largest(detections):
+    """The detection with the largest box (the photo's subject in labelled datasets)."""
+    return max(detections, key=lambda d: d.box[2] * d.box[3]) if detections else None
+
+
+def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2048, progress=True):
+    """Detects and aligns the main face of every photo under `src` into `dst`, mirroring its folders.
+
+    Args:
+        src: folder of photos (walked recursively; sub-folders such as
+            `<identity>/` are kept).
+        dst: output folder; each crop is `<same relative path>.png`.
+        detector: a detector from `facemtl.faces.get_detector`.
+        size: `(height, width)` of the crops.
+        face_scale: see `facemtl.faces.align.template`.
+        max_side: photos are decoded at most this long.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An `AlignReport`; nothing is silently dropped: photos without a face,
+        with several faces, or unreadable are listed.
+
+    Example:
+        >>> report = align_folder("celeba/img_celeba", "cache/aligned", get_detector("mtcnn"))
+        >>> print(report.summary())
+    """
+    report = AlignReport()
+    files = expand_paths([src])
+    bar = Progress(len(files), "align") if progress else None
+    for path, error in files:
+        rel = os.path.relpath(path, src)
+        target = os.path.join(dst, os.path.splitext(rel)[0] + ".png")
+        try:
+            if os.path.isfile(target):
+                report.cached += 1
+                continue
+            try:
+                image = load_image(path, max_side=max_side)
+            except FacemtlError:
+                report.unreadable.append(path)
+                continue
+            detections = detector.detect(image)
+            if not detections:
+                report.no_face.append(path)
+                continue
+            if len(detections) > 1:
+                report.several_faces.append(path)
+            crop, _ = align_face(image, largest(detections).landmarks, size, face_scale)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp.png"
+            Image.fromarray(crop).save(tmp)
+            os.replace(tmp, target)  # a crash never leaves a half-written crop in the cache
+            report.aligned += 1
+        finally:
+            if bar:
+                bar.update()
+    if bar:
+        bar.close()
+    return report
