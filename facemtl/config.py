@@ -41,6 +41,8 @@ class ModelConfig:
     backbone_weights: Optional[str] = None
     normalization: Literal["auto", "tf", "caffe"] = "auto"
     freeze_backbone: bool = False
+    # Synchronise BatchNormalization statistics across replicas/workers.
+    sync_batchnorm: bool = False
 
 
 @dataclasses.dataclass
@@ -94,6 +96,10 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     clipnorm: Optional[float] = None
+    # The learning rate is for the global batch `train.batch_size`. Set this to
+    # the batch size the learning rate was tuned for to scale it linearly
+    # (lr x batch_size / reference_batch_size) when the global batch changes.
+    reference_batch_size: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -108,7 +114,10 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # global: split across replicas
-    strategy: Literal["auto", "default", "mirrored", "one_device"] = "auto"
+    strategy: Literal["auto", "default", "mirrored", "one_device", "multi_worker"] = "auto"
+    # "fit" (Keras model.fit) or "custom" (a strategy.run loop; the only one that
+    # works under multi_worker, keras-team/keras#20585). "auto" picks by strategy.
+    loop: Literal["auto", "fit", "custom"] = "auto"
     # Devices for `mirrored` (e.g. ["/cpu:0", "/cpu:1"]); all visible GPUs when None.
     devices: Optional[list[str]] = None
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
@@ -158,6 +167,7 @@ _POSITIVE = {
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps",
+    "optimizer.reference_batch_size",
 }
 _NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",

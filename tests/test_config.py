@@ -55,3 +55,13 @@ def test_exponent_notation_is_a_number():
     assert recipe.optimizer.learning_rate == 1e-4 and recipe.optimizer.weight_decay == 5e-5
     with pytest.raises(RecipeError, match="expected a number"):
         recipe_from_dict({"optimizer": {"learning_rate": "fast"}})
+
+
+def test_learning_rate_scales_linearly_with_the_global_batch():
+    from facemtl.training.trainer import learning_rate
+
+    recipe = recipe_from_dict({"optimizer": {"learning_rate": 0.1, "reference_batch_size": 256},
+                               "train": {"batch_size": 1024}})
+    assert learning_rate(recipe, steps_per_epoch=10) == pytest.approx(0.4)
+    recipe = recipe_from_dict({"optimizer": {"learning_rate": 0.1}, "train": {"batch_size": 1024}})
+    assert learning_rate(recipe, steps_per_epoch=10) == pytest.approx(0.1)

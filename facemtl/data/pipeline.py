@@ -75,7 +75,8 @@ def augmentation_layers(augment, seed=0):
     return out
 
 
-def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10000, seed=0, augment=None):
+def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10000, seed=0, augment=None,
+                 drop_remainder=False):
     """Turns one split into a batched, preprocessed `tf.data.Dataset`.
 
     Args:
@@ -86,6 +87,7 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
         shuffle_buffer: shuffle buffer size.
         seed: shuffle and augmentation seed.
         augment: the recipe's `data.augment` section, applied when `training`.
+        drop_remainder: drop a last, smaller batch (the distributed loop wants full global batches).
 
     Returns:
         A dataset of `(images float32 [b, h, w, c], {"identity", "expression"})`.
@@ -94,7 +96,7 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         ds = ds.shuffle(min(shuffle_buffer, len(images)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     c = model_config
     ds = ds.map(lambda x, y: (prepare_images(x, c.height, c.width, c.channels), y),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

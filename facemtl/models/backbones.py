@@ -22,32 +22,32 @@ RESNET_SPECS = {
 }
 
 
-def _conv_bn(x, filters, kernel, stride, name, relu=True):
+def _conv_bn(x, filters, kernel, stride, name, relu=True, sync_bn=False):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, synchronized=sync_bn, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _residual_block(x, filters, stride, block, name):
+def _residual_block(x, filters, stride, block, name, sync_bn=False):
     expansion = 4 if block == "bottleneck" else 1
     out_filters = filters * expansion
     shortcut = x
     if stride != 1 or x.shape[-1] != out_filters:
-        shortcut = _conv_bn(x, out_filters, 1, stride, f"{name}_proj", relu=False)
+        shortcut = _conv_bn(x, out_filters, 1, stride, f"{name}_proj", relu=False, sync_bn=sync_bn)
     if block == "basic":
-        y = _conv_bn(x, filters, 3, stride, f"{name}_1")
-        y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False)
+        y = _conv_bn(x, filters, 3, stride, f"{name}_1", sync_bn=sync_bn)
+        y = _conv_bn(y, filters, 3, 1, f"{name}_2", relu=False, sync_bn=sync_bn)
     else:
-        y = _conv_bn(x, filters, 1, 1, f"{name}_1")
-        y = _conv_bn(y, filters, 3, stride, f"{name}_2")
-        y = _conv_bn(y, out_filters, 1, 1, f"{name}_3", relu=False)
+        y = _conv_bn(x, filters, 1, 1, f"{name}_1", sync_bn=sync_bn)
+        y = _conv_bn(y, filters, 3, stride, f"{name}_2", sync_bn=sync_bn)
+        y = _conv_bn(y, out_filters, 1, 1, f"{name}_3", relu=False, sync_bn=sync_bn)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
 def build_resnet(name="resnet18", input_shape=(64, 64, 3), *, stage_blocks=None, stem="standard",
-                 base_filters=64, weights=None):
+                 base_filters=64, weights=None, sync_bn=False):
     """Builds a ResNet feature extractor (no pooling, no classifier).
 
     Args:
@@ -58,6 +58,9 @@ def build_resnet(name="resnet18", input_shape=(64, 64, 3), *, stage_blocks=None,
         stem: `"standard"` (7x7/2 conv + 3x3/2 max-pool, for >= 96 px faces)
             or `"small"` (one 3x3/1 conv, for 48-64 px faces such as FER2013).
         base_filters: filters of the first stage (doubling each stage).
+        sync_bn: synchronise BatchNormalization statistics across replicas
+            (as if the global batch were on one device; not for the
+            keras.applications ResNet-50).
         weights: `None`, `"imagenet"` (ResNet-50 only, downloaded by
             `keras.applications`) or the path of a `.weights.h5` file saved from
             a backbone of the same configuration.
@@ -81,7 +84,7 @@ def build_resnet(name="resnet18", input_shape=(64, 64, 3), *, stage_blocks=None,
     if base_filters < 1:
         raise ValueError(f"base_filters must be positive. Received: base_filters={base_filters}")
 
-    standard = blocks == default_blocks and stem == "standard" and base_filters == 64
+    standard = blocks == default_blocks and stem == "standard" and base_filters == 64 and not sync_bn
     if weights == "imagenet" and not (name == "resnet50" and standard and input_shape[-1] == 3):
         raise ValueError(
             "ImageNet weights exist only for the standard resnet50 on RGB input (keras.applications). "
@@ -95,14 +98,14 @@ def build_resnet(name="resnet18", input_shape=(64, 64, 3), *, stage_blocks=None,
     else:
         inputs = keras.Input(shape=tuple(input_shape), name="backbone_input")
         if stem == "standard":
-            x = _conv_bn(inputs, base_filters, 7, 2, "stem")
+            x = _conv_bn(inputs, base_filters, 7, 2, "stem", sync_bn=sync_bn)
             x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
         else:
-            x = _conv_bn(inputs, base_filters, 3, 1, "stem")
+            x = _conv_bn(inputs, base_filters, 3, 1, "stem", sync_bn=sync_bn)
         for s, count in enumerate(blocks):
             for b in range(count):
                 stride = 2 if (b == 0 and s > 0) else 1
-                x = _residual_block(x, base_filters * 2**s, stride, block, f"stage{s + 1}_block{b + 1}")
+                x = _residual_block(x, base_filters * 2**s, stride, block, f"stage{s + 1}_block{b + 1}", sync_bn)
         backbone = keras.Model(inputs, x, name="backbone")
     if weights not in (None, "imagenet"):
         if not os.path.isfile(weights):

@@ -30,7 +30,7 @@ def feature_stack(x, units, *, activation="relu", dropout=0.0, name):
     return x
 
 
-def identity_head(x, num_identities, *, units, embedding_dim, activation="relu", dropout=0.0):
+def identity_head(x, num_identities, *, units, embedding_dim, activation="relu", dropout=0.0, sync_bn=False):
     """Identity branch: features -> embedding -> softmax over training identities.
 
     Returns:
@@ -43,7 +43,7 @@ def identity_head(x, num_identities, *, units, embedding_dim, activation="relu",
         raise ValueError(f"embedding_dim must be >= 1. Received: embedding_dim={embedding_dim}")
     h = feature_stack(x, units, activation=activation, dropout=dropout, name="identity")
     h = layers.Dense(embedding_dim, name="embedding_dense")(h)
-    h = layers.BatchNormalization(name="embedding_bn")(h)
+    h = layers.BatchNormalization(synchronized=sync_bn, name="embedding_bn")(h)
     probs = layers.Dense(num_identities, activation="softmax", dtype="float32", name="identity")(h)
     embedding = layers.UnitNormalization(dtype="float32", name="embedding")(h)
     return probs, embedding

@@ -17,7 +17,7 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
                           stem="standard", base_filters=64, identity_units=(256,), expression_units=(256,),
                           activation="relu", dropout=0.3, embedding_dim=128, backbone_weights=None,
                           normalization="auto", freeze_backbone=False, tasks=TASKS,
-                          num_expressions=len(EXPRESSIONS)):
+                          num_expressions=len(EXPRESSIONS), sync_bn=False):
     """Builds the functional multi-task model.
 
     The input `image` holds pixel values in [0, 255] at the recipe's size. Gray
@@ -37,6 +37,8 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
         tasks: which heads to build; both by default. A single task gives the
             single-task baselines used by the benchmarks.
         num_expressions: number of expression classes.
+        sync_bn: synchronised BatchNormalization across replicas (multi-device runs
+            then match a single device on the same global batch).
 
     Returns:
         A `keras.Model` named `facemtl` with dict outputs `identity` (softmax),
@@ -61,7 +63,7 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
     if input_shape[-1] == 1:
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     net = build_resnet(backbone, (*input_shape[:2], 3), stage_blocks=stage_blocks, stem=stem,
-                       base_filters=base_filters, weights=backbone_weights)
+                       base_filters=base_filters, weights=backbone_weights, sync_bn=sync_bn)
     net.trainable = not freeze_backbone
     # training=False is not forced here: a frozen backbone's BatchNormalization
     # already runs in inference mode in Keras 3 (trainable=False).
@@ -71,7 +73,7 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
     if "identity" in tasks:
         outputs["identity"], outputs["embedding"] = identity_head(
             features, num_identities, units=list(identity_units), embedding_dim=embedding_dim,
-            activation=activation, dropout=dropout)
+            activation=activation, dropout=dropout, sync_bn=sync_bn)
     if "expression" in tasks:
         outputs["expression"] = expression_head(features, num_expressions, units=list(expression_units),
                                                 activation=activation, dropout=dropout)
@@ -86,7 +88,7 @@ def build_from_recipe(model_config, num_identities, tasks=TASKS):
         stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,
         identity_units=c.identity_units, expression_units=c.expression_units, activation=c.activation,
         dropout=c.dropout, embedding_dim=c.embedding_dim, backbone_weights=c.backbone_weights,
-        normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks)
+        normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks, sync_bn=c.sync_batchnorm)
 
 
 def set_backbone_trainable(model, trainable):

@@ -19,6 +19,25 @@ def _flatten_labels(y_true):
     return ops.reshape(ops.cast(y_true, "int32"), (-1,))
 
 
+def masked_crossentropy_sum(y_true, y_pred, class_weights=None, ignore_label=IGNORE_LABEL):
+    """Summed cross-entropy over labelled samples and the summed weight it is to be divided by.
+
+    Kept apart from the division so that a distributed loop can divide by the
+    count over *all* replicas and get exactly the single-device mean.
+
+    Returns:
+        `(loss_sum, weight_sum)` float32 scalars.
+    """
+    labels = _flatten_labels(y_true)
+    valid = ops.not_equal(labels, ignore_label)
+    safe = ops.where(valid, labels, ops.zeros_like(labels))
+    per_sample = keras.losses.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"))
+    weights = ops.cast(valid, "float32")
+    if class_weights is not None:
+        weights = weights * ops.take(ops.convert_to_tensor(class_weights, "float32"), safe)
+    return ops.sum(per_sample * weights), ops.sum(weights)
+
+
 @keras.saving.register_keras_serializable(package="facemtl")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     """Cross-entropy over probabilities, averaged over labelled samples only.
@@ -45,15 +64,9 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         self.ignore_label = int(ignore_label)
 
     def call(self, y_true, y_pred):
-        labels = _flatten_labels(y_true)
-        valid = ops.not_equal(labels, self.ignore_label)
-        safe = ops.where(valid, labels, ops.zeros_like(labels))
-        per_sample = keras.losses.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"))
-        weights = ops.cast(valid, "float32")
-        if self.class_weights is not None:
-            weights = weights * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
+        total, count = masked_crossentropy_sum(y_true, y_pred, self.class_weights, self.ignore_label)
         # Returning the already-averaged scalar makes Keras' reduction a no-op.
-        return ops.sum(per_sample * weights) / ops.maximum(ops.sum(weights), 1e-12)
+        return total / ops.maximum(count, 1e-12)
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights, "ignore_label": self.ignore_label}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import json
@@ -24,6 +23,8 @@ from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model
 from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
+from facemtl.training.custom_loop import fit_custom_loop, is_chief
+from facemtl.training.history import read_history, truncate_history
 from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
 
 
@@ -46,6 +47,10 @@ def select_strategy(name="auto", devices=None):
     default (single-device) strategy. `mirrored` takes explicit `devices`
     (e.g. two logical CPUs in tests) or all visible GPUs.
     """
+    if name == "multi_worker":
+        # The cluster comes from TF_CONFIG. Created before anything else touches
+        # the TensorFlow runtime (listing devices included), as it must be.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -68,8 +73,16 @@ def training_view(model, tasks=TASKS):
 
 
 def learning_rate(recipe, steps_per_epoch, factor=1.0):
-    """The recipe's learning-rate schedule (warm-up, then constant, cosine or step)."""
+    """The recipe's learning-rate schedule (warm-up, then constant, cosine or step).
+
+    One rule for batch sizes: `optimizer.learning_rate` is for the global batch;
+    with `optimizer.reference_batch_size` set it is scaled linearly by
+    `train.batch_size / reference_batch_size` (Goyal et al., 2017), whatever the
+    number of replicas or workers the global batch is split over.
+    """
     lr = recipe.optimizer.learning_rate * factor
+    if recipe.optimizer.reference_batch_size:
+        lr *= recipe.train.batch_size / recipe.optimizer.reference_batch_size
     s = recipe.schedule
     total = max(1, recipe.train.epochs * steps_per_epoch)
     warmup = int(s.warmup_epochs * steps_per_epoch)
@@ -140,29 +153,6 @@ def _backed_up_epochs(backup_dir):
     return 0
 
 
-def _truncate_history(path, epochs):
-    """Keeps the CSV rows of the first `epochs` epochs (the ones the backup holds)."""
-    if not os.path.isfile(path):
-        return
-    with open(path, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
-                        and int(line.split(",", 1)[0]) < epochs]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
-
-
-def _read_history(path):
-    """The whole run's per-epoch logs (a resumed run's `fit` only returns its own part)."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
-
-
 def new_run_dir(recipe):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(recipe.output_dir, recipe.name, stamp)
@@ -190,6 +180,18 @@ def train(recipe, run_dir=None, log=print):
         >>> result.test_report["expression"]["accuracy"]
     """
     start = time.time()
+    loop = recipe.train.loop
+    if loop == "auto":
+        loop = "custom" if recipe.train.strategy == "multi_worker" else "fit"
+    if recipe.train.strategy == "multi_worker":
+        if loop == "fit":
+            raise FacemtlError("Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): "
+                               "use train.loop=custom (or auto)")
+        if run_dir is None:
+            raise FacemtlError("Multi-worker training needs --run-dir: the same path on every worker")
+    # Created first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = select_strategy(recipe.train.strategy, recipe.train.devices)
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(recipe.train.seed)
     keras.mixed_precision.set_global_policy(recipe.train.precision)
     resumed = None
@@ -197,8 +199,9 @@ def train(recipe, run_dir=None, log=print):
         run_dir = resumed = find_unfinished_run(recipe)
     run_dir = run_dir or new_run_dir(recipe)
     os.makedirs(run_dir, exist_ok=True)
-    save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
-    log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
+    if chief:
+        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
+        log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
 
     log("facemtl: preparing data ...")
     splits = load_splits(recipe)
@@ -213,12 +216,11 @@ def train(recipe, run_dir=None, log=print):
     log(f"facemtl: {len(splits.train[0])} training, {len(splits.val[0])} validation, {len(splits.test[0])} test "
         f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
 
-    strategy = select_strategy(recipe.train.strategy, recipe.train.devices)
     if batch % strategy.num_replicas_in_sync:
         raise FacemtlError(f"train.batch_size={batch} must divide evenly over "
                            f"{strategy.num_replicas_in_sync} replicas")
     log(f"facemtl: strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
-        f"global batch {batch}, precision {recipe.train.precision}")
+        f"global batch {batch}, precision {recipe.train.precision}, {'model.fit' if loop == 'fit' else 'custom loop'}")
     with strategy.scope():
         model = build_from_recipe(recipe.model, len(splits.identity_names))
         view = training_view(model)
@@ -232,7 +234,7 @@ def train(recipe, run_dir=None, log=print):
     done = _backed_up_epochs(backup_dir) if recipe.train.backup else 0
     if done:
         log(f"facemtl: {done} epoch(s) already done; continuing from the last backup")
-        _truncate_history(history_csv, done)
+        truncate_history(history_csv, done)
     callbacks = [
         nan_guard,
         checkpoint,
@@ -256,25 +258,42 @@ def train(recipe, run_dir=None, log=print):
     phases = [(0, epochs, 1.0)]
     if unfreeze is not None and 0 < unfreeze < epochs:
         phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
-    for i, (first, last, lr_factor) in enumerate(phases):
-        if last <= done:  # a resumed run skips the phases it has finished
-            continue
-        if i > 0:
-            log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
-            with strategy.scope():
-                set_backbone_trainable(model, True)
-                compile_model(view, recipe, steps_per_epoch, lr_factor)
-        view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
-                 shuffle=False, verbose=verbose)
-        if nan_guard.bad_batch is not None:
-            # The backup may hold the diverged weights: drop it so a rerun starts clean.
-            shutil.rmtree(backup_dir, ignore_errors=True)
-            raise FacemtlError(
-                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
-                f"The last good checkpoint is kept at {ckpt_path}. "
-                "Try a lower optimizer.learning_rate or train.precision=float32.")
-    shutil.rmtree(backup_dir, ignore_errors=True)
-    history = _read_history(history_csv)
+    if loop == "custom":
+        if len(phases) > 1:
+            raise FacemtlError("train.unfreeze_at_epoch is not supported by the custom loop yet")
+        history = fit_custom_loop(
+            view, view.optimizer, strategy,
+            lambda: make_dataset(splits.train, recipe.model, batch, training=True, shuffle_buffer=recipe.data.shuffle_buffer,
+                                 seed=recipe.train.seed, augment=recipe.data.augment, drop_remainder=True),
+            val_ds, epochs=epochs, global_batch=batch, steps_per_epoch=len(splits.train[0]) // batch,
+            loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
+            checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
+        if not chief:  # workers other than the chief leave evaluation, export and reports to it
+            return TrainResult(run_dir, model, history, {}, None, time.time() - start)
+        try:
+            os.rmdir(backup_dir)  # empty once every worker removed its own state
+        except OSError:
+            pass
+    else:
+        for i, (first, last, lr_factor) in enumerate(phases):
+            if last <= done:  # a resumed run skips the phases it has finished
+                continue
+            if i > 0:
+                log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
+                with strategy.scope():
+                    set_backbone_trainable(model, True)
+                    compile_model(view, recipe, steps_per_epoch, lr_factor)
+            view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
+                     shuffle=False, verbose=verbose)
+            if nan_guard.bad_batch is not None:
+                # The backup may hold the diverged weights: drop it so a rerun starts clean.
+                shutil.rmtree(backup_dir, ignore_errors=True)
+                raise FacemtlError(
+                    f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
+                    f"The last good checkpoint is kept at {ckpt_path}. "
+                    "Try a lower optimizer.learning_rate or train.precision=float32.")
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    history = read_history(history_csv)
 
     if checkpoint.best_epoch is not None:
         log(f"facemtl: restoring the best weights (epoch {checkpoint.best_epoch + 1}, val_loss {checkpoint.best:.4f})")
