@@ -103,3 +103,30 @@ def test_frozen_backbone_then_unfreeze(tmp_path):
     assert any("unfreezing the backbone at epoch 2" in line for line in lines)
     assert result.model.get_layer("backbone").trainable
     assert len(result.history["loss"]) == 2
+
+
+def test_custom_loop_resumes_from_its_backup(tmp_path, monkeypatch):
+    """The strategy.run loop (used for multi-worker runs) resumes after an interruption too."""
+    import facemtl.training.custom_loop as custom_loop
+
+    overrides = tiny_overrides(tmp_path) + ["train.loop=custom", "train.epochs=3", "export.enabled=false"]
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=overrides)
+    run_dir = str(tmp_path / "run")
+    real_save = custom_loop._Backup.save
+
+    def save_then_die(self, epochs_done):
+        real_save(self, epochs_done)
+        if epochs_done == 2:
+            raise KeyboardInterrupt("preempted")
+
+    monkeypatch.setattr(custom_loop._Backup, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, run_dir=run_dir, log=lambda *_: None)
+    assert _history_epochs(run_dir) == [0, 1]
+    monkeypatch.setattr(custom_loop._Backup, "save", real_save)
+    lines = []
+    result = train(recipe, run_dir=run_dir, log=lines.append)
+    assert any("2 epoch(s) already done" in line for line in lines)
+    assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 3/3"]
+    assert _history_epochs(run_dir) == [0, 1, 2]
+    assert len(result.history["loss"]) == 3
