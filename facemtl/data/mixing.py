@@ -1,0 +1,110 @@
+"""One training stream for two tasks, mixed from several sources.
+
+Each source contributes `(image, {"identity": id or -1, "expression": e or -1})`
+samples; `mix` draws from the sources with recipe-set ratios, element by
+element, so every batch (and every replica's contiguous slice of it) carries
+both tasks. Identity label spaces of several sources are laid end to end
+(`"<source>/<name>"`), so they never collide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
+from facemtl.preprocessing import prepare_images
+
+
+def merge_identity_spaces(parts):
+    """Offsets each part's identity labels so that label spaces are disjoint.
+
+    Args:
+        parts: list of `(source_name, Materialized)`.
+
+    Returns:
+        `(identity_arrays, names)`: one relabelled array per part, and the merged
+        names `"<source>/<name>"` in label order.
+    """
+    names, arrays, offset = [], [], 0
+    for source_name, m in parts:
+        ids = np.where(m.identity == IGNORE_LABEL, IGNORE_LABEL, m.identity + offset).astype(np.int32)
+        arrays.append(ids)
+        if (m.identity != IGNORE_LABEL).any():
+            names += [f"{source_name}/{n}" for n in m.identity_names]
+            offset += len(m.identity_names)
+    return arrays, names
+
+
+def expression_class_weights(expression, num_classes=len(EXPRESSIONS)):
+    """`n / (k * n_c)` per class over the labelled samples (1 for absent classes), e.g. for FER2013's imbalance."""
+    labels = np.asarray(expression)
+    labels = labels[labels != IGNORE_LABEL]
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
+    return weights.tolist()
+
+
+def random_grayscale(images, probability, seed=None):
+    """Turns each image gray (still 3 channels) with `probability`, so colour cannot tell which dataset a face is from."""
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
+    pick = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < probability
+    return tf.where(pick, gray, images)
+
+
+def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_probability=0.0, seed=0,
+        balance_expressions=False):
+    """An endless, shuffled, batched training stream mixed from several materialised sources.
+
+    Args:
+        parts: list of `(images uint8 [n, s, s, 3], identity int32 [n], expression int32 [n])`,
+            identity labels already merged (`merge_identity_spaces`).
+        weights: sampling ratio per part (normalised).
+        batch_size: global batch size.
+        model_config: the recipe's `model` section (input size and channels).
+        augmenters: Keras 3 augmentation layers, applied per batch.
+        grayscale_probability: per-sample chance of random grayscale.
+        seed: sampling and shuffling seed.
+        balance_expressions: draw expression-labelled parts class-balanced
+            (each class equally often) instead of in their natural frequency.
+
+    Returns:
+        A `tf.data.Dataset` of `(images float32 [b, h, w, c], {"identity", "expression"})`; it repeats forever
+        (give `fit` a `steps_per_epoch`).
+    """
+    if len(parts) != len(weights) or not parts:
+        raise ValueError(f"Need one weight per part. Received: {len(parts)} parts, weights={weights}")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"Weights must be >= 0 and not all 0. Received: weights={weights}")
+    streams, stream_weights = [], []
+    for k, ((images, ids, exprs), w) in enumerate(zip(parts, weights)):
+        if w == 0:
+            continue
+        if balance_expressions and (exprs != IGNORE_LABEL).any():
+            classes = [c for c in range(len(EXPRESSIONS)) if (exprs == c).any()]
+            for c in classes:
+                idx = np.flatnonzero(exprs == c)
+                streams.append(_stream(images[idx], ids[idx], exprs[idx], seed + 1000 * k + c))
+                stream_weights.append(w / len(classes))
+        else:
+            streams.append(_stream(images, ids, exprs, seed + 1000 * k))
+            stream_weights.append(w)
+    total = sum(stream_weights)
+    ds = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in stream_weights], seed=seed)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    c = model_config
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32)
+        if grayscale_probability:
+            x = random_grayscale(x, grayscale_probability)
+        for layer in augmenters:
+            x = layer(x, training=True)
+        return prepare_images(tf.clip_by_value(x, 0.0, 255.0), c.height, c.width, c.channels), y
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _stream(images, ids, exprs, seed):
+    ds = tf.data.Dataset.from_tensor_slices((images, {"identity": ids, "expression": exprs}))
+    return ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=True).repeat()

@@ -1,0 +1,193 @@
+"""Dataset readers on small fixtures written in each real format, and on ../shared/data when present."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemtl.data.celeba import read_celeba
+from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
+from facemtl.data.folders import read_identity_folders
+from facemtl.data.materialize import crop_box, materialize
+from facemtl.data.vggface2 import read_vggface2
+from facemtl.errors import FacemtlError
+from facemtl.labels import EXPRESSIONS
+from tests.conftest import SHARED_DATA
+
+
+def _pixels(seed):
+    return " ".join(str(v) for v in np.random.default_rng(seed).integers(0, 256, 48 * 48))
+
+
+@pytest.fixture
+def fer_csv(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    usages = ["Training"] * 14 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
+    rows = [f'{i % 7},"{_pixels(i)}",{u}' for i, u in enumerate(usages)]
+    path.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _image(path, size=(60, 50), value=None, mode="RGB"):
+    arr = np.random.default_rng(abs(hash(str(path))) % 2**32).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    if value is not None:
+        arr[:] = value
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def test_fer2013_csv(fer_csv):
+    train = read_fer2013_csv(fer_csv)
+    assert len(train) == 14 and train.pixels.shape == (14, 48, 48)
+    assert train.expression.tolist() == [i % 7 for i in range(14)]
+    assert (train.identity == -1).all() and train.tasks == ["expression"]
+    both = read_fer2013_csv(fer_csv, usage=("PublicTest", "PrivateTest"))
+    assert len(both) == 6
+
+
+def test_icml_variant_with_spaced_headers(tmp_path):
+    path = tmp_path / "icml_face_data.csv"
+    path.write_text("emotion, Usage, pixels\n" + f"3,Training,{_pixels(1)}\n" + f"6,PublicTest,{_pixels(2)}\n")
+    assert read_fer2013_csv(path).expression.tolist() == [3]
+
+
+@pytest.mark.parametrize("row, message", [
+    ('9,"{p}",Training', "emotion 9"),
+    ('x,"{p}",Training', "not an integer"),
+    ('1,"1 2 3",Training', "2304 pixel values"),
+    ('1,"{p}",Validation', "unknown Usage"),
+    ('1,"{p}"', "expected 3 fields"),
+])
+def test_malformed_csv_row_names_file_and_line(tmp_path, fer_csv, row, message):
+    lines = fer_csv.read_text().splitlines()
+    lines.insert(5, row.format(p=_pixels(0)))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FacemtlError, match=f"bad.csv:6: .*{message}"):
+        read_fer2013_csv(bad, usage=USAGES_ALL)
+
+
+USAGES_ALL = ("Training", "PublicTest", "PrivateTest")
+
+
+def test_fer2013_folders(tmp_path):
+    for split, n in (("train", 2), ("test", 1)):
+        for name in EXPRESSIONS:
+            d = tmp_path / split / name
+            d.mkdir(parents=True)
+            for k in range(n):
+                _image(d / f"{split}_{k}.jpg", (48, 48), mode="L")
+    train = read_fer2013_folders(tmp_path, "train")
+    assert len(train) == 14
+    assert sorted(set(train.expression.tolist())) == list(range(7))
+    for p, e in zip(train.paths, train.expression):
+        assert os.path.basename(os.path.dirname(p)) == EXPRESSIONS[e]
+    (tmp_path / "test" / "contempt").mkdir()
+    _image(tmp_path / "test" / "contempt" / "x.jpg")
+    with pytest.raises(FacemtlError, match="unknown expression class 'contempt'"):
+        read_fer2013_folders(tmp_path, "test")
+    (tmp_path / "train" / "happy" / "train_0.jpg").unlink()
+    (tmp_path / "train" / "happy" / "train_1.jpg").unlink()
+    with pytest.raises(FacemtlError, match="happy: empty class folder"):
+        read_fer2013_folders(tmp_path, "train")
+
+
+@pytest.fixture
+def vggface2(tmp_path):
+    root = tmp_path / "vggface2"
+    for cls in ("n000002", "n000003", "n000005"):
+        (root / "train" / cls).mkdir(parents=True)
+        for k in (1, 2):
+            _image(root / "train" / cls / f"000{k}_01.jpg", (100, 120))
+    (root / "identity_meta.csv").write_text(
+        'Class_ID, Name, Sample_Num, Flag, Gender\nn000002, "Ann_A", 2, 1, f\nn000003, "Bob_B", 2, 1, m\n'
+        'n000005, "Cy_C", 2, 1, m\n')
+    (root / "train_list.txt").write_text("\n".join(f"{c}/000{k}_01.jpg" for c in ("n000002", "n000003", "n000005")
+                                                   for k in (1, 2)) + "\n")
+    (root / "bb_landmark").mkdir()
+    (root / "bb_landmark" / "loose_bb_train.csv").write_text(
+        "NAME_ID,X,Y,W,H\n" + "\n".join(f"{c}/000{k}_01,10,20,50,60" for c in ("n000002", "n000003", "n000005")
+                                        for k in (1, 2)) + "\n")
+    return root
+
+
+def test_vggface2_tree_with_its_csvs(vggface2):
+    src = read_vggface2(vggface2, "train")
+    assert len(src) == 6 and src.identity_names == ["Ann_A", "Bob_B", "Cy_C"]
+    assert src.identity.tolist() == [0, 0, 1, 1, 2, 2]
+    np.testing.assert_array_equal(src.boxes[0], [10, 20, 50, 60])
+    m = materialize(src, 32)
+    assert m.images.shape == (6, 32, 32, 3)
+
+
+def test_vggface2_bad_box_row(vggface2):
+    path = vggface2 / "bb_landmark" / "loose_bb_train.csv"
+    path.write_text(path.read_text() + "n000002/0009_01,1,2,three,4\n")
+    with pytest.raises(FacemtlError, match="loose_bb_train.csv:8: box values"):
+        read_vggface2(vggface2, "train")
+
+
+def test_crop_box_clamps_and_rejects_outside():
+    image = np.zeros((100, 80, 3), np.uint8)
+    assert crop_box(image, (60, 70, 40, 50), margin=0.0).shape == (30, 20, 3)  # clamped at the edges
+    with pytest.raises(ValueError, match="outside"):
+        crop_box(image, (200, 200, 10, 10))
+
+
+def test_celeba_layout_and_missing_photos(tmp_path, caplog):
+    root = tmp_path / "celeba"
+    (root / "img_celeba").mkdir(parents=True)
+    for k in range(1, 6):
+        _image(root / "img_celeba" / f"{k:06d}.jpg")
+    (root / "identity_CelebA.txt").write_text("\n".join(f"{k:06d}.jpg {100 + k % 2}" for k in range(1, 8)) + "\n")
+    with caplog.at_level(logging.WARNING, logger="facemtl.data"):
+        src = read_celeba(root)
+    assert len(src) == 5 and src.identity_names == ["100", "101"]
+    assert "skipped 2 listed photos missing" in caplog.text and "000006.jpg" in caplog.text
+    (root / "identity_CelebA.txt").write_text("000001.jpg\n")
+    with pytest.raises(FacemtlError, match="identity_CelebA.txt:1"):
+        read_celeba(root)
+
+
+def test_identity_folders_with_pgm_and_a_corrupt_image(tmp_path, caplog):
+    for s in ("s1", "s2"):
+        (tmp_path / s).mkdir()
+        for k in (1, 2, 3):
+            _image(tmp_path / s / f"{k}.pgm", (92, 112), mode="L")
+    (tmp_path / "s2" / "3.pgm").write_bytes(b"P5 broken")
+    src = read_identity_folders(tmp_path, name="orl")
+    assert src.identity_names == ["s1", "s2"] and len(src) == 6
+    with caplog.at_level(logging.WARNING, logger="facemtl.data"):
+        m = materialize(src, 40)
+    assert len(m.images) == 5 and len(m.skipped) == 1 and m.skipped[0].endswith("3.pgm")
+    assert "skipped 1 unreadable" in caplog.text
+    (tmp_path / "s3").mkdir()
+    with pytest.raises(FacemtlError, match="s3: identity folder without images"):
+        read_identity_folders(tmp_path)
+
+
+def test_materialize_cache_is_reused(tmp_path, fer_csv):
+    src = read_fer2013_csv(fer_csv)
+    a = materialize(src, 48, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    b = materialize(src, 48, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == (14, 48, 48, 3)
+
+
+@pytest.mark.shared_data
+def test_real_datasets_in_shared_data():
+    fer_train = read_fer2013_folders(os.path.join(SHARED_DATA, "fer2013"), "train")
+    fer_test = read_fer2013_folders(os.path.join(SHARED_DATA, "fer2013"), "test")
+    assert (len(fer_train), len(fer_test)) == (28709, 3589)
+    counts = np.bincount(fer_train.expression, minlength=7)
+    assert counts[EXPRESSIONS.index("disgust")] == 436 and counts[EXPRESSIONS.index("happy")] == 7215
+    lfw = read_identity_folders(os.path.join(SHARED_DATA, "lfw_subset", "train"))
+    assert len(lfw.identity_names) == 12
+    orl = read_identity_folders(os.path.join(SHARED_DATA, "orl", "att_faces"))
+    assert len(orl.identity_names) == 40 and len(orl) == 400
+    celeba = read_celeba(os.path.join(SHARED_DATA, "celeba_subset"))
+    assert len(celeba) == 6300 and len(celeba.identity_names) == 299
+    m = materialize(orl.subset(np.arange(10)), 48)
+    assert m.images.shape == (10, 48, 48, 3) and not m.skipped
