@@ -1,4 +1,4 @@
-"""The `facemtl` command line: train, predict, analyze, align.
+"""The `facemtl` command line: train, predict, analyze, align, evaluate.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -149,6 +149,40 @@ def _align(args):
     return 0
 
 
+def _evaluate(args):
+    from facemtl.config import load_recipe
+    from facemtl.data.pipeline import load_splits
+    from facemtl.evaluation import format_report, predict_saved_model, write_report
+    from facemtl.export import read_metadata
+
+    target = args.model
+    if os.path.isfile(os.path.join(target, "saved_model.pb")):
+        meta = read_metadata(target)
+        recipe_path = args.recipe or os.path.join(meta.get("run_dir", ""), "recipe.yaml")
+        out = args.out or os.path.join(target, f"eval-{args.split}")
+    elif os.path.isfile(os.path.join(target, "recipe.yaml")):  # a run folder: use its export
+        with open(os.path.join(target, "summary.json"), encoding="utf-8") as f:
+            export = json.load(f).get("export_dir")
+        if not export:
+            raise FacemtlError(f"{target}: this run exported no SavedModel to evaluate")
+        recipe_path = args.recipe or os.path.join(target, "recipe.yaml")
+        out = args.out or os.path.join(target, f"eval-{args.split}")
+        target = export
+    else:
+        raise FacemtlError(f"{target}: neither a SavedModel version folder nor a run folder")
+    if not os.path.isfile(recipe_path):
+        raise FacemtlError(f"No recipe to take the data from ({recipe_path}): pass --recipe")
+    recipe = load_recipe(recipe_path, overrides=args.set)
+    splits = load_splits(recipe, log=lambda m: print(m, file=sys.stderr))
+    images, labels = splits.test if args.split == "test" else splits.val
+    names = {"identity": splits.identity_names, "expression": splits.expression_names}
+    preds, trues, model_names = predict_saved_model(target, images, labels, names)
+    report = write_report(preds, trues, model_names, out, title=f"{recipe.name} {args.split} ")
+    print(format_report(report))
+    print(f"facemtl: report and confusion matrices in {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +224,14 @@ def build_parser():
     p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
     p.add_argument("--max-side", type=int, default=2048)
     p.set_defaults(func=_align)
+
+    p = sub.add_parser("evaluate", help="per-task accuracy, macro-F1, per-class table and confusion matrices")
+    p.add_argument("model", help="a SavedModel version folder or a run folder")
+    p.add_argument("--recipe", help="recipe naming the data (default: the run's own recipe)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--out", help="folder for report.json and the confusion PNGs")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

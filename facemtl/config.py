@@ -72,11 +72,39 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass
+class SourceConfig:
+    """One real dataset in the training mix (`data.source: mixed`)."""
+
+    format: Literal["fer2013_folders", "fer2013_csv", "vggface2", "celeba", "identity_folders"] = "identity_folders"
+    path: str = ""
+    name: Optional[str] = None  # identity namespace; defaults to the format's dataset name
+    split: str = "train"  # folder split, or the CSV's Usage (Training, PublicTest, PrivateTest)
+    images: Optional[str] = None  # celeba: image folder, e.g. aligned crops from `facemtl align`
+    weight: float = 1.0  # sampling ratio in the training mix
+    min_images: int = 1  # identity sources: leave out people with fewer photos
+    # Detect and align every photo once (MTCNN, the serving aligner) into data.cache_dir
+    # before use: for in-the-wild photos (CelebA's img_celeba, LFW...).
+    align: bool = False
+    align_size: int = 112
+    val_fraction: float = 0.05  # held out of `split` (stratified by label) for validation
+    test_split: Optional[str] = None  # a separate split for the test report (FER2013's PublicTest)...
+    test_fraction: float = 0.0  # ...or this fraction of `split` held out (identity: held-out photos)
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Where training data comes from."""
 
-    source: Literal["synthetic"] = "synthetic"
+    source: Literal["synthetic", "mixed"] = "synthetic"
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    cache_dir: str = "data/cache"  # decoded, resized datasets are kept here
+    crop_margin: float = 0.2  # around dataset boxes (VGGFace2, CelebA bbox lists)
+    # Random grayscale per sample, so colour cannot tell which dataset (task) a face is from.
+    grayscale_probability: float = 0.0
+    # FER2013's imbalance: "class_weights" (weighted loss), "sampling" (class-balanced draws) or "none".
+    expression_balance: Literal["none", "class_weights", "sampling"] = "none"
+    steps_per_epoch: Optional[int] = None  # mixed streams are endless; default: training images / batch
     shuffle_buffer: int = 10000
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
@@ -167,11 +195,11 @@ _POSITIVE = {
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps",
-    "optimizer.reference_batch_size",
+    "optimizer.reference_batch_size", "data.steps_per_epoch",
 }
 _NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
-                 "data.augment.contrast"}
+                 "data.augment.contrast", "data.crop_margin", "data.grayscale_probability"}
 
 
 def _check(value, tp, key):

@@ -97,6 +97,57 @@ def predict_splits(model, dataset):
             {t: np.concatenate(v) for t, v in trues.items() if v})
 
 
+def write_report(preds, trues, names, out_dir, title=""):
+    """Scores each task's predictions; writes `report.json` and one confusion-matrix PNG per task."""
+    os.makedirs(out_dir, exist_ok=True)
+    report = {}
+    for task in preds:
+        report[task] = classification_report(trues[task], preds[task], names[task])
+        plot_confusion(report[task]["confusion"], names[task], os.path.join(out_dir, f"confusion_{task}.png"),
+                       f"{title}{task}: accuracy {report[task]['accuracy']:.3f}")
+    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def format_report(report):
+    """A per-class table per task, as text."""
+    lines = []
+    for task, r in report.items():
+        lines.append(f"{task}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['count']} images)")
+        lines.append(f"  {'class':24s} {'precision':>9s} {'recall':>9s} {'f1':>9s} {'support':>8s}")
+        for name, c in r["per_class"].items():
+            if c["support"] or len(r["per_class"]) <= 20:
+                lines.append(f"  {name[:24]:24s} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} "
+                             f"{c['support']:8d}")
+    return "\n".join(lines)
+
+
+def predict_saved_model(saved_model_dir, images, labels, names, batch_size=256):
+    """Predictions of an exported model on uint8 images, labels mapped onto the model's own names.
+
+    Returns:
+        `(preds, trues, model_names)` per task, ready for `write_report`.
+    """
+    from facemtl.inference import Predictor
+
+    predictor = Predictor(saved_model_dir, batch_size=batch_size)
+    model_names = {"identity": predictor.identities, "expression": predictor.expressions}
+    raw = predictor.run(list(np.asarray(images, np.uint8)))
+    preds, trues = {}, {}
+    for task, key in (("identity", "identity_probs"), ("expression", "expression_probs")):
+        y = np.asarray(labels[task])
+        if not (y != IGNORE_LABEL).any():
+            continue
+        index = {n: i for i, n in enumerate(model_names[task])}
+        missing = sorted({names[task][v] for v in y[y != IGNORE_LABEL]} - set(index))
+        if missing:
+            raise ValueError(f"The data has {task} classes the model does not know: {missing[:5]}")
+        trues[task] = np.array([index[names[task][v]] if v != IGNORE_LABEL else IGNORE_LABEL for v in y])
+        preds[task] = np.array([int(np.argmax(r[key])) for r in raw])
+    return preds, trues, model_names
+
+
 def evaluate_model(model, dataset, names, out_dir, title=""):
     """Scores every task of `model` on `dataset`; writes `report.json` and confusion PNGs.
 
@@ -110,16 +161,8 @@ def evaluate_model(model, dataset, names, out_dir, title=""):
     Returns:
         `{task: classification_report}`.
     """
-    os.makedirs(out_dir, exist_ok=True)
     preds, trues = predict_splits(model, dataset)
-    report = {}
-    for task in preds:
-        report[task] = classification_report(trues[task], preds[task], names[task])
-        plot_confusion(report[task]["confusion"], names[task], os.path.join(out_dir, f"confusion_{task}.png"),
-                       f"{title}{task}: accuracy {report[task]['accuracy']:.3f}")
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    return report
+    return write_report(preds, trues, names, out_dir, title)
 
 
 def plot_history(history_csv, path):

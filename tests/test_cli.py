@@ -61,3 +61,19 @@ def test_train_smoke_then_predict(tmp_path, face_files):
         assert answer["identity"]["label"].startswith("person_")
         assert 0 < answer["identity"]["probability"] <= 1
         assert answer["embedding_size"] == 16 and "embedding" not in answer
+
+
+@pytest.mark.slow
+def test_evaluate_a_run_and_a_saved_model(trained, tmp_path):
+    r = run_cli("evaluate", trained.run_dir, "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    assert "expression: accuracy" in r.stdout and "identity: accuracy" in r.stdout and "precision" in r.stdout
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    # Same data, same weights: the export's accuracy equals the in-training test report.
+    for task in ("identity", "expression"):
+        assert report[task]["accuracy"] == pytest.approx(trained.test_report[task]["accuracy"], abs=1e-9)
+    assert (tmp_path / "eval" / "confusion_expression.png").is_file()
+    r = run_cli("evaluate", trained.export_dir, "--out", tmp_path / "eval2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("evaluate", tmp_path)
+    assert r.returncode == 2 and "neither a SavedModel" in r.stderr

@@ -23,17 +23,24 @@ def merge_identity_spaces(parts):
         parts: list of `(source_name, Materialized)`.
 
     Returns:
-        `(identity_arrays, names)`: one relabelled array per part, and the merged
-        names `"<source>/<name>"` in label order.
+        `(identity_arrays, names, offsets)`: one relabelled array per part, the
+        merged names `"<source>/<name>"` in label order, and each part's offset
+        (to relabel its other splits alike).
     """
-    names, arrays, offset = [], [], 0
+    names, arrays, offsets, offset = [], [], [], 0
     for source_name, m in parts:
-        ids = np.where(m.identity == IGNORE_LABEL, IGNORE_LABEL, m.identity + offset).astype(np.int32)
-        arrays.append(ids)
+        offsets.append(offset)
+        arrays.append(shift_identities(m.identity, offset))
         if (m.identity != IGNORE_LABEL).any():
             names += [f"{source_name}/{n}" for n in m.identity_names]
             offset += len(m.identity_names)
-    return arrays, names
+    return arrays, names, offsets
+
+
+def shift_identities(identity, offset):
+    """Adds `offset` to identity labels, leaving `IGNORE_LABEL` alone."""
+    identity = np.asarray(identity)
+    return np.where(identity == IGNORE_LABEL, IGNORE_LABEL, identity + offset).astype(np.int32)
 
 
 def expression_class_weights(expression, num_classes=len(EXPRESSIONS)):

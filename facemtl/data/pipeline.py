@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,10 @@ class Splits:
     test: tuple
     identity_names: list
     expression_names: list = dataclasses.field(default_factory=lambda: list(EXPRESSIONS))
+    # Mixed real data: `train_stream(batch_size, seed, augment)` gives the endless
+    # mixed training stream (`train` then only counts the training images).
+    train_stream: Optional[Callable] = None
+    class_weights: Optional[list] = None
 
 
 def split_labels(identity, expression, seed=0):
@@ -35,9 +40,11 @@ def split_labels(identity, expression, seed=0):
             np.where(keep_identity, IGNORE_LABEL, expression).astype(np.int32))
 
 
-def load_splits(recipe):
+def load_splits(recipe, log=print):
     """Materialises the recipe's data source as `Splits`."""
     data = recipe.data
+    if data.source == "mixed":
+        return _load_mixed_splits(recipe, log)
     if data.source != "synthetic":
         raise ValueError(f"Unknown data source. Received: data.source={data.source!r}")
     cfg = data.synthetic
@@ -52,6 +59,23 @@ def load_splits(recipe):
             ids, exprs = split_labels(ids, exprs, seed=cfg.seed)
         splits[name] = (images, {"identity": ids, "expression": exprs})
     return Splits(splits["train"], splits["val"], splits["test"], synthetic.identity_names(cfg.num_identities))
+
+
+def _load_mixed_splits(recipe, log):
+    from facemtl.data.catalog import load_mixed
+    from facemtl.data.mixing import mix
+
+    parts, weights, val, test, names, class_weights = load_mixed(recipe, log)
+    data = recipe.data
+
+    def train_stream(batch_size, seed, augment):
+        return mix(parts, weights, batch_size, recipe.model, augmenters=augmentation_layers(augment, seed),
+                   grayscale_probability=data.grayscale_probability, seed=seed,
+                   balance_expressions=data.expression_balance == "sampling")
+
+    train = (np.concatenate([p[0] for p in parts]),
+             {"identity": np.concatenate([p[1] for p in parts]), "expression": np.concatenate([p[2] for p in parts])})
+    return Splits(train, val, test, names, train_stream=train_stream, class_weights=class_weights)
 
 
 def augmentation_layers(augment, seed=0):

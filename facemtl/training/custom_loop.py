@@ -118,7 +118,7 @@ def evaluate_losses(view, dataset, loss_weights):
 
 
 def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, epochs, global_batch, steps_per_epoch,
-                    loss_weights, run_dir, checkpoint=None, log=print, verbose=1):
+                    loss_weights, run_dir, checkpoint=None, log=print, verbose=1, class_weights=None):
     """Trains `view` for `epochs` with `strategy.run`; returns the per-epoch history.
 
     Args:
@@ -131,6 +131,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
         loss_weights: `{task: λ}`.
         run_dir: this worker's folder (`history.csv` on the chief, `backup/worker-<i>/` on each worker).
         checkpoint: an `AtomicBestCheckpoint` (chief only), called after each epoch.
+        class_weights: optional `{task: per-class weights}` for the losses.
         log: progress lines.
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
 
@@ -138,6 +139,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
         `{metric: [per-epoch values]}` with the names `fit` uses (`loss`, `identity_loss`, `val_loss`, ...).
     """
     tasks = list(view.output_names)
+    class_weights = class_weights or {}
     chief = is_chief(strategy)
     with strategy.scope():
         optimizer.build(view.trainable_variables)
@@ -159,7 +161,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
                 out = view(x, training=True)
                 losses = {}
                 for t in tasks:
-                    s, c = masked_crossentropy_sum(y[t], out[t])
+                    s, c = masked_crossentropy_sum(y[t], out[t], class_weights.get(t))
                     # Divide by the labelled count of the whole global batch: the
                     # gradient all-reduce (a sum) then yields the global mean.
                     losses[t] = s / tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, c), 1e-12)

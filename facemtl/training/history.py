@@ -26,4 +26,6 @@ def read_history(path):
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k != "epoch"}
+    # CSVLogger writes "NA" for a value an epoch did not log.
+    return {k: [float(r[k]) if r[k] not in ("", "NA") else float("nan") for r in rows]
+            for k in (rows[0] if rows else {}) if k != "epoch"}

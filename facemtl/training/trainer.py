@@ -204,15 +204,22 @@ def train(recipe, run_dir=None, log=print):
         log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
 
     log("facemtl: preparing data ...")
-    splits = load_splits(recipe)
+    splits = load_splits(recipe, log)
     names = {"identity": splits.identity_names, "expression": splits.expression_names}
     batch = recipe.train.batch_size
-    train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
-                            shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
-                            augment=recipe.data.augment)
+    if splits.train_stream is not None:  # mixed real datasets: an endless stream
+        train_ds = splits.train_stream(batch, recipe.train.seed, recipe.data.augment)
+        steps_per_epoch = recipe.data.steps_per_epoch or max(1, len(splits.train[0]) // batch)
+    else:
+        train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
+                                shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
+                                augment=recipe.data.augment)
+        steps_per_epoch = math.ceil(len(splits.train[0]) / batch)
+    if not len(splits.val[0]):
+        raise FacemtlError("No validation images: raise data.sources[].val_fraction (or the synthetic val_per_pair)")
     val_ds = make_dataset(splits.val, recipe.model, batch, training=False)
     test_ds = make_dataset(splits.test, recipe.model, batch, training=False)
-    steps_per_epoch = math.ceil(len(splits.train[0]) / batch)
+    class_weights = {"expression": splits.class_weights} if splits.class_weights else {}
     log(f"facemtl: {len(splits.train[0])} training, {len(splits.val[0])} validation, {len(splits.test[0])} test "
         f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
 
@@ -224,7 +231,7 @@ def train(recipe, run_dir=None, log=print):
     with strategy.scope():
         model = build_from_recipe(recipe.model, len(splits.identity_names))
         view = training_view(model)
-        compile_model(view, recipe, steps_per_epoch)
+        compile_model(view, recipe, steps_per_epoch, class_weights=class_weights)
 
     ckpt_path = os.path.join(run_dir, "checkpoints", "best.keras")
     checkpoint = AtomicBestCheckpoint(model, ckpt_path, monitor="val_loss")
@@ -263,10 +270,14 @@ def train(recipe, run_dir=None, log=print):
             raise FacemtlError("train.unfreeze_at_epoch is not supported by the custom loop yet")
         history = fit_custom_loop(
             view, view.optimizer, strategy,
-            lambda: make_dataset(splits.train, recipe.model, batch, training=True, shuffle_buffer=recipe.data.shuffle_buffer,
-                                 seed=recipe.train.seed, augment=recipe.data.augment, drop_remainder=True),
-            val_ds, epochs=epochs, global_batch=batch, steps_per_epoch=len(splits.train[0]) // batch,
+            (lambda: splits.train_stream(batch, recipe.train.seed, recipe.data.augment)) if splits.train_stream else
+            (lambda: make_dataset(splits.train, recipe.model, batch, training=True, drop_remainder=True,
+                                  shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
+                                  augment=recipe.data.augment)),
+            val_ds, epochs=epochs, global_batch=batch,
+            steps_per_epoch=recipe.data.steps_per_epoch or len(splits.train[0]) // batch,
             loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
+            class_weights=class_weights,
             checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
         if not chief:  # workers other than the chief leave evaluation, export and reports to it
             return TrainResult(run_dir, model, history, {}, None, time.time() - start)
@@ -282,9 +293,10 @@ def train(recipe, run_dir=None, log=print):
                 log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
                 with strategy.scope():
                     set_backbone_trainable(model, True)
-                    compile_model(view, recipe, steps_per_epoch, lr_factor)
+                    compile_model(view, recipe, steps_per_epoch, lr_factor, class_weights=class_weights)
             view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
-                     shuffle=False, verbose=verbose)
+                     shuffle=False, verbose=verbose,
+                     steps_per_epoch=steps_per_epoch if splits.train_stream is not None else None)
             if nan_guard.bad_batch is not None:
                 # The backup may hold the diverged weights: drop it so a rerun starts clean.
                 shutil.rmtree(backup_dir, ignore_errors=True)

@@ -19,7 +19,8 @@ def _parts():
 
 def test_identity_spaces_never_collide():
     parts = _parts()
-    ids, names = merge_identity_spaces(parts)
+    ids, names, offsets = merge_identity_spaces(parts)
+    assert offsets == [0, 0, 4]
     assert names == ["lfw/ann", "lfw/bob", "lfw/cy", "lfw/di", "orl/s1", "orl/s2", "orl/s3"]
     assert (ids[0] == -1).all()
     assert sorted(set(ids[1].tolist())) == [0, 1, 2, 3] and sorted(set(ids[2].tolist())) == [4, 5, 6]
@@ -27,7 +28,7 @@ def test_identity_spaces_never_collide():
 
 def test_every_batch_carries_both_tasks_in_the_set_ratio():
     parts = _parts()
-    ids, _ = merge_identity_spaces(parts)
+    ids, _, _ = merge_identity_spaces(parts)
     arrays = [(m.images, i, m.expression) for (_, m), i in zip(parts, ids)]
     config = ModelConfig(height=32, width=32, channels=3)
     ds = mix(arrays, [0.5, 0.3, 0.2], 32, config, grayscale_probability=0.5, seed=1)

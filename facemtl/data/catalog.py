@@ -1,0 +1,139 @@
+"""Turns a recipe's `data.sources` into train/validation/test splits of real datasets."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from facemtl.data.celeba import read_celeba
+from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
+from facemtl.data.folders import read_identity_folders
+from facemtl.data.materialize import materialize
+from facemtl.data.mixing import expression_class_weights, merge_identity_spaces, shift_identities
+from facemtl.data.vggface2 import read_vggface2
+from facemtl.errors import FacemtlError
+from facemtl.labels import IGNORE_LABEL
+
+
+def aligned_copy(folder, cfg, cache_dir, log=print):
+    """Aligns every photo under `folder` once into the cache (reused afterwards); returns the crops' folder."""
+    from facemtl.faces.detect import get_detector
+    from facemtl.faces.preprocess import align_folder
+
+    rel = os.path.abspath(folder).strip(os.sep).replace(os.sep, "_")
+    target = os.path.join(cache_dir, f"aligned-{cfg.align_size}px", rel)
+    report = align_folder(folder, target, get_detector("mtcnn"), size=(cfg.align_size, cfg.align_size))
+    log(f"facemtl: aligned {folder} -> {target}: {report.summary()}")
+    return target
+
+
+def read_source(cfg, split=None, cache_dir="data/cache", log=print):
+    """Reads one `SourceConfig` (at `split`, default its own) with the matching reader."""
+    split = split or cfg.split
+    if not cfg.path:
+        raise FacemtlError(f"data.sources: a {cfg.format} source needs a path")
+    if cfg.align and cfg.format in ("fer2013_csv", "fer2013_folders"):
+        raise FacemtlError("data.sources: FER2013 faces are already cropped; align applies to photo datasets")
+    if cfg.format == "fer2013_folders":
+        src = read_fer2013_folders(cfg.path, split)
+    elif cfg.format == "fer2013_csv":
+        src = read_fer2013_csv(cfg.path, usage=split)
+    elif cfg.format == "vggface2":
+        src = read_vggface2(cfg.path, split)
+    elif cfg.format == "celeba":
+        images = cfg.images
+        if cfg.align:
+            images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log)
+        src = read_celeba(cfg.path, images=images, min_images=cfg.min_images)
+    else:
+        folder = os.path.join(cfg.path, split) if os.path.isdir(os.path.join(cfg.path, split)) else cfg.path
+        if cfg.align:
+            folder = aligned_copy(folder, cfg, cache_dir, log)
+        src = read_identity_folders(folder, name=cfg.name or os.path.basename(os.path.normpath(cfg.path)),
+                                    min_images=cfg.min_images)
+    if cfg.name:
+        src.name = cfg.name
+    return src
+
+
+def holdout(source, fractions, seed=0):
+    """Splits a source into parts of the given fractions, stratified by its label (the rest first).
+
+    Returns:
+        `[rest, part_1, part_2, ...]` index arrays; every class keeps at least
+        one sample in `rest` when it has one.
+    """
+    labels = source.expression if "expression" in source.tasks else source.identity
+    rng = np.random.default_rng(seed)
+    parts = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for k, f in enumerate(fractions):
+            take = min(int(round(f * len(idx))), max(0, len(idx) - start - 1))
+            parts[k + 1].append(idx[start:start + take])
+            start += take
+        parts[0].append(idx[start:])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, int) for p in parts]
+
+
+def _align_names(test, train):
+    """Maps a separate test split's identity labels onto the training split's names."""
+    if "identity" not in test.tasks:
+        return test
+    index = {n: i for i, n in enumerate(train.identity_names)}
+    unknown = sorted(set(test.identity_names) - set(index))
+    if unknown:
+        raise FacemtlError(f"{test.name} {test.split}: identities not in the training split: {unknown[:5]}")
+    test.identity = np.array([index[test.identity_names[i]] if i != IGNORE_LABEL else IGNORE_LABEL
+                              for i in test.identity], np.int32)
+    test.identity_names = list(train.identity_names)
+    return test
+
+
+def _concat(parts):
+    images = np.concatenate([p[0] for p in parts])
+    ids = np.concatenate([p[1] for p in parts])
+    exprs = np.concatenate([p[2] for p in parts])
+    return images, {"identity": ids, "expression": exprs}
+
+
+def load_mixed(recipe, log=print):
+    """Reads, splits and materialises every source of the recipe.
+
+    Returns:
+        `(train_parts, weights, val, test, identity_names, class_weights)`: the
+        training parts as `(images, identity, expression)` for `mixing.mix`, their
+        sampling weights, validation and test splits as `(images, labels)`,
+        merged identity names, and expression class weights (or None).
+    """
+    data = recipe.data
+    if not data.sources:
+        raise FacemtlError("data.source is 'mixed' but data.sources is empty")
+    size = max(recipe.model.height, recipe.model.width)
+    per_source = []
+    for k, cfg in enumerate(data.sources):
+        src = read_source(cfg, cache_dir=data.cache_dir, log=log)
+        fractions = [cfg.val_fraction] + ([] if cfg.test_split else [cfg.test_fraction])
+        idx = holdout(src, fractions, seed=recipe.train.seed + k)
+        subsets = [src.subset(i) for i in idx]
+        for sub, part in zip(subsets, ("train", "val", "test")):
+            sub.split = f"{src.split or cfg.split}-{part}"
+        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log), src) if cfg.test_split
+                else subsets[2])
+        mats = [materialize(s, size, margin=data.crop_margin, cache_dir=data.cache_dir) for s in subsets[:2] + [test]]
+        log(f"facemtl: {src.name}: {len(mats[0].images)} train, {len(mats[1].images)} val, {len(mats[2].images)} test "
+            f"({', '.join(src.tasks)}; {sum(len(m.skipped) for m in mats)} unreadable skipped)")
+        per_source.append((src.name, mats, cfg.weight))
+    # One identity label space over all sources, the same offsets for every split.
+    train_ids, names, offsets = merge_identity_spaces([(n, mats[0]) for n, mats, _ in per_source])
+    parts, val, test = [], [], []
+    for (name, mats, _), ids, offset in zip(per_source, train_ids, offsets):
+        parts.append((mats[0].images, ids, mats[0].expression))
+        val.append((mats[1].images, shift_identities(mats[1].identity, offset), mats[1].expression))
+        test.append((mats[2].images, shift_identities(mats[2].identity, offset), mats[2].expression))
+    class_weights = None
+    if data.expression_balance == "class_weights":
+        class_weights = expression_class_weights(np.concatenate([p[2] for p in parts]))
+    return parts, [w for *_, w in per_source], _concat(val), _concat(test), names, class_weights

@@ -1,0 +1,79 @@
+"""Mixed real-format data from recipe to training, on small fixtures."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemtl.config import load_recipe
+from facemtl.data.catalog import holdout, load_mixed
+from facemtl.data.sources import FaceSource
+from facemtl.data.synthetic import generate_faces
+from facemtl.errors import FacemtlError
+from tests.conftest import QUICKSTART, tiny_overrides
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    """A FER2013 CSV (expressions) and two identity-folder datasets with train/test splits."""
+    images, ids, exprs = generate_faces(4, 3, size=48, seed=1)
+    rows = [f"{e},\"{' '.join(map(str, np.asarray(Image.fromarray(im).convert('L')).ravel()))}\",{u}"
+            for im, e, u in zip(images, exprs, ["Training", "Training", "PublicTest"] * 28)]
+    (tmp_path / "fer.csv").write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    for name, seed in (("lfw", 2), ("orl", 3)):
+        imgs, pids, _ = generate_faces(3, 1, size=64, seed=seed, style_seed=seed)
+        for k, (im, p) in enumerate(zip(imgs, pids)):
+            split = "test" if k % 4 == 0 else "train"
+            d = tmp_path / name / split / f"person{p}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im).save(d / f"{k}.png")
+    return tmp_path
+
+
+def _overrides(tmp_path, datasets):
+    sources = (
+        f"[{{format: fer2013_csv, path: '{datasets / 'fer.csv'}', split: Training, test_split: PublicTest, weight: 0.5, val_fraction: 0.25}},"
+        f" {{format: identity_folders, path: '{datasets / 'lfw'}', test_split: test, weight: 0.3, val_fraction: 0.4}},"
+        f" {{format: identity_folders, path: '{datasets / 'orl'}', test_split: test, weight: 0.2, val_fraction: 0.4}}]")
+    return tiny_overrides(tmp_path) + [
+        "data.source=mixed", f"data.sources={sources}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.expression_balance=class_weights", "data.grayscale_probability=0.5", "data.steps_per_epoch=3",
+        "export.enabled=false"]
+
+
+def test_load_mixed_splits_and_label_spaces(tmp_path, datasets):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=_overrides(tmp_path, datasets))
+    parts, weights, val, test, names, class_weights = load_mixed(recipe, log=lambda *_: None)
+    assert weights == [0.5, 0.3, 0.2]
+    assert names == [f"lfw/person{i}" for i in range(3)] + [f"orl/person{i}" for i in range(3)]
+    assert (parts[0][1] == -1).all() and (parts[0][2] >= 0).all()
+    assert sorted(set(parts[2][1].tolist())) == [3, 4, 5]
+    test_ids = test[1]["identity"]
+    assert set(test_ids[test_ids >= 0].tolist()) <= set(range(6))
+    assert (test[1]["expression"] >= 0).sum() == 28  # FER2013 PublicTest rows
+    assert len(class_weights) == 7
+
+
+@pytest.mark.slow
+def test_training_on_mixed_sources(tmp_path, datasets):
+    from facemtl.training.trainer import train
+
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=_overrides(tmp_path, datasets) + ["train.epochs=2"])
+    result = train(recipe, log=lambda *_: None)
+    assert len(result.history["loss"]) == 2 and np.isfinite(result.history["loss"]).all()
+    assert set(result.test_report) == {"identity", "expression"}
+    assert result.test_report["expression"]["count"] == 28
+
+
+def test_holdout_is_stratified_and_disjoint():
+    src = FaceSource(name="x", pixels=np.zeros((100, 4, 4), np.uint8), identity=np.repeat(np.arange(10), 10),
+                     expression=np.full(100, -1))
+    rest, val, test = holdout(src, [0.1, 0.2], seed=0)
+    assert len(rest) + len(val) + len(test) == 100
+    assert not set(rest) & set(val) and not set(val) & set(test)
+    assert np.bincount(src.identity[val]).tolist() == [1] * 10
+
+
+def test_mixed_without_sources_is_an_error(tmp_path):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=["data.source=mixed"])
+    with pytest.raises(FacemtlError, match="data.sources is empty"):
+        load_mixed(recipe)
