@@ -177,6 +177,9 @@ class Recipe:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss_weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+    # "fixed": L = λ1·L_identity + λ2·L_expression. "uncertainty": learned task
+    # weights (Kendall et al. 2018) on top of λ.
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -26,6 +26,7 @@ from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.history import read_history, truncate_history
 from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
+from facemtl.training.weighting import UncertaintyWeightedModel
 
 
 @dataclasses.dataclass
@@ -112,15 +113,28 @@ def build_optimizer(recipe, steps_per_epoch, factor=1.0):
 
 
 def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=None):
-    """Compiles the training view with masked losses and λ from the recipe."""
+    """Compiles the training view with masked losses and λ from the recipe.
+
+    Returns:
+        The model to `fit`: the view itself, or (learned task weighting) a
+        wrapper that shares its weights.
+    """
     class_weights = class_weights or {}
+    metrics = {t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names}
+    optimizer = build_optimizer(recipe, steps_per_epoch, lr_factor)
+    lambdas = {t: getattr(recipe.loss_weights, t) for t in view.output_names}
+    if recipe.loss_weighting == "uncertainty":
+        model = UncertaintyWeightedModel(view, lambdas, class_weights)
+        model.compile(optimizer=optimizer, metrics=metrics, jit_compile=recipe.train.jit_compile)
+        return model
     view.compile(
-        optimizer=build_optimizer(recipe, steps_per_epoch, lr_factor),
+        optimizer=optimizer,
         loss={t: MaskedSparseCategoricalCrossentropy(class_weights.get(t), name=f"{t}_loss") for t in view.output_names},
-        loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names},
-        metrics={t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names},
+        loss_weights=lambdas,
+        metrics=metrics,
         jit_compile=recipe.train.jit_compile,
     )
+    return view
 
 
 def find_unfinished_run(recipe):
@@ -231,7 +245,7 @@ def train(recipe, run_dir=None, log=print):
     with strategy.scope():
         model = build_from_recipe(recipe.model, len(splits.identity_names))
         view = training_view(model)
-        compile_model(view, recipe, steps_per_epoch, class_weights=class_weights)
+        trainee = compile_model(view, recipe, steps_per_epoch, class_weights=class_weights)
 
     ckpt_path = os.path.join(run_dir, "checkpoints", "best.keras")
     checkpoint = AtomicBestCheckpoint(model, ckpt_path, monitor="val_loss")
@@ -266,8 +280,9 @@ def train(recipe, run_dir=None, log=print):
     if unfreeze is not None and 0 < unfreeze < epochs:
         phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
     if loop == "custom":
-        if len(phases) > 1:
-            raise FacemtlError("train.unfreeze_at_epoch is not supported by the custom loop yet")
+        if len(phases) > 1 or recipe.loss_weighting != "fixed":
+            raise FacemtlError("train.unfreeze_at_epoch and loss_weighting=uncertainty are not supported by the "
+                               "custom loop yet")
         history = fit_custom_loop(
             view, view.optimizer, strategy,
             (lambda: splits.train_stream(batch, recipe.train.seed, recipe.data.augment)) if splits.train_stream else
@@ -293,8 +308,8 @@ def train(recipe, run_dir=None, log=print):
                 log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
                 with strategy.scope():
                     set_backbone_trainable(model, True)
-                    compile_model(view, recipe, steps_per_epoch, lr_factor, class_weights=class_weights)
-            view.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
+                    trainee = compile_model(view, recipe, steps_per_epoch, lr_factor, class_weights=class_weights)
+            trainee.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
                      shuffle=False, verbose=verbose,
                      steps_per_epoch=steps_per_epoch if splits.train_stream is not None else None)
             if nan_guard.bad_batch is not None:

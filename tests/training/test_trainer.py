@@ -130,3 +130,15 @@ def test_custom_loop_resumes_from_its_backup(tmp_path, monkeypatch):
     assert [line for line in lines if line.startswith("Epoch ")] == ["Epoch 3/3"]
     assert _history_epochs(run_dir) == [0, 1, 2]
     assert len(result.history["loss"]) == 3
+
+
+def test_uncertainty_weighting_learns_task_weights(tmp_path):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
+        "loss_weighting=uncertainty", "train.epochs=2", "optimizer.learning_rate=0.01", "export.enabled=false"])
+    result = train(recipe, log=lambda *_: None)
+    h = result.history
+    for key in ("loss", "identity_loss", "expression_loss", "identity_weight", "expression_weight",
+                "val_identity_accuracy", "val_expression_accuracy"):
+        assert key in h and all(v == v for v in h[key]), key
+    # The learned weights moved away from their start (exp(0) = 1).
+    assert abs(h["identity_weight"][-1] - 1.0) > 1e-3 or abs(h["expression_weight"][-1] - 1.0) > 1e-3
