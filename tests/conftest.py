@@ -1,11 +1,9 @@
 """Shared fixtures: a tiny trained-and-exported model, reused by export/inference/CLI tests."""
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

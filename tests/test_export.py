@@ -1,6 +1,5 @@
 """The SavedModel contract, checked on a real export loaded in a fresh process."""
 
-import json
 import os
 import subprocess
 import sys

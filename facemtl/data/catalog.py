@@ -129,7 +129,7 @@ def load_mixed(recipe, log=print):
     # One identity label space over all sources, the same offsets for every split.
     train_ids, names, offsets = merge_identity_spaces([(n, mats[0]) for n, mats, _ in per_source])
     parts, val, test = [], [], []
-    for (name, mats, _), ids, offset in zip(per_source, train_ids, offsets):
+    for (_, mats, _), ids, offset in zip(per_source, train_ids, offsets):
         parts.append((mats[0].images, ids, mats[0].expression))
         val.append((mats[1].images, shift_identities(mats[1].identity, offset), mats[1].expression))
         test.append((mats[2].images, shift_identities(mats[2].identity, offset), mats[2].expression))

@@ -66,6 +66,9 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
         rel = os.path.relpath(path, src)
         target = os.path.join(dst, os.path.splitext(rel)[0] + ".png")
         try:
+            if error:  # a path that vanished since the folder was listed
+                report.unreadable.append(path)
+                continue
             if os.path.isfile(target):
                 report.cached += 1
                 continue

@@ -45,7 +45,7 @@ def test_every_batch_carries_both_tasks_in_the_set_ratio():
 
 def test_balanced_expression_sampling():
     parts = _parts()
-    images, _, exprs = parts[0][1].images, None, parts[0][1].expression
+    images = parts[0][1].images
     skewed = np.r_[np.zeros(64, int), np.arange(1, 7)]  # class 0 dominates
     ds = mix([(images, np.full(70, -1), skewed)], [1.0], 64, ModelConfig(height=32, width=32),
              balance_expressions=True, seed=0)
