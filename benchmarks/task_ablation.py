@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
+
+from _runs import train_arm
 
 ARMS = {
     "multi-task": [],
@@ -32,22 +31,6 @@ ARMS = {
     "identity only": ["loss_weights.expression=0"],
     "learned weighting": ["loss_weighting=uncertainty"],
 }
-
-
-def run_arm(recipe, name, overrides, out):
-    folder = os.path.join(out, name.replace(" ", "_"))
-    args = [sys.executable, "-m", "facemtl", "train", recipe, "--set", f"output_dir={folder}",
-            "--set", "export.enabled=false", "--set", "train.backup=false"]
-    for o in overrides:
-        args += ["--set", o]
-    print(f"== {name}: {' '.join(args[3:])}", flush=True)
-    start = time.time()
-    subprocess.run(args, check=True)
-    summaries = [os.path.join(root, "summary.json") for root, _, files in os.walk(folder) if "summary.json" in files]
-    with open(max(summaries, key=os.path.getmtime), encoding="utf-8") as f:
-        summary = json.load(f)
-    summary["wall_s"] = round(time.time() - start, 1)
-    return summary
 
 
 def main():
@@ -61,7 +44,8 @@ def main():
 
     results = {}
     for name in args.arms:
-        results[name] = run_arm(args.recipe, name, args.budget + ARMS[name], args.out)
+        results[name] = train_arm(args.recipe, os.path.join(args.out, name.replace(" ", "_")),
+                                  args.budget + ARMS[name])
         with open(os.path.join(args.out, "ablation.json"), "w", encoding="utf-8") as f:
             json.dump({"recipe": args.recipe, "budget": args.budget, "results": results}, f, indent=2)
 

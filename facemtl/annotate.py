@@ -27,7 +27,11 @@ def annotate(image, faces):
             draw.ellipse([px - r, py - r, px + r, py + r], fill=(255, 64, 64))
         expr = face["expression"]["label"]
         p_expr = face["expression"]["probabilities"][expr]
-        text = f"{expr} {p_expr:.2f} | {face['identity']['label']} {face['identity']['probability']:.2f}"
+        if "match" in face:  # a gallery's answer names open-set people; the softmax only training ones
+            who = f"{face['match']['name']} {face['match']['score']:.2f}"
+        else:
+            who = f"{face['identity']['label']} {face['identity']['probability']:.2f}"
+        text = f"{expr} {p_expr:.2f} | {who}"
         bbox = draw.textbbox((x, y), text)
         ty = y - (bbox[3] - bbox[1]) - 4 if y > (bbox[3] - bbox[1]) + 4 else y + h + 2
         draw.rectangle([x, ty, x + (bbox[2] - bbox[0]) + 4, ty + (bbox[3] - bbox[1]) + 4], fill=(0, 0, 0))

@@ -1,4 +1,4 @@
-"""The `facemtl` command line: train, predict, analyze, align, evaluate.
+"""The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -52,8 +52,14 @@ def _analyze(args):
     from facemtl.inference import FaceAnalyzer
     from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
 
+    gallery = None
+    if args.gallery:
+        from facemtl.recognition.gallery import Gallery
+
+        gallery = Gallery.open(args.gallery, args.store)
     analyzer = FaceAnalyzer(args.model, detector=args.detector, min_score=args.min_score,
-                            min_face_size=args.min_face_size, max_side=args.max_side)
+                            min_face_size=args.min_face_size, max_side=args.max_side, gallery=gallery,
+                            threshold=args.threshold)
     files = expand_paths(args.paths)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     if args.annotate:
@@ -183,6 +189,133 @@ def _evaluate(args):
     return 0
 
 
+def _embedder(args, model):
+    from facemtl.recognition.embed import Embedder
+
+    return Embedder(model, crops=args.crops, detector=args.detector)
+
+
+def _verify(args):
+    from facemtl.recognition.metrics import model_threshold
+
+    embedder = _embedder(args, args.model)
+    threshold, origin = model_threshold(embedder.metadata, args.threshold)
+    a, b = embedder.embed([args.a, args.b])
+    for face in (a, b):
+        if face.embedding is None:
+            raise FacemtlError(f"{face.source}: {face.error}")
+    score = float(a.embedding @ b.embedding)
+    print(json.dumps({"a": args.a, "b": args.b, "same_person": score >= threshold, "score": round(score, 6),
+                      "threshold": threshold, "threshold_source": origin}))
+    return 0
+
+
+def _calibrate(args):
+    import numpy as np
+
+    from facemtl.export import read_metadata, update_metadata
+    from facemtl.inference import Predictor
+    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
+    from facemtl.recognition.metrics import plot_roc, verification_report
+
+    meta = read_metadata(args.model)
+    images, labels, _ = load_labelled_faces(
+        args.data, fmt=args.format, split=args.split, align=args.align,
+        size=max(meta["input"]["height"], meta["input"]["width"]), log=lambda m: print(m, file=sys.stderr))
+    if len(np.unique(labels)) < 2:
+        raise FacemtlError(f"{args.data}: calibration needs labelled faces of at least 2 people")
+    embeddings = embed_arrays(Predictor(args.model), images)
+    report = verification_report(embeddings, labels, fars=sorted({args.far, 1e-2, 1e-3}, reverse=True))
+    impostors = report["pairs"] - report["genuine_pairs"]
+    if impostors * args.far < 10:
+        print(f"facemtl: warning: {impostors} impostor pairs resolve FAR {args.far:g} poorly "
+              f"(fewer than 10 false accepts to count); use more people", file=sys.stderr)
+    chosen = report["at_far"][f"{args.far:g}"]
+    out = args.out or os.path.join(args.model, "assets.extra", "calibration")
+    os.makedirs(out, exist_ok=True)
+    plot_roc({f"{meta.get('name')}/{meta.get('version')} (AUC {report['auc']:.3f})": report["roc"]},
+             os.path.join(out, "roc.png"), title=f"Verification ROC on {args.data}")
+    far, tar = report.pop("roc")
+    calibration = {"threshold": chosen["threshold"], "target_far": args.far, "far": chosen["far"],
+                   "tar": chosen["tar"], "auc": report["auc"], "pairs": report["pairs"],
+                   "genuine_pairs": report["genuine_pairs"], "people": int(len(np.unique(labels))),
+                   "images": int(len(labels)), "data": args.data}
+    with open(os.path.join(out, "calibration.json"), "w", encoding="utf-8") as f:
+        json.dump({**calibration, "at_far": report["at_far"], "roc": {"far": far.tolist(), "tar": tar.tolist()}}, f)
+    if not args.dry_run:
+        update_metadata(args.model, {"verification": calibration})
+    print(json.dumps(calibration))
+    print(f"facemtl: threshold {chosen['threshold']:.4f} for FAR {args.far:g} (TAR {chosen['tar']:.3f}) "
+          f"{'computed (not stored: --dry-run)' if args.dry_run else 'stored in the model metadata'}; "
+          f"ROC curve in {os.path.join(out, 'roc.png')}", file=sys.stderr)
+    return 0
+
+
+def _gallery(args):
+    from facemtl.recognition.gallery import Gallery, default_store, gallery_path, model_info
+
+    store = args.store or default_store()
+    if args.action == "list" and not args.gallery:
+        names = sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz")) if os.path.isdir(store) else []
+        print(json.dumps({"store": store, "galleries": names}))
+        return 0
+    if args.action == "enroll":
+        embedder = _embedder(args, args.model)
+        gallery = Gallery.open(args.gallery, store, model=model_info(embedder.metadata, args.model), create=True)
+        faces = embedder.embed(args.photos)
+        good = [f for f in faces if f.embedding is not None]
+        for f in faces:
+            if f.embedding is None:
+                print(f"facemtl: skipping {f.source}: {f.error}", file=sys.stderr)
+        if not good:
+            raise FacemtlError(f"No face to enrol for {args.name!r}: the gallery was not changed")
+        total = gallery.enroll(args.name, [f.embedding for f in good], [f.source for f in good])
+        gallery.save()
+        print(json.dumps({"gallery": gallery.path, "name": args.name, "enrolled": len(good),
+                          "skipped": [f.source for f in faces if f.embedding is None],
+                          "several_faces": [f.source for f in good if f.faces > 1], "photos_of_name": total}))
+        return 1 if len(good) < len(faces) else 0
+    gallery = Gallery.load(gallery_path(args.gallery, store))
+    if args.action == "list":
+        print(json.dumps({"gallery": gallery.path, "model": gallery.model, "people": gallery.people()}))
+        return 0
+    if args.action == "remove":
+        removed = gallery.remove(args.name)
+        gallery.save()
+        print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
+        return 0
+    model = args.model or gallery.model.get("path")
+    if not model:
+        raise FacemtlError("Pass --model: the gallery does not record its model's folder")
+    failures = 0
+    if args.crops:  # already-aligned face crops: one face each
+        from facemtl.recognition.metrics import model_threshold
+
+        embedder = _embedder(args, model)
+        gallery.check_model(model_info(embedder.metadata))
+        threshold, _ = model_threshold(embedder.metadata, args.threshold)
+        for face in embedder.embed(args.photos):
+            if face.embedding is None:
+                failures += 1
+                print(json.dumps({"path": face.source, "error": face.error}))
+                continue
+            print(json.dumps({"path": face.source, **gallery.identify(face.embedding, threshold, args.k)[0]}))
+        return 1 if failures else 0
+    from facemtl.inference import FaceAnalyzer
+
+    analyzer = FaceAnalyzer(model, detector=args.detector, gallery=gallery, threshold=args.threshold, top_k=args.k)
+    for path in args.photos:
+        try:
+            faces = analyzer.analyze([path])[0]["faces"]
+        except FacemtlError as exc:
+            failures += 1
+            print(json.dumps({"path": path, "error": str(exc)}))
+            continue
+        print(json.dumps({"path": path, "faces": [{"box": f["box"], "score": f["score"], **f["match"]}
+                                                  for f in faces]}))
+    return 1 if failures else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +347,9 @@ def build_parser():
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
     p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
+    p.add_argument("--gallery", help="name every face from this gallery (see `facemtl gallery`)")
+    p.add_argument("--store", help="gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)")
+    p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("align", help="detect and align the main face of every photo of a folder (dataset preprocessing)")
@@ -232,6 +368,54 @@ def build_parser():
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--out", help="folder for report.json and the confusion PNGs")
     p.set_defaults(func=_evaluate)
+
+    def photo_options(p):
+        p.add_argument("--crops", action="store_true", help="inputs are aligned face crops: skip detection")
+        p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+
+    p = sub.add_parser("verify", help="are two photos the same person? score and threshold")
+    p.add_argument("a", help="first photo")
+    p.add_argument("b", help="second photo")
+    p.add_argument("--model", required=True, help="a SavedModel version folder")
+    p.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
+    photo_options(p)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("calibrate", help="pick the verification threshold for a target false-accept rate")
+    p.add_argument("--model", required=True, help="a SavedModel version folder (its metadata gets the threshold)")
+    p.add_argument("--data", required=True, help="labelled faces, e.g. one folder per person")
+    p.add_argument("--format", default="identity_folders", choices=["identity_folders", "celeba", "vggface2"])
+    p.add_argument("--split", help="the dataset split to use, where it has splits (e.g. test)")
+    p.add_argument("--align", action="store_true", help="detect and align in-the-wild photos first (cached)")
+    p.add_argument("--far", type=float, default=1e-3, help="target false-accept rate (default 1e-3)")
+    p.add_argument("--out", help="folder for roc.png and calibration.json (default: in the model's assets.extra)")
+    p.add_argument("--dry-run", action="store_true", help="report the threshold without storing it")
+    p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("gallery", help="enrol people and identify faces against them")
+    gsub = p.add_subparsers(dest="action", required=True)
+    store_help = "gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)"
+    g = gsub.add_parser("enroll", help="add photos of a person (several photos are combined)")
+    g.add_argument("gallery", help="gallery name (created when new)")
+    g.add_argument("name", help="the person's name")
+    g.add_argument("photos", nargs="+", help="photos of that person (the largest face of each is used)")
+    g.add_argument("--model", required=True, help="a SavedModel version folder")
+    photo_options(g)
+    g = gsub.add_parser("identify", help="who is in these photos? top-k names with scores, or unknown")
+    g.add_argument("gallery")
+    g.add_argument("photos", nargs="+")
+    g.add_argument("--model", help="default: the model the gallery was made with")
+    g.add_argument("-k", type=int, default=3, help="candidates per face")
+    g.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
+    photo_options(g)
+    g = gsub.add_parser("list", help="the galleries of the store, or the people of one gallery")
+    g.add_argument("gallery", nargs="?")
+    g = gsub.add_parser("remove", help="remove a person from a gallery")
+    g.add_argument("gallery")
+    g.add_argument("name")
+    for g in gsub.choices.values():
+        g.add_argument("--store", help=store_help)
+    p.set_defaults(func=_gallery)
     return parser
 
 

@@ -38,6 +38,11 @@ class ModelConfig:
     activation: str = "relu"
     dropout: float = 0.3
     embedding_dim: int = 128
+    # How the identity head is trained: plain softmax, or a margin loss on
+    # normalised features (open-set embeddings): ArcFace or CosFace.
+    identity_head: Literal["softmax", "arcface", "cosface"] = "softmax"
+    margin: Optional[float] = None  # default: 0.5 (ArcFace, radians), 0.35 (CosFace)
+    margin_scale: float = 30.0
     backbone_weights: Optional[str] = None
     normalization: Literal["auto", "tf", "caffe"] = "auto"
     freeze_backbone: bool = False
@@ -198,11 +203,11 @@ _POSITIVE = {
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps",
-    "optimizer.reference_batch_size", "data.steps_per_epoch",
+    "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale",
 }
 _NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
-                 "data.augment.contrast", "data.crop_margin", "data.grayscale_probability"}
+                 "data.augment.contrast", "data.crop_margin", "data.grayscale_probability", "model.margin"}
 
 
 def _check(value, tp, key):
@@ -273,7 +278,7 @@ def _from_dict(cls, data, prefix=""):
             value = _check(data[name], hints[name], key)
             if key in _POSITIVE and value is not None and value <= 0:
                 raise RecipeError(f"Bad value for '{key}': must be > 0. Received: {key}={value!r}")
-            if key in _NON_NEGATIVE and value < 0:
+            if key in _NON_NEGATIVE and value is not None and value < 0:
                 raise RecipeError(f"Bad value for '{key}': must be >= 0. Received: {key}={value!r}")
             kwargs[name] = value
     return cls(**kwargs)

@@ -154,3 +154,25 @@ def read_metadata(saved_model_dir):
         raise ModelFormatError(f"{saved_model_dir}: not exported by facemtl (no {METADATA_FILE})") from None
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
+
+
+def update_metadata(saved_model_dir, updates):
+    """Merges `updates` into an export's `assets.extra/facemtl.json`, atomically.
+
+    Only the metadata changes (TF Serving ignores `assets.extra`); the graph and
+    weights of a served version are never touched.
+
+    Returns:
+        The new metadata.
+    """
+    metadata = {**read_metadata(saved_model_dir), **updates}
+    path = os.path.join(saved_model_dir, METADATA_FILE)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return metadata

@@ -101,6 +101,11 @@ class FaceAnalyzer:
         face_scale: see `facemtl.faces.align.template`.
         batch_size: most face crops per forward pass (all faces of one call go
             through in as few passes as this allows, normally one).
+        gallery: an optional `facemtl.recognition.Gallery` of this model: each
+            face then gets a `match` (the enrolled name, or `unknown`).
+        threshold: similarity threshold for a match (default: the model's
+            calibrated one, see `facemtl calibrate`).
+        top_k: candidates listed per matched face.
 
     Example:
         >>> analyzer = FaceAnalyzer("saved_models/quickstart/1")
@@ -109,10 +114,18 @@ class FaceAnalyzer:
     """
 
     def __init__(self, saved_model_dir, detector="mtcnn", *, min_score=0.9, min_face_size=20, max_side=2048,
-                 face_scale=1.0, batch_size=256):
+                 face_scale=1.0, batch_size=256, gallery=None, threshold=None, top_k=3):
         from facemtl.faces.detect import get_detector
 
         self.predictor = Predictor(saved_model_dir, batch_size=batch_size)
+        self.gallery = gallery
+        self.top_k = top_k
+        if gallery is not None:
+            from facemtl.recognition.gallery import model_info
+            from facemtl.recognition.metrics import model_threshold
+
+            gallery.check_model(model_info(self.predictor.metadata))
+            self.threshold, _ = model_threshold(self.predictor.metadata, threshold)
         if isinstance(detector, str):
             kwargs = {"min_face_size": min_face_size}
             if detector == "mtcnn":
@@ -152,12 +165,17 @@ class FaceAnalyzer:
             crops.extend(photo_crops)
         t0 = time.perf_counter()
         raw = self.predictor.run(crops) if crops else []
+        matches = []
+        if self.gallery is not None and raw:
+            matches = self.gallery.identify(np.stack([r["embedding"] for r in raw]), self.threshold, self.top_k)
         self.timings["model"] += time.perf_counter() - t0
         results, k = [], 0
         for detections in per_photo:
             faces = []
             for d in detections:
                 faces.append({**d.to_dict(), **self.predictor.describe(raw[k])})
+                if matches:
+                    faces[-1]["match"] = matches[k]
                 k += 1
             results.append(faces)
         return results
@@ -168,8 +186,9 @@ class FaceAnalyzer:
         Returns:
             One dict per photo: `{"faces": [...], "size": [h, w]}`, each face with
             box, landmarks, detection score, expression (label, probabilities),
-            identity (label, probability) and embedding. A photo with no face
-            has an empty list.
+            identity (label, probability) and embedding, and with a gallery the
+            `match` (`name` or `unknown`, `score`, `candidates`). A photo with
+            no face has an empty list.
 
         Raises:
             ImageError: naming the photo, when one cannot be decoded.

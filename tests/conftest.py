@@ -30,6 +30,18 @@ def trained(tmp_path_factory):
     return result
 
 
+@pytest.fixture(scope="session")
+def trained_arcface(tmp_path_factory):
+    """The quickstart's smoke variant with an ArcFace identity head, exported (about 15 s)."""
+    from facemtl.config import load_recipe
+    from facemtl.training.trainer import train
+
+    tmp = tmp_path_factory.mktemp("trained_arcface")
+    recipe = load_recipe(QUICKSTART, overrides=[*tiny_overrides(tmp), "model.identity_head=arcface",
+                                                "export.name=arcface"], smoke=True)
+    return train(recipe, log=lambda *_: None)
+
+
 @pytest.fixture
 def face_files(tmp_path):
     """A few generated face crops written as PNG/JPEG files in several modes."""

@@ -67,6 +67,12 @@ def _load_mixed_splits(recipe, log):
 
     parts, weights, val, test, names, class_weights = load_mixed(recipe, log)
     data = recipe.data
+    # The sources come concatenated. Keras averages a task's validation loss over
+    # batches, so a batch holding only another task's source would count as a
+    # loss of 0 and dilute val_loss (and the checkpoint choice) by the sources'
+    # sizes instead of λ. One fixed shuffle makes every batch carry both tasks.
+    order = np.random.default_rng(recipe.train.seed).permutation(len(val[0]))
+    val = (val[0][order], {t: y[order] for t, y in val[1].items()})
 
     def train_stream(batch_size, seed, augment):
         return mix(parts, weights, batch_size, recipe.model, augmenters=augmentation_layers(augment, seed),

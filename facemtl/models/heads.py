@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from keras import layers
 
+from facemtl.models.layers import CosineClassifier
+
+IDENTITY_HEADS = ("softmax", "arcface", "cosface")
+# The margin-trained heads' cosine layer: the training view's `identity` output.
+COSINE_LAYER = "identity_cosine"
+
 
 def feature_stack(x, units, *, activation="relu", dropout=0.0, name):
     """Dense -> activation -> Dropout, once per entry of `units`.
@@ -30,21 +36,40 @@ def feature_stack(x, units, *, activation="relu", dropout=0.0, name):
     return x
 
 
-def identity_head(x, num_identities, *, units, embedding_dim, activation="relu", dropout=0.0, sync_bn=False):
-    """Identity branch: features -> embedding -> softmax over training identities.
+def identity_head(x, num_identities, *, units, embedding_dim, activation="relu", dropout=0.0, sync_bn=False,
+                  head="softmax", scale=30.0):
+    """Identity branch: features -> embedding -> probabilities over training identities.
+
+    Args:
+        x: pooled backbone features.
+        num_identities: number of training identities.
+        units, activation, dropout: the task's feature layers.
+        embedding_dim: size of the embedding.
+        sync_bn: synchronised BatchNormalization.
+        head: `"softmax"` (a dense softmax layer) or `"arcface"` / `"cosface"`:
+            cosine logits on normalised embeddings (layer `identity_cosine`),
+            trained with a margin loss; `identity` is then `softmax(scale * cos)`.
+        scale: the margin heads' logit scale `s`.
 
     Returns:
-        `(identity_probs, embedding)`: the softmax over `num_identities` and the
-        L2-normalised embedding (both float32, also under mixed precision).
+        `(identity_probs, embedding)`: the probabilities over `num_identities`
+        and the L2-normalised embedding (both float32, also under mixed precision).
     """
     if num_identities < 1:
         raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
     if embedding_dim < 1:
         raise ValueError(f"embedding_dim must be >= 1. Received: embedding_dim={embedding_dim}")
+    if head not in IDENTITY_HEADS:
+        raise ValueError(f"head must be one of {IDENTITY_HEADS}. Received: head={head!r}")
     h = feature_stack(x, units, activation=activation, dropout=dropout, name="identity")
     h = layers.Dense(embedding_dim, name="embedding_dense")(h)
     h = layers.BatchNormalization(synchronized=sync_bn, name="embedding_bn")(h)
-    probs = layers.Dense(num_identities, activation="softmax", dtype="float32", name="identity")(h)
+    if head == "softmax":
+        probs = layers.Dense(num_identities, activation="softmax", dtype="float32", name="identity")(h)
+    else:
+        cos = CosineClassifier(num_identities, dtype="float32", name=COSINE_LAYER)(h)
+        probs = layers.Activation("softmax", dtype="float32", name="identity")(
+            layers.Rescaling(scale, dtype="float32", name="identity_scale")(cos))
     embedding = layers.UnitNormalization(dtype="float32", name="embedding")(h)
     return probs, embedding
 

@@ -37,3 +37,41 @@ class ImageNormalization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class CosineClassifier(keras.layers.Layer):
+    """Cosine similarity of each feature vector to one learned direction per class.
+
+    The logits of margin-trained heads (ArcFace, CosFace): both the features
+    and the class weights are L2-normalised, so training shapes the angles
+    between embeddings, which is what open-set verification compares.
+
+    Args:
+        units: number of classes.
+
+    Example:
+        >>> layer = CosineClassifier(10)
+        >>> layer(np.ones((2, 4))).shape
+        (2, 10)
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        if units < 1:
+            raise ValueError(f"units must be >= 1. Received: units={units}")
+        self.units = int(units)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+
+    def call(self, inputs):
+        x = ops.normalize(ops.cast(inputs, self.compute_dtype), axis=-1)
+        w = ops.normalize(ops.cast(self.kernel, self.compute_dtype), axis=0)
+        return ops.matmul(x, w)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

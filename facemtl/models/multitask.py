@@ -7,7 +7,7 @@ from keras import layers
 
 from facemtl.labels import EXPRESSIONS
 from facemtl.models.backbones import build_resnet
-from facemtl.models.heads import expression_head, identity_head
+from facemtl.models import heads
 from facemtl.models.layers import ImageNormalization
 
 TASKS = ("identity", "expression")
@@ -17,7 +17,8 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
                           stem="standard", base_filters=64, identity_units=(256,), expression_units=(256,),
                           activation="relu", dropout=0.3, embedding_dim=128, backbone_weights=None,
                           normalization="auto", freeze_backbone=False, tasks=TASKS,
-                          num_expressions=len(EXPRESSIONS), sync_bn=False):
+                          num_expressions=len(EXPRESSIONS), sync_bn=False, identity_head="softmax",
+                          margin_scale=30.0):
     """Builds the functional multi-task model.
 
     The input `image` holds pixel values in [0, 255] at the recipe's size. Gray
@@ -39,6 +40,8 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
         num_expressions: number of expression classes.
         sync_bn: synchronised BatchNormalization across replicas (multi-device runs
             then match a single device on the same global batch).
+        identity_head: `"softmax"`, `"arcface"` or `"cosface"` (see `identity_head`).
+        margin_scale: the margin heads' logit scale.
 
     Returns:
         A `keras.Model` named `facemtl` with dict outputs `identity` (softmax),
@@ -71,11 +74,11 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
 
     outputs = {}
     if "identity" in tasks:
-        outputs["identity"], outputs["embedding"] = identity_head(
+        outputs["identity"], outputs["embedding"] = heads.identity_head(
             features, num_identities, units=list(identity_units), embedding_dim=embedding_dim,
-            activation=activation, dropout=dropout, sync_bn=sync_bn)
+            activation=activation, dropout=dropout, sync_bn=sync_bn, head=identity_head, scale=margin_scale)
     if "expression" in tasks:
-        outputs["expression"] = expression_head(features, num_expressions, units=list(expression_units),
+        outputs["expression"] = heads.expression_head(features, num_expressions, units=list(expression_units),
                                                 activation=activation, dropout=dropout)
     return keras.Model(inputs, outputs, name="facemtl")
 
@@ -88,7 +91,8 @@ def build_from_recipe(model_config, num_identities, tasks=TASKS):
         stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,
         identity_units=c.identity_units, expression_units=c.expression_units, activation=c.activation,
         dropout=c.dropout, embedding_dim=c.embedding_dim, backbone_weights=c.backbone_weights,
-        normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks, sync_bn=c.sync_batchnorm)
+        normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks, sync_bn=c.sync_batchnorm,
+        identity_head=c.identity_head, margin_scale=c.margin_scale)
 
 
 def set_backbone_trainable(model, trainable):

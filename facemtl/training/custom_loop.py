@@ -97,13 +97,13 @@ class _Backup:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def evaluate_losses(view, dataset, loss_weights):
+def evaluate_losses(view, dataset, loss_weights, margins=None):
     """Masked per-task loss and accuracy of `view` on `dataset`, plus the λ-weighted total (Keras' names)."""
     sums, counts, hits = {}, {}, {}
     for x, y in dataset:
         out = view(x, training=False)
         for t in view.output_names:
-            s, c = masked_crossentropy_sum(y[t], out[t])
+            s, c = masked_crossentropy_sum(y[t], out[t], margin=(margins or {}).get(t))
             labels = np.asarray(y[t]).reshape(-1)
             valid = labels != -1
             sums[t] = sums.get(t, 0.0) + float(s)
@@ -118,7 +118,7 @@ def evaluate_losses(view, dataset, loss_weights):
 
 
 def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, epochs, global_batch, steps_per_epoch,
-                    loss_weights, run_dir, checkpoint=None, log=print, verbose=1, class_weights=None):
+                    loss_weights, run_dir, checkpoint=None, log=print, verbose=1, class_weights=None, margins=None):
     """Trains `view` for `epochs` with `strategy.run`; returns the per-epoch history.
 
     Args:
@@ -132,6 +132,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
         run_dir: this worker's folder (`history.csv` on the chief, `backup/worker-<i>/` on each worker).
         checkpoint: an `AtomicBestCheckpoint` (chief only), called after each epoch.
         class_weights: optional `{task: per-class weights}` for the losses.
+        margins: optional `{task: Margin}` for margin-trained heads (the view's output are then cosines).
         log: progress lines.
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
 
@@ -140,6 +141,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
     """
     tasks = list(view.output_names)
     class_weights = class_weights or {}
+    margins = margins or {}
     chief = is_chief(strategy)
     with strategy.scope():
         optimizer.build(view.trainable_variables)
@@ -161,7 +163,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
                 out = view(x, training=True)
                 losses = {}
                 for t in tasks:
-                    s, c = masked_crossentropy_sum(y[t], out[t], class_weights.get(t))
+                    s, c = masked_crossentropy_sum(y[t], out[t], class_weights.get(t), margin=margins.get(t))
                     # Divide by the labelled count of the whole global batch: the
                     # gradient all-reduce (a sum) then yields the global mean.
                     losses[t] = s / tf.maximum(ctx.all_reduce(tf.distribute.ReduceOp.SUM, c), 1e-12)
@@ -205,7 +207,7 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
             logs[f"{t}_accuracy"] = float(train_acc[t].result())
             logs[f"{t}_loss"] = sums[t] / max(steps, 1)
         logs["loss"] = sum(loss_weights[t] * logs[f"{t}_loss"] for t in tasks)
-        logs.update({f"val_{k}": v for k, v in evaluate_losses(view, val_ds, loss_weights).items()})
+        logs.update({f"val_{k}": v for k, v in evaluate_losses(view, val_ds, loss_weights, margins).items()})
         if verbose:
             log(" - ".join([f"{steps}/{steps_per_epoch}"] + [f"{k}: {v:.4f}" for k, v in sorted(logs.items())]))
         for k, v in logs.items():

@@ -22,10 +22,12 @@ from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model
 from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
+from facemtl.models.heads import COSINE_LAYER
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.history import read_history, truncate_history
-from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
+from facemtl.training.losses import (MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy,
+                                    identity_margin)
 from facemtl.training.weighting import UncertaintyWeightedModel
 
 
@@ -68,9 +70,15 @@ def training_view(model, tasks=TASKS):
     """The model restricted to the trained heads (shares all layers and weights).
 
     Keras requires a target for every output named in `compile`; the
-    `embedding` output has none, so `fit` runs on this view.
+    `embedding` output has none, so `fit` runs on this view. A margin-trained
+    identity head (ArcFace/CosFace) exposes its cosines as `identity` here:
+    the margin loss needs them, not the served probabilities.
     """
-    return keras.Model(model.inputs, {t: model.output[t] for t in tasks if t in model.output}, name="facemtl_train")
+    outputs = {t: model.output[t] for t in tasks if t in model.output}
+    if "identity" in outputs and any(layer.name == COSINE_LAYER for layer in model.layers):
+        # Keras names a model's outputs after their layers: rename the cosines.
+        outputs["identity"] = keras.layers.Identity(name="identity")(model.get_layer(COSINE_LAYER).output)
+    return keras.Model(model.inputs, outputs, name="facemtl_train")
 
 
 def learning_rate(recipe, steps_per_epoch, factor=1.0):
@@ -123,13 +131,15 @@ def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=No
     metrics = {t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names}
     optimizer = build_optimizer(recipe, steps_per_epoch, lr_factor)
     lambdas = {t: getattr(recipe.loss_weights, t) for t in view.output_names}
+    margins = {"identity": identity_margin(recipe.model)}
     if recipe.loss_weighting == "uncertainty":
-        model = UncertaintyWeightedModel(view, lambdas, class_weights)
+        model = UncertaintyWeightedModel(view, lambdas, class_weights, margins)
         model.compile(optimizer=optimizer, metrics=metrics, jit_compile=recipe.train.jit_compile)
         return model
     view.compile(
         optimizer=optimizer,
-        loss={t: MaskedSparseCategoricalCrossentropy(class_weights.get(t), name=f"{t}_loss") for t in view.output_names},
+        loss={t: MaskedSparseCategoricalCrossentropy(class_weights.get(t), margin=margins.get(t), name=f"{t}_loss")
+              for t in view.output_names},
         loss_weights=lambdas,
         metrics=metrics,
         jit_compile=recipe.train.jit_compile,
@@ -292,7 +302,7 @@ def train(recipe, run_dir=None, log=print):
             val_ds, epochs=epochs, global_batch=batch,
             steps_per_epoch=recipe.data.steps_per_epoch or len(splits.train[0]) // batch,
             loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
-            class_weights=class_weights,
+            class_weights=class_weights, margins={"identity": identity_margin(recipe.model)},
             checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
         if not chief:  # workers other than the chief leave evaluation, export and reports to it
             return TrainResult(run_dir, model, history, {}, None, time.time() - start)
@@ -340,6 +350,7 @@ def train(recipe, run_dir=None, log=print):
             model, splits.identity_names, splits.expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version,
             extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
+                            "identity_head": recipe.model.identity_head,
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
     seconds = time.time() - start

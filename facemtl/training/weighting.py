@@ -27,12 +27,13 @@ class UncertaintyWeightedModel(keras.Model):
         >>> model.compile(optimizer="adam", metrics={"expression": [MaskedSparseCategoricalAccuracy()]})
     """
 
-    def __init__(self, view, loss_weights, class_weights=None, **kwargs):
+    def __init__(self, view, loss_weights, class_weights=None, margins=None, **kwargs):
         super().__init__(**kwargs)
         self.view = view
         self.tasks = list(view.output_names)
         self.task_loss_weights = dict(loss_weights)
-        self.task_losses = {t: MaskedSparseCategoricalCrossentropy((class_weights or {}).get(t)) for t in self.tasks}
+        self.task_losses = {t: MaskedSparseCategoricalCrossentropy((class_weights or {}).get(t),
+                                                                   margin=(margins or {}).get(t)) for t in self.tasks}
         self.log_variance = self.add_weight(shape=(len(self.tasks),), initializer="zeros", name="task_log_variance")
         self.task_loss_trackers = {t: keras.metrics.Mean(name=f"{t}_loss") for t in self.tasks}
         self.task_weight_trackers = {t: keras.metrics.Mean(name=f"{t}_weight") for t in self.tasks}

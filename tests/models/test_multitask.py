@@ -69,3 +69,30 @@ def test_bad_arguments(kwargs, message):
 def test_zero_identities_rejected():
     with pytest.raises(ValueError, match="num_identities"):
         build_multitask_model(0, **TINY_MODEL)
+
+
+@pytest.mark.parametrize("head", ["arcface", "cosface"])
+def test_margin_heads_train_on_cosines_and_serve_probabilities(head, tmp_path):
+    import keras
+
+    from facemtl.training.trainer import training_view
+
+    model = build_multitask_model(5, input_shape=(64, 64, 3), identity_head=head, margin_scale=16.0, **TINY_MODEL)
+    x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3)).astype("float32")
+    out = model(x)
+    np.testing.assert_allclose(np.sum(out["identity"], axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=-1), 1.0, rtol=1e-5)
+    view = training_view(model)
+    assert sorted(view.output_names) == ["expression", "identity"]
+    cos = np.asarray(view(x)["identity"])
+    assert cos.shape == (3, 5) and np.all(np.abs(cos) <= 1 + 1e-5)
+    # The served probabilities are the softmax of the scaled cosines.
+    np.testing.assert_allclose(out["identity"], keras.ops.softmax(16.0 * cos), rtol=1e-4, atol=1e-6)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x)["embedding"], out["embedding"], atol=1e-5)
+
+
+def test_unknown_identity_head_is_refused():
+    with pytest.raises(ValueError, match="head=.sphereface."):
+        build_multitask_model(5, identity_head="sphereface", **TINY_MODEL)

@@ -70,3 +70,38 @@ def test_compiled_model_3_labelled_in_32_equals_the_3_alone():
     assert full["identity_accuracy"] == pytest.approx(alone["identity_accuracy"])
     assert full["expression_loss"] == 0.0 and not np.isnan(full["loss"])
     assert full["loss"] == pytest.approx(0.7 * full["identity_loss"], rel=1e-5)
+
+
+def test_arcface_and_cosface_penalise_only_the_labelled_class():
+    from facemtl.training.losses import Margin
+
+    cos = np.array([[0.8, 0.3, -0.2], [0.1, -0.97, 0.5]], np.float32)
+    labels = np.array([0, 1])
+    arc = np.asarray(Margin("arcface", 0.5, 10.0).logits(labels, cos))
+    np.testing.assert_allclose(arc[0], 10 * np.array([np.cos(np.arccos(0.8) + 0.5), 0.3, -0.2]), rtol=1e-5)
+    # θ + m past π: the linear fallback keeps the target logit below the plain cosine.
+    assert arc[1, 1] < 10 * -0.97 and arc[1, 0] == pytest.approx(1.0) and arc[1, 2] == pytest.approx(5.0)
+    cosface = np.asarray(Margin("cosface", 0.35, 10.0).logits(labels, cos))
+    np.testing.assert_allclose(cosface, 10 * (cos - 0.35 * np.eye(3)[labels]), rtol=1e-5)
+
+
+def test_margin_loss_is_masked_and_larger_than_plain_softmax():
+    from facemtl.training.losses import Margin
+
+    cos = np.array([[0.8, 0.3], [0.2, 0.6], [0.9, 0.1]], np.float32)
+    loss = MaskedSparseCategoricalCrossentropy(margin=Margin("cosface", 0.35, 30.0))
+    only_first_two = float(loss(np.array([0, 1]), cos[:2]))
+    assert float(loss(np.array([0, 1, -1]), cos)) == pytest.approx(only_first_two, rel=1e-6)
+    plain = MaskedSparseCategoricalCrossentropy(margin=Margin("cosface", 0.0, 30.0))
+    assert only_first_two > float(plain(np.array([0, 1]), cos[:2]))
+    config = loss.get_config()
+    assert MaskedSparseCategoricalCrossentropy.from_config(config).margin == loss.margin
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="sphereface", margin=0.5, scale=30), dict(kind="arcface", margin=-0.1,
+                                    scale=30), dict(kind="cosface", margin=0.3, scale=0)])
+def test_bad_margins_are_refused(kwargs):
+    from facemtl.training.losses import Margin
+
+    with pytest.raises(ValueError, match="Received"):
+        Margin(**kwargs)

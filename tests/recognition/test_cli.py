@@ -1,0 +1,141 @@
+"""`facemtl calibrate`, `verify` and `gallery` as users run them, on an exported ArcFace model."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facemtl.data.synthetic import generate_faces
+from facemtl.export import read_metadata
+from tests.test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    """Generated faces of 4 people, one folder each (the layout `calibrate --data` reads)."""
+    root = tmp_path_factory.mktemp("people")
+    images, ids, _ = generate_faces(4, 1, size=64, seed=7)
+    for i, (img, person) in enumerate(zip(images, ids)):
+        folder = root / f"person_{person}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained_arcface, people, tmp_path_factory):
+    """A copy of the ArcFace export with a calibrated threshold."""
+    import shutil
+
+    model = tmp_path_factory.mktemp("calibrated") / "1"
+    shutil.copytree(trained_arcface.export_dir, model)
+    r = run_cli("calibrate", "--model", model, "--data", people, "--far", "0.01")
+    assert r.returncode == 0, r.stderr
+    return model, json.loads(r.stdout)
+
+
+def test_calibrate_stores_threshold_and_draws_roc(calibrated, people):
+    model, answer = calibrated
+    stored = read_metadata(model)["verification"]
+    assert stored == answer
+    assert stored["target_far"] == 0.01 and stored["far"] <= 0.01
+    assert stored["people"] == 4 and stored["images"] == 28 and stored["pairs"] == 28 * 27 // 2
+    assert (model / "assets.extra" / "calibration" / "roc.png").is_file()
+    # The threshold really gives that FAR on those pairs.
+    from facemtl.inference import Predictor
+    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
+    from facemtl.recognition.metrics import all_pairs
+
+    images, labels, _ = load_labelled_faces(str(people), size=64, cache_dir=None)
+    scores, same = all_pairs(embed_arrays(Predictor(str(model)), images), labels)
+    assert np.mean(scores[~same] >= stored["threshold"]) == pytest.approx(stored["far"], abs=1e-6)
+    assert np.mean(scores[same] >= stored["threshold"]) == pytest.approx(stored["tar"], abs=1e-6)
+
+
+def test_verify_reports_score_and_threshold(calibrated, people):
+    model, calibration = calibrated
+    a, b = sorted((people / "person_0").iterdir())[:2]
+    r = run_cli("verify", a, b, "--model", model, "--crops")
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["threshold"] == calibration["threshold"] and "calibrated at FAR 0.01" in answer["threshold_source"]
+    assert answer["same_person"] == (answer["score"] >= answer["threshold"])
+    same = run_cli("verify", a, a, "--model", model, "--crops", "--threshold", "0.99")
+    assert json.loads(same.stdout)["same_person"] is True and json.loads(same.stdout)["score"] == pytest.approx(1, abs=1e-4)
+
+
+def test_verify_without_a_threshold_says_how_to_get_one(trained_arcface, people):
+    a = sorted((people / "person_0").iterdir())[0]
+    r = run_cli("verify", a, a, "--model", trained_arcface.export_dir, "--crops")
+    assert r.returncode == 2 and "facemtl calibrate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, trained):
+    model, _ = calibrated
+    store = tmp_path / "store"
+    photos = {p.name: sorted(p.iterdir()) for p in people.iterdir()}
+    for name in ("person_0", "person_1"):
+        r = run_cli("gallery", "enroll", "team", name, *photos[name][:3], "--model", model, "--crops", "--store", store)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["enrolled"] == 3
+    path = store / "team.npz"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+    r = run_cli("gallery", "list", "team", "--store", store)
+    assert json.loads(r.stdout)["people"] == {"person_0": 3, "person_1": 3}
+    assert json.loads(run_cli("gallery", "list", "--store", store).stdout)["galleries"] == ["team"]
+
+    probe = photos["person_1"][5]
+    r = run_cli("gallery", "identify", "team", probe, "--crops", "--store", store, "-k", "2", "--threshold", "-1")
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert [c["name"] for c in answer["candidates"]] and len(answer["candidates"]) == 2
+    assert answer["name"] == answer["candidates"][0]["name"]  # threshold -1: never unknown
+    r = run_cli("gallery", "identify", "team", probe, "--crops", "--store", store, "--threshold", "1.01")
+    assert json.loads(r.stdout)["name"] == "unknown"
+
+    # A model other than the gallery's is refused; the gallery stays as it was.
+    before = path.read_bytes()
+    r = run_cli("gallery", "enroll", "team", "person_2", photos["person_2"][0], "--model", trained.export_dir,
+                "--crops", "--store", store)
+    assert r.returncode == 2 and "another model" in r.stderr and path.read_bytes() == before
+
+    # Bad photos are skipped and named; only bad photos: nothing changes.
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    r = run_cli("gallery", "enroll", "team", "person_2", junk, photos["person_2"][0], "--model", model, "--crops",
+                "--store", store)
+    assert r.returncode == 1 and "junk.png" in r.stderr and json.loads(r.stdout)["skipped"] == [str(junk)]
+    before = path.read_bytes()
+    r = run_cli("gallery", "enroll", "team", "person_3", junk, "--model", model, "--crops", "--store", store)
+    assert r.returncode == 2 and "gallery was not changed" in r.stderr and path.read_bytes() == before
+
+    r = run_cli("gallery", "remove", "team", "person_0", "--store", store)
+    assert r.returncode == 0 and json.loads(r.stdout)["embeddings"] == 3
+    r = run_cli("gallery", "enroll", "../../etc", "x", photos["person_0"][0], "--model", model, "--crops",
+                "--store", store)
+    assert r.returncode == 2 and "Bad gallery name" in r.stderr
+
+
+@pytest.mark.slow
+def test_enrol_from_photos_detects_faces_and_skips_faceless_ones(calibrated, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    model, _ = calibrated
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.jpg")
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.jpg")
+    store = tmp_path / "store"
+    r = run_cli("gallery", "enroll", "crew", "Eileen Collins", tmp_path / "astronaut.jpg", tmp_path / "coffee.jpg",
+                "--model", model, "--store", store)
+    assert r.returncode == 1 and "coffee.jpg: no face found" in r.stderr
+    assert json.loads(r.stdout)["enrolled"] == 1
+
+    from facemtl.inference import FaceAnalyzer
+    from facemtl.recognition.gallery import Gallery
+
+    analyzer = FaceAnalyzer(str(model), gallery=Gallery.open("crew", str(store)))
+    faces = analyzer.analyze([tmp_path / "astronaut.jpg"])[0]["faces"]
+    assert len(faces) == 1 and faces[0]["match"]["name"] == "Eileen Collins"
+    assert faces[0]["match"]["score"] == pytest.approx(1.0, abs=1e-3)
