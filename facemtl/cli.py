@@ -158,6 +158,7 @@ def _align(args):
 def _evaluate(args):
     from facemtl.config import load_recipe
     from facemtl.data.pipeline import load_splits
+    from facemtl.data.streaming import StreamedSplit
     from facemtl.evaluation import format_report, predict_saved_model, write_report
     from facemtl.export import read_metadata
 
@@ -180,7 +181,8 @@ def _evaluate(args):
         raise FacemtlError(f"No recipe to take the data from ({recipe_path}): pass --recipe")
     recipe = load_recipe(recipe_path, overrides=args.set)
     splits = load_splits(recipe, log=lambda m: print(m, file=sys.stderr))
-    images, labels = splits.test if args.split == "test" else splits.val
+    split = splits.test if args.split == "test" else splits.val
+    images, labels = (split.dataset(), None) if isinstance(split, StreamedSplit) else split
     names = {"identity": splits.identity_names, "expression": splits.expression_names}
     preds, trues, model_names = predict_saved_model(target, images, labels, names)
     report = write_report(preds, trues, model_names, out, title=f"{recipe.name} {args.split} ")

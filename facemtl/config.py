@@ -107,6 +107,9 @@ class DataConfig:
     crop_margin: float = 0.2  # around dataset boxes (VGGFace2, CelebA bbox lists)
     # Random grayscale per sample, so colour cannot tell which dataset (task) a face is from.
     grayscale_probability: float = 0.0
+    # Read file-based sources from disk at every epoch instead of decoding them
+    # into memory once (datasets larger than RAM, e.g. VGGFace2's 3.3M photos).
+    streaming: bool = False
     # FER2013's imbalance: "class_weights" (weighted loss), "sampling" (class-balanced draws) or "none".
     expression_balance: Literal["none", "class_weights", "sampling"] = "none"
     steps_per_epoch: Optional[int] = None  # mixed streams are endless; default: training images / batch

@@ -9,6 +9,8 @@ import numpy as np
 
 from facemtl.labels import IGNORE_LABEL
 
+MAX_CONFUSION_CLASSES = 100
+
 
 def classification_report(y_true, y_pred, names):
     """Scores one task, ignoring samples labelled `IGNORE_LABEL`.
@@ -21,7 +23,8 @@ def classification_report(y_true, y_pred, names):
     Returns:
         A dict with `accuracy`, `macro_f1`, `count`, `per_class`
         (precision, recall, f1, support per name) and `confusion`
-        (rows: true class, columns: predicted).
+        (rows: true class, columns: predicted; `None` beyond
+        `MAX_CONFUSION_CLASSES` classes, where no one reads a matrix).
 
     Example:
         >>> classification_report([0, 1, -1], [0, 0, 1], ["a", "b"])["accuracy"]
@@ -32,11 +35,10 @@ def classification_report(y_true, y_pred, names):
     keep = y_true != IGNORE_LABEL
     y_true, y_pred = y_true[keep], y_pred[keep]
     k = len(names)
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
+    # Counted per class, not from a k x k matrix: VGGFace2 has 8,631 identities.
+    tp = np.bincount(y_true[y_true == y_pred], minlength=k).astype(float)
+    support = np.bincount(y_true, minlength=k)
+    predicted = np.bincount(y_pred, minlength=k)
     precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
@@ -51,8 +53,14 @@ def classification_report(y_true, y_pred, names):
                    "support": int(support[i])}
             for i, name in enumerate(names)
         },
-        "confusion": confusion.tolist(),
+        "confusion": _confusion(y_true, y_pred, k).tolist() if k <= MAX_CONFUSION_CLASSES else None,
     }
+
+
+def _confusion(y_true, y_pred, k):
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    return confusion
 
 
 def plot_confusion(confusion, names, path, title):
@@ -102,9 +110,12 @@ def write_report(preds, trues, names, out_dir, title=""):
     os.makedirs(out_dir, exist_ok=True)
     report = {}
     for task in preds:
+        if not (np.asarray(trues[task]) != IGNORE_LABEL).any():
+            continue  # no labelled sample of this task in the data: nothing to score
         report[task] = classification_report(trues[task], preds[task], names[task])
-        plot_confusion(report[task]["confusion"], names[task], os.path.join(out_dir, f"confusion_{task}.png"),
-                       f"{title}{task}: accuracy {report[task]['accuracy']:.3f}")
+        if report[task]["confusion"] is not None:
+            plot_confusion(report[task]["confusion"], names[task], os.path.join(out_dir, f"confusion_{task}.png"),
+                           f"{title}{task}: accuracy {report[task]['accuracy']:.3f}")
     with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report
@@ -126,6 +137,14 @@ def format_report(report):
 def predict_saved_model(saved_model_dir, images, labels, names, batch_size=256):
     """Predictions of an exported model on uint8 images, labels mapped onto the model's own names.
 
+    Args:
+        saved_model_dir: the export.
+        images: `uint8 [n, h, w, 3]`, or a `tf.data.Dataset` of `(uint8 image,
+            labels)` samples (streamed data; `labels` is then ignored).
+        labels: `{"identity", "expression"}` arrays.
+        names: the data's class names per task.
+        batch_size: crops per forward pass.
+
     Returns:
         `(preds, trues, model_names)` per task, ready for `write_report`.
     """
@@ -133,7 +152,15 @@ def predict_saved_model(saved_model_dir, images, labels, names, batch_size=256):
 
     predictor = Predictor(saved_model_dir, batch_size=batch_size)
     model_names = {"identity": predictor.identities, "expression": predictor.expressions}
-    raw = predictor.run(list(np.asarray(images, np.uint8)))
+    if isinstance(images, np.ndarray):
+        raw = predictor.run(list(np.asarray(images, np.uint8)))
+    else:  # streamed: batch by batch, labels as they come
+        raw, got = [], {"identity": [], "expression": []}
+        for x, y in images.batch(batch_size):
+            raw += predictor.run(list(x.numpy()))
+            for task in got:
+                got[task].append(y[task].numpy())
+        labels = {task: np.concatenate(v) for task, v in got.items()}
     preds, trues = {}, {}
     for task, key in (("identity", "identity_probs"), ("expression", "expression_probs")):
         y = np.asarray(labels[task])

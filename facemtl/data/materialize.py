@@ -53,6 +53,18 @@ def _resize(image, size):
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0), np.uint8)
 
 
+def load_face(image, box, size, margin=0.2):
+    """One face at training size: decode (path, bytes or array), crop its box (with `margin`) if any, resize.
+
+    Raises:
+        ImageError: when the image cannot be decoded.
+    """
+    img = load_image(image)
+    if box is not None and not np.isnan(box).any():
+        img = crop_box(img, box, margin)
+    return _resize(img, size)
+
+
 def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
     """Decodes, crops (boxes with `margin`) and resizes every image of `source` to `size` x `size` RGB.
 
@@ -82,13 +94,8 @@ def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
     skipped = []
     for i in range(n):
         try:
-            if source.pixels is not None:
-                img = load_image(source.pixels[i])
-            else:
-                img = load_image(source.paths[i])
-            if source.boxes is not None and not np.isnan(source.boxes[i]).any():
-                img = crop_box(img, source.boxes[i], margin)
-            images[i] = _resize(img, size)
+            images[i] = load_face(source.pixels[i] if source.pixels is not None else source.paths[i],
+                                  None if source.boxes is None else source.boxes[i], size, margin)
         except (FacemtlError, ValueError) as exc:
             keep[i] = False
             skipped.append(source.paths[i] if source.paths is not None else f"{source.name}[{i}]: {exc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from facemtl.data.streaming import StreamedSource
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
 from facemtl.preprocessing import prepare_images
 
@@ -64,8 +65,9 @@ def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_pr
     """An endless, shuffled, batched training stream mixed from several materialised sources.
 
     Args:
-        parts: list of `(images uint8 [n, s, s, 3], identity int32 [n], expression int32 [n])`,
-            identity labels already merged (`merge_identity_spaces`).
+        parts: list of `(images uint8 [n, s, s, 3], identity int32 [n], expression int32 [n])`
+            or `StreamedSource`s (read from disk), identity labels already merged
+            (`merge_identity_spaces`).
         weights: sampling ratio per part (normalised).
         batch_size: global batch size.
         model_config: the recipe's `model` section (input size and channels).
@@ -84,17 +86,17 @@ def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_pr
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"Weights must be >= 0 and not all 0. Received: weights={weights}")
     streams, stream_weights = [], []
-    for k, ((images, ids, exprs), w) in enumerate(zip(parts, weights)):
+    for k, (part, w) in enumerate(zip(parts, weights)):
         if w == 0:
             continue
+        exprs = part.expression if isinstance(part, StreamedSource) else part[2]
         if balance_expressions and (exprs != IGNORE_LABEL).any():
             classes = [c for c in range(len(EXPRESSIONS)) if (exprs == c).any()]
             for c in classes:
-                idx = np.flatnonzero(exprs == c)
-                streams.append(_stream(images[idx], ids[idx], exprs[idx], seed + 1000 * k + c))
+                streams.append(_stream(part, np.flatnonzero(exprs == c), seed + 1000 * k + c))
                 stream_weights.append(w / len(classes))
         else:
-            streams.append(_stream(images, ids, exprs, seed + 1000 * k))
+            streams.append(_stream(part, None, seed + 1000 * k))
             stream_weights.append(w)
     total = sum(stream_weights)
     ds = tf.data.Dataset.sample_from_datasets(streams, weights=[w / total for w in stream_weights], seed=seed)
@@ -112,6 +114,10 @@ def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_pr
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _stream(images, ids, exprs, seed):
+def _stream(part, index, seed):
+    """An endless shuffled stream of one part (or its samples at `index`)."""
+    if isinstance(part, StreamedSource):
+        return (part if index is None else part.subset(index)).dataset(shuffle=True, repeat=True, seed=seed)
+    images, ids, exprs = part if index is None else (p[index] for p in part)
     ds = tf.data.Dataset.from_tensor_slices((images, {"identity": ids, "expression": exprs}))
     return ds.shuffle(min(len(images), 20000), seed=seed, reshuffle_each_iteration=True).repeat()

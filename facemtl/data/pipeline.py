@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.data import synthetic
+from facemtl.data.streaming import StreamedSplit
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
 from facemtl.preprocessing import prepare_images
 
@@ -30,6 +31,13 @@ class Splits:
     # mixed training stream (`train` then only counts the training images).
     train_stream: Optional[Callable] = None
     class_weights: Optional[list] = None
+    # Streamed sources (`data.streaming`): where unreadable files are counted.
+    skips: Optional[object] = None
+
+
+def split_size(split):
+    """Number of samples listed in a split (arrays or a `StreamedSplit`)."""
+    return len(split) if isinstance(split, StreamedSplit) else len(split[0])
 
 
 def split_labels(identity, expression, seed=0):
@@ -65,23 +73,23 @@ def _load_mixed_splits(recipe, log):
     from facemtl.data.catalog import load_mixed
     from facemtl.data.mixing import mix
 
-    parts, weights, val, test, names, class_weights = load_mixed(recipe, log)
+    parts, weights, val, test, names, class_weights, skips = load_mixed(recipe, log)
     data = recipe.data
-    # The sources come concatenated. Keras averages a task's validation loss over
-    # batches, so a batch holding only another task's source would count as a
-    # loss of 0 and dilute val_loss (and the checkpoint choice) by the sources'
-    # sizes instead of λ. One fixed shuffle makes every batch carry both tasks.
-    order = np.random.default_rng(recipe.train.seed).permutation(len(val[0]))
-    val = (val[0][order], {t: y[order] for t, y in val[1].items()})
+    if not isinstance(val, StreamedSplit):  # (streamed splits interleave their sources themselves)
+        # The sources come concatenated. Keras averages a task's validation loss over
+        # batches, so a batch holding only another task's source would count as a
+        # loss of 0 and dilute val_loss (and the checkpoint choice) by the sources'
+        # sizes instead of λ. One fixed shuffle makes every batch carry both tasks.
+        order = np.random.default_rng(recipe.train.seed).permutation(len(val[0]))
+        val = (val[0][order], {t: y[order] for t, y in val[1].items()})
 
     def train_stream(batch_size, seed, augment):
         return mix(parts, weights, batch_size, recipe.model, augmenters=augmentation_layers(augment, seed),
                    grayscale_probability=data.grayscale_probability, seed=seed,
                    balance_expressions=data.expression_balance == "sampling")
 
-    train = (np.concatenate([p[0] for p in parts]),
-             {"identity": np.concatenate([p[1] for p in parts]), "expression": np.concatenate([p[2] for p in parts])})
-    return Splits(train, val, test, names, train_stream=train_stream, class_weights=class_weights)
+    train = StreamedSplit(parts)  # counts and labels only: training reads `train_stream`
+    return Splits(train, val, test, names, train_stream=train_stream, class_weights=class_weights, skips=skips)
 
 
 def augmentation_layers(augment, seed=0):
@@ -110,7 +118,7 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
     """Turns one split into a batched, preprocessed `tf.data.Dataset`.
 
     Args:
-        split: `(images, labels)` as in `Splits`.
+        split: `(images, labels)` as in `Splits`, or a `StreamedSplit` (evaluation only).
         model_config: the recipe's `model` section (input size and channels).
         batch_size: the global batch size.
         training: shuffle (reshuffled each epoch) when true.
@@ -122,8 +130,13 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
     Returns:
         A dataset of `(images float32 [b, h, w, c], {"identity", "expression"})`.
     """
-    images, labels = split
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if isinstance(split, StreamedSplit):  # evaluation of data streamed from disk
+        if training:
+            raise ValueError("Streamed splits are for evaluation; training reads Splits.train_stream")
+        ds = split.dataset()
+    else:
+        images, labels = split
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         ds = ds.shuffle(min(shuffle_buffer, len(images)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

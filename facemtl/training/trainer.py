@@ -17,7 +17,7 @@ import tensorflow as tf
 import yaml
 
 from facemtl.config import save_recipe
-from facemtl.data.pipeline import load_splits, make_dataset
+from facemtl.data.pipeline import load_splits, make_dataset, split_size
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model
@@ -233,18 +233,19 @@ def train(recipe, run_dir=None, log=print):
     batch = recipe.train.batch_size
     if splits.train_stream is not None:  # mixed real datasets: an endless stream
         train_ds = splits.train_stream(batch, recipe.train.seed, recipe.data.augment)
-        steps_per_epoch = recipe.data.steps_per_epoch or max(1, len(splits.train[0]) // batch)
+        steps_per_epoch = recipe.data.steps_per_epoch or max(1, split_size(splits.train) // batch)
     else:
         train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
                                 shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
                                 augment=recipe.data.augment)
-        steps_per_epoch = math.ceil(len(splits.train[0]) / batch)
-    if not len(splits.val[0]):
+        steps_per_epoch = math.ceil(split_size(splits.train) / batch)
+    if not split_size(splits.val):
         raise FacemtlError("No validation images: raise data.sources[].val_fraction (or the synthetic val_per_pair)")
     val_ds = make_dataset(splits.val, recipe.model, batch, training=False)
     test_ds = make_dataset(splits.test, recipe.model, batch, training=False)
     class_weights = {"expression": splits.class_weights} if splits.class_weights else {}
-    log(f"facemtl: {len(splits.train[0])} training, {len(splits.val[0])} validation, {len(splits.test[0])} test "
+    log(f"facemtl: {split_size(splits.train)} training, {split_size(splits.val)} validation, "
+        f"{split_size(splits.test)} test "
         f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
 
     if batch % strategy.num_replicas_in_sync:
@@ -278,6 +279,8 @@ def train(recipe, run_dir=None, log=print):
         callbacks.append(keras.callbacks.BackupAndRestore(
             backup_dir, save_freq=recipe.train.backup_every_steps or "epoch",
             double_checkpoint=True, delete_checkpoint=False))
+    if splits.skips is not None:  # streamed files: report unreadable ones as they are met, epoch by epoch
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: splits.skips.report()))
     if recipe.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=recipe.train.early_stopping_patience))
     verbose = recipe.train.verbose
@@ -300,7 +303,7 @@ def train(recipe, run_dir=None, log=print):
                                   shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
                                   augment=recipe.data.augment)),
             val_ds, epochs=epochs, global_batch=batch,
-            steps_per_epoch=recipe.data.steps_per_epoch or len(splits.train[0]) // batch,
+            steps_per_epoch=recipe.data.steps_per_epoch or split_size(splits.train) // batch,
             loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
             class_weights=class_weights, margins={"identity": identity_margin(recipe.model)},
             checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
@@ -319,9 +322,13 @@ def train(recipe, run_dir=None, log=print):
                 with strategy.scope():
                     set_backbone_trainable(model, True)
                     trainee = compile_model(view, recipe, steps_per_epoch, lr_factor, class_weights=class_weights)
-            trainee.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last, callbacks=callbacks,
-                     shuffle=False, verbose=verbose,
-                     steps_per_epoch=steps_per_epoch if splits.train_stream is not None else None)
+            with warnings.catch_warnings():
+                # A streamed validation set has no known length (unreadable files drop out), so
+                # Keras warns when it ends; the endless training stream never does.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                trainee.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
+                            callbacks=callbacks, shuffle=False, verbose=verbose,
+                            steps_per_epoch=steps_per_epoch if splits.train_stream is not None else None)
             if nan_guard.bad_batch is not None:
                 # The backup may hold the diverged weights: drop it so a rerun starts clean.
                 shutil.rmtree(backup_dir, ignore_errors=True)
@@ -340,6 +347,9 @@ def train(recipe, run_dir=None, log=print):
     plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
     log("facemtl: evaluating on held-out test data ...")
     report = evaluate_model(model, test_ds, names, os.path.join(run_dir, "test"), title=f"{recipe.name} test ")
+    if splits.skips is not None:
+        splits.skips.report()
+        log(f"facemtl: {len(splits.skips.paths)} unreadable file(s) skipped while streaming")
     for task, r in report.items():
         log(f"facemtl: test {task}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} ({r['count']} images)")
 

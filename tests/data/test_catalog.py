@@ -42,7 +42,7 @@ def _overrides(tmp_path, datasets):
 
 def test_load_mixed_splits_and_label_spaces(tmp_path, datasets):
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=_overrides(tmp_path, datasets))
-    parts, weights, val, test, names, class_weights = load_mixed(recipe, log=lambda *_: None)
+    parts, weights, val, test, names, class_weights, _ = load_mixed(recipe, log=lambda *_: None)
     assert weights == [0.5, 0.3, 0.2]
     assert names == [f"lfw/person{i}" for i in range(3)] + [f"orl/person{i}" for i in range(3)]
     assert (parts[0][1] == -1).all() and (parts[0][2] >= 0).all()
