@@ -10,7 +10,7 @@ from facemtl.data.catalog import load_mixed
 from facemtl.data.pipeline import load_splits, make_dataset, split_size
 from facemtl.data.streaming import StreamedSource, StreamedSplit
 from tests.conftest import QUICKSTART
-from tests.data.test_catalog import _overrides, datasets  # noqa: F401  (the fixture)
+from tests.data.test_catalog import _overrides
 
 
 @pytest.fixture
