@@ -217,7 +217,11 @@ def fit_custom_loop(view, optimizer, strategy, make_train_dataset, val_ds, *, ep
                 checkpoint.on_epoch_end(epoch, logs)
             _append_csv(history_path, epoch, logs)
         backup.save(epoch + 1)
-    shutil.rmtree(backup.dir, ignore_errors=True)  # each worker removes only its own state
+    shutil.rmtree(backup.dir, ignore_errors=True)  # each worker removes only its own state...
+    try:
+        os.rmdir(os.path.dirname(backup.dir))  # ...and the last one to finish, the emptied backup folder
+    except OSError:
+        pass
     return history
 
 
