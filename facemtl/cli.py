@@ -313,7 +313,7 @@ def _gallery(args):
             failures += 1
             print(json.dumps({"path": path, "error": str(exc)}))
             continue
-        print(json.dumps({"path": path, "faces": [{"box": f["box"], "score": f["score"], **f["match"]}
+        print(json.dumps({"path": path, "faces": [{"box": f["box"], "detection_score": f["score"], **f["match"]}
                                                   for f in faces]}))
     return 1 if failures else 0
 

@@ -132,6 +132,13 @@ def test_enrol_from_photos_detects_faces_and_skips_faceless_ones(calibrated, tmp
     assert r.returncode == 1 and "coffee.jpg: no face found" in r.stderr
     assert json.loads(r.stdout)["enrolled"] == 1
 
+    r = run_cli("gallery", "identify", "crew", tmp_path / "astronaut.jpg", tmp_path / "coffee.jpg", "--store", store,
+                "--threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    astronaut, coffee = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [f["name"] for f in astronaut["faces"]] == ["Eileen Collins"] and coffee["faces"] == []
+    assert astronaut["faces"][0]["detection_score"] > 0.9 and astronaut["faces"][0]["score"] > 0.99
+
     from facemtl.inference import FaceAnalyzer
     from facemtl.recognition.gallery import Gallery
 
