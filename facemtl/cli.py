@@ -291,11 +291,8 @@ def _gallery(args):
         raise FacemtlError("Pass --model: the gallery does not record its model's folder")
     failures = 0
     if args.crops:  # already-aligned face crops: one face each
-        from facemtl.recognition.metrics import model_threshold
-
         embedder = _embedder(args, model)
-        gallery.check_model(model_info(embedder.metadata))
-        threshold, _ = model_threshold(embedder.metadata, args.threshold)
+        threshold = gallery.threshold_for(embedder.metadata, args.threshold)
         for face in embedder.embed(args.photos):
             if face.embedding is None:
                 failures += 1

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from facemtl.errors import ModelFormatError
+from facemtl.files import write_json_atomically
 from facemtl.preprocessing import prepare_images
 
 METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
@@ -166,13 +167,5 @@ def update_metadata(saved_model_dir, updates):
         The new metadata.
     """
     metadata = {**read_metadata(saved_model_dir), **updates}
-    path = os.path.join(saved_model_dir, METADATA_FILE)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomically(os.path.join(saved_model_dir, METADATA_FILE), metadata, indent=2)
     return metadata

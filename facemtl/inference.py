@@ -121,11 +121,7 @@ class FaceAnalyzer:
         self.gallery = gallery
         self.top_k = top_k
         if gallery is not None:
-            from facemtl.recognition.gallery import model_info
-            from facemtl.recognition.metrics import model_threshold
-
-            gallery.check_model(model_info(self.predictor.metadata))
-            self.threshold, _ = model_threshold(self.predictor.metadata, threshold)
+            self.threshold = gallery.threshold_for(self.predictor.metadata, threshold)
         if isinstance(detector, str):
             kwargs = {"min_face_size": min_face_size}
             if detector == "mtcnn":

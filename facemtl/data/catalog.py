@@ -12,7 +12,7 @@ from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
 from facemtl.data.folders import read_identity_folders
 from facemtl.data.materialize import materialize
 from facemtl.data.mixing import expression_class_weights, merge_identity_spaces, shift_identities
-from facemtl.data.streaming import SkipLog, StreamedSource, StreamedSplit
+from facemtl.data.streaming import SkipLog, StreamedSource, StreamedSplit, part_labels
 from facemtl.data.vggface2 import read_vggface2
 from facemtl.errors import FacemtlError
 from facemtl.labels import IGNORE_LABEL
@@ -117,10 +117,6 @@ def _relabelled(mat, identity):
     return mat.images, identity, mat.expression
 
 
-def _labels(part):
-    return (part.identity, part.expression) if isinstance(part, StreamedSource) else (part[1], part[2])
-
-
 def _concat(parts):
     if any(isinstance(p, StreamedSource) for p in parts):
         return StreamedSplit(parts)
@@ -180,5 +176,5 @@ def load_mixed(recipe, log=print):
         test.append(_relabelled(mats[2], shift_identities(mats[2].identity, offset)))
     class_weights = None
     if data.expression_balance == "class_weights":
-        class_weights = expression_class_weights(np.concatenate([_labels(p)[1] for p in parts]))
+        class_weights = expression_class_weights(np.concatenate([part_labels(p)[1] for p in parts]))
     return MixedData(parts, [w for *_, w in per_source], _concat(val), _concat(test), names, class_weights, skips)

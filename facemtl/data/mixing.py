@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from facemtl.data.streaming import StreamedSource
+from facemtl.data.streaming import StreamedSource, part_labels
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
 from facemtl.preprocessing import prepare_images
 
@@ -89,7 +89,7 @@ def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_pr
     for k, (part, w) in enumerate(zip(parts, weights)):
         if w == 0:
             continue
-        exprs = part.expression if isinstance(part, StreamedSource) else part[2]
+        exprs = part_labels(part)[1]
         if balance_expressions and (exprs != IGNORE_LABEL).any():
             classes = [c for c in range(len(EXPRESSIONS)) if (exprs == c).any()]
             for c in classes:

@@ -126,6 +126,11 @@ class StreamedSource:
         return ds.filter(readable).map(drop_flag)
 
 
+def part_labels(part):
+    """`(identity, expression)` of a part: an `(images, identity, expression)` triple or a `StreamedSource`."""
+    return (part.identity, part.expression) if isinstance(part, StreamedSource) else (part[1], part[2])
+
+
 def concat_for_eval(parts):
     """One finite, deterministic evaluation stream over in-memory arrays and streamed sources.
 
@@ -164,8 +169,7 @@ class StreamedSplit:
 
     def __init__(self, parts):
         self.parts = list(parts)
-        ids, exprs = zip(*[(p.identity, p.expression) if isinstance(p, StreamedSource) else (p[1], p[2])
-                           for p in self.parts])
+        ids, exprs = zip(*[part_labels(p) for p in self.parts])
         self.labels = {"identity": np.concatenate(ids), "expression": np.concatenate(exprs)}
 
     def __len__(self):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
 try:
     import tensorflow_datasets as tfds
@@ -39,6 +40,7 @@ except ImportError as exc:  # an optional extra
 
 from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
 from facemtl.data.folders import read_identity_folders
+from facemtl.data.materialize import load_face
 from facemtl.data.sources import warn_skipped
 from facemtl.data.vggface2 import read_vggface2
 from facemtl.errors import FacemtlError
@@ -69,6 +71,11 @@ def _manual_dir(dl_manager):
     return path
 
 
+def _split_folders(root):
+    """The `train/` and `test/` folders present under `root`, in that order."""
+    return [s for s in ("train", "test") if os.path.isdir(os.path.join(root, s))]
+
+
 class Fer2013(tfds.core.GeneratorBasedBuilder):
     """FER2013 facial expressions (48x48 gray, 7 classes) from Kaggle's CSV or its image folders."""
 
@@ -94,14 +101,16 @@ class Fer2013(tfds.core.GeneratorBasedBuilder):
             if os.path.isfile(csv):
                 return {split: self._generate_examples(read_fer2013_csv(csv, usage=usage))
                         for split, usage in _CSV_SPLITS.items()}
-        splits = [s for s in ("train", "test") if os.path.isdir(os.path.join(root, s))]
+        splits = _split_folders(root)
         if not splits:
             raise FacemtlError(f"{root}: neither fer2013.csv, icml_face_data.csv nor train/ and test/ folders")
         return {split: self._generate_examples(read_fer2013_folders(root, split)) for split in splits}
 
     def _generate_examples(self, source):
-        return _examples(source, lambda i, image: {"image": _resize_gray(image, 48),
-                                                   "label": int(source.expression[i])})
+        # The same 48x48 crop facemtl trains on (materialize.load_face), then gray.
+        return _examples(source, lambda i, image: {
+            "image": np.asarray(Image.fromarray(load_face(image, None, 48)).convert("L"))[..., None],
+            "label": int(source.expression[i])})
 
 
 class VggFace2(tfds.core.GeneratorBasedBuilder):
@@ -126,7 +135,7 @@ class VggFace2(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager)
-        splits = [s for s in ("train", "test") if os.path.isdir(os.path.join(root, s))]
+        splits = _split_folders(root)
         if not splits:
             raise FacemtlError(f"{root}: no VGGFace2 train/ or test/ folder")
         return {split: self._generate_examples(read_vggface2(root, split)) for split in splits}
@@ -163,7 +172,7 @@ class FaceFolders(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager)
-        splits = [s for s in ("train", "test") if os.path.isdir(os.path.join(root, s))]
+        splits = _split_folders(root)
         if not splits:
             return {"train": self._generate_examples(read_identity_folders(root))}
         return {s: self._generate_examples(read_identity_folders(os.path.join(root, s))) for s in splits}
@@ -171,12 +180,6 @@ class FaceFolders(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, source):
         return _examples(source, lambda i, image: {"image": image,
                                                    "identity": source.identity_names[source.identity[i]]})
-
-
-def _resize_gray(image, size):
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).convert("L").resize((size, size), Image.BILINEAR))[..., None]
 
 
 def prepare(name, manual_dir, data_dir=None):

@@ -183,6 +183,21 @@ class Gallery:
                                f"{_describe(theirs)}; embeddings of different models cannot be compared: "
                                "use that model or enrol again into a new gallery")
 
+    def threshold_for(self, metadata, override=None):
+        """Checks that an export made this gallery's embeddings; returns the match threshold to use.
+
+        Args:
+            metadata: the export's metadata (`read_metadata`).
+            override: an explicit threshold (else the export's calibrated one).
+
+        Raises:
+            GalleryError: another model. FacemtlError: no threshold at all.
+        """
+        from facemtl.recognition.metrics import model_threshold
+
+        self.check_model(model_info(metadata))
+        return model_threshold(metadata, override)[0]
+
     def people(self):
         """`{name: number of enrolled embeddings}`, sorted by name."""
         names, counts = np.unique(self.names, return_counts=True)

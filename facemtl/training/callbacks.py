@@ -8,6 +8,8 @@ import os
 
 import keras
 
+from facemtl.files import write_json_atomically
+
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
     """Saves `model` (the full multi-task model) whenever `monitor` improves.
@@ -63,12 +65,6 @@ def save_model_atomically(model, path):
         if os.path.exists(tmp):
             os.remove(tmp)
 
-
-def write_json_atomically(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.errors import FacemtlError
-from facemtl.training.callbacks import write_json_atomically
+from facemtl.files import write_json_atomically
 from facemtl.training.history import truncate_history
 from facemtl.training.losses import MaskedSparseCategoricalAccuracy, masked_crossentropy_sum
 
