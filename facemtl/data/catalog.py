@@ -30,20 +30,29 @@ class MixedData(NamedTuple):
     skips: Optional[SkipLog]
 
 
-def aligned_copy(folder, cfg, cache_dir, log=print):
-    """Aligns every photo under `folder` once into the cache (reused afterwards); returns the crops' folder."""
+def aligned_copy(folder, cfg, cache_dir, log=print, layout="arcface"):
+    """Aligns every photo under `folder` once into the cache (reused afterwards); returns the crops' folder.
+
+    `layout` is the crop template (`facemtl.faces.align.LAYOUTS`); each layout
+    has its own cache folder.
+    """
     from facemtl.faces.detect import get_detector
     from facemtl.faces.preprocess import align_folder
 
     rel = os.path.abspath(folder).strip(os.sep).replace(os.sep, "_")
-    target = os.path.join(cache_dir, f"aligned-{cfg.align_size}px", rel)
-    report = align_folder(folder, target, get_detector("mtcnn"), size=(cfg.align_size, cfg.align_size))
+    kind = f"aligned-{cfg.align_size}px" if layout == "arcface" else f"aligned-{layout}-{cfg.align_size}px"
+    target = os.path.join(cache_dir, kind, rel)
+    report = align_folder(folder, target, get_detector("mtcnn"), size=(cfg.align_size, cfg.align_size),
+                          layout=layout)
     log(f"facemtl: aligned {folder} -> {target}: {report.summary()}")
     return target
 
 
-def read_source(cfg, split=None, cache_dir="data/cache", log=print):
-    """Reads one `SourceConfig` (at `split`, default its own) with the matching reader."""
+def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcface"):
+    """Reads one `SourceConfig` (at `split`, default its own) with the matching reader.
+
+    Photos of sources with `align: true` are aligned with the crop `layout`.
+    """
     split = split or cfg.split
     if not cfg.path:
         raise FacemtlError(f"data.sources: a {cfg.format} source needs a path")
@@ -58,12 +67,12 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print):
     elif cfg.format == "celeba":
         images = cfg.images
         if cfg.align:
-            images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log)
+            images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log, layout)
         src = read_celeba(cfg.path, images=images, min_images=cfg.min_images)
     else:
         folder = os.path.join(cfg.path, split) if os.path.isdir(os.path.join(cfg.path, split)) else cfg.path
         if cfg.align:
-            folder = aligned_copy(folder, cfg, cache_dir, log)
+            folder = aligned_copy(folder, cfg, cache_dir, log, layout)
         src = read_identity_folders(folder, name=cfg.name or os.path.basename(os.path.normpath(cfg.path)),
                                     min_images=cfg.min_images)
     if cfg.name:
@@ -148,13 +157,13 @@ def load_mixed(recipe, log=print):
     skips = SkipLog("streamed data") if data.streaming else None
     per_source = []
     for k, cfg in enumerate(data.sources):
-        src = read_source(cfg, cache_dir=data.cache_dir, log=log)
+        src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=recipe.model.crop_layout)
         fractions = [cfg.val_fraction] + ([] if cfg.test_split else [cfg.test_fraction])
         idx = holdout(src, fractions, seed=recipe.train.seed + k)
         subsets = [src.subset(i) for i in idx]
         for sub, part in zip(subsets, ("train", "val", "test")):
             sub.split = f"{src.split or cfg.split}-{part}"
-        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log), src) if cfg.test_split
+        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log, recipe.model.crop_layout), src) if cfg.test_split
                 else subsets[2])
         if skips is not None and src.paths is not None:
             mats = [StreamedSource(s, size, data.crop_margin, skips) for s in subsets[:2] + [test]]

@@ -1,9 +1,14 @@
 """Face alignment: a similarity transform from 5 landmarks to a canonical template.
 
-The template is the widely used 5-point layout for 112x112 face crops (eye
-centres, nose tip, mouth corners), scaled to the requested crop size. The same
-function aligns training crops (dataset preprocessing) and served crops, so
-both look alike to the model.
+Two layouts, each scaled to the requested crop size:
+- `arcface`: the widely used 5-point layout for 112x112 face crops (eye
+  centres, nose tip, mouth corners);
+- `dlib`: dlib's face chip (150 px, padding 0.25), the crops dlib's face ResNet
+  was trained on. dlib places a chip from its own 5 landmarks (eye corners and
+  nose base); the template here is where MTCNN's 5 landmarks fall on dlib's
+  chips, averaged over 360 CelebA photos (`benchmarks/dlib_chip_template.py`).
+The same function aligns training crops (dataset preprocessing) and served
+crops, so both look alike to the model.
 """
 
 from __future__ import annotations
@@ -16,22 +21,38 @@ TEMPLATE_112 = np.array(
     dtype=np.float64,
 )
 
+# The same points on dlib's 150x150 chip (padding 0.25), fitted from MTCNN landmarks.
+TEMPLATE_DLIB_150 = np.array(
+    [[47.032, 44.145], [100.234, 43.839], [72.905, 77.236], [49.611, 100.802], [97.451, 100.578]],
+    dtype=np.float64,
+)
+# layout -> (points, the square crop size they are given for)
+LAYOUTS = {"arcface": (TEMPLATE_112, 112.0), "dlib": (TEMPLATE_DLIB_150, 150.0)}
 
-def template(size, face_scale=1.0):
+
+def template(size, face_scale=1.0, layout="arcface"):
     """The 5-point template for a `(height, width)` crop.
 
     Args:
         size: `(height, width)` of the aligned crop, or one int for a square.
         face_scale: < 1 shrinks the face inside the crop (more context), > 1 zooms in.
+        layout: `"arcface"` or `"dlib"` (see the module docstring).
 
     Returns:
         `float64 [5, 2]` (x, y) points.
+
+    Example:
+        >>> template(150, layout="dlib")[0].round(1).tolist()
+        [47.0, 44.1]
     """
     h, w = (size, size) if np.isscalar(size) else size
     if face_scale <= 0:
         raise ValueError(f"face_scale must be positive. Received: face_scale={face_scale}")
-    centred = (TEMPLATE_112 - 56.0) * face_scale
-    return centred * np.array([w / 112.0, h / 112.0]) + np.array([w / 2.0, h / 2.0])
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}. Received: layout={layout!r}")
+    points, side = LAYOUTS[layout]
+    centred = (points - side / 2) * face_scale
+    return centred * np.array([w / side, h / side]) + np.array([w / 2.0, h / 2.0])
 
 
 def similarity_transform(src, dst):
@@ -76,14 +97,14 @@ def transform_points(matrix, points):
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def align_face(image, landmarks, size=(112, 112), face_scale=1.0):
+def align_face(image, landmarks, size=(112, 112), face_scale=1.0, layout="arcface"):
     """Warps a face so its 5 landmarks land on the template.
 
     Args:
         image: `uint8 [h, w, 3]` photo.
         landmarks: `[5, 2]` (x, y): left eye, right eye, nose, mouth left, mouth right.
         size: `(height, width)` of the crop (or an int).
-        face_scale: see `template`.
+        face_scale, layout: see `template`.
 
     Returns:
         `(crop uint8 [height, width, 3], matrix 2x3)`.
@@ -91,7 +112,7 @@ def align_face(image, landmarks, size=(112, 112), face_scale=1.0):
     import cv2
 
     h, w = (size, size) if np.isscalar(size) else size
-    matrix = similarity_transform(landmarks, template((h, w), face_scale))
+    matrix = similarity_transform(landmarks, template((h, w), face_scale, layout))
     crop = cv2.warpAffine(np.ascontiguousarray(image), matrix, (int(w), int(h)), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
     return crop, matrix

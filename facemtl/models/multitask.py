@@ -86,6 +86,19 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
 def build_from_recipe(model_config, num_identities, tasks=TASKS):
     """Builds the model described by a recipe's `model` section."""
     c = model_config
+    if c.backbone == "dlib_resnet":
+        from facemtl.models.dlib_resnet import build_dlib_multitask
+
+        if tuple(tasks) != TASKS:
+            raise ValueError(f"dlib_resnet builds both tasks. Received: tasks={tasks}")
+        if c.identity_head != "softmax":
+            raise ValueError("dlib_resnet's identity head is a cosine classifier on dlib's descriptor; "
+                             f"margin heads are not supported. Received: identity_head={c.identity_head!r}")
+        return build_dlib_multitask(
+            num_identities, input_shape=(c.height, c.width, c.channels), split_stage=c.split_stage,
+            expression_last_stage=c.expression_last_stage, expression_units=c.expression_units, dropout=c.dropout,
+            freeze_shared=c.freeze_backbone, freeze_identity_branch=c.freeze_identity_branch,
+            weights=c.backbone_weights or "auto")
     return build_multitask_model(
         num_identities, input_shape=(c.height, c.width, c.channels), backbone=c.backbone,
         stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,

@@ -91,7 +91,7 @@ def embed_arrays(predictor, images):
 
 
 def load_labelled_faces(path, *, fmt="identity_folders", split=None, align=False, size=112,
-                        cache_dir="data/cache", log=print):
+                        cache_dir="data/cache", log=print, layout="arcface"):
     """Reads a labelled face dataset (any facemtl reader) into uint8 crops and person labels.
 
     Args:
@@ -100,6 +100,7 @@ def load_labelled_faces(path, *, fmt="identity_folders", split=None, align=False
             `celeba`, `vggface2`).
         split: the split to read (e.g. `test`), where the format has splits.
         align: detect and align in-the-wild photos first (cached).
+        layout: the crop template of the alignment (the model's `crop.layout`).
         size: crop side.
         cache_dir: where aligned crops and decoded arrays are cached.
 
@@ -111,7 +112,7 @@ def load_labelled_faces(path, *, fmt="identity_folders", split=None, align=False
     from facemtl.data.materialize import materialize
 
     cfg = SourceConfig(format=fmt, path=path, align=align, **({"split": split} if split else {}))
-    source = read_source(cfg, cache_dir=cache_dir, log=log)
+    source = read_source(cfg, cache_dir=cache_dir, log=log, layout=layout)
     if "identity" not in source.tasks:
         raise FacemtlError(f"{path}: the {fmt} data has no identity labels")
     mat = materialize(source, size, cache_dir=cache_dir)

@@ -361,6 +361,8 @@ def train(recipe, run_dir=None, log=print):
             name=recipe.export.name or recipe.name, version=recipe.export.version,
             extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "identity_head": recipe.model.identity_head,
+                            "backbone": recipe.model.backbone,
+                            "crop": {"layout": recipe.model.crop_layout},
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
     seconds = time.time() - start

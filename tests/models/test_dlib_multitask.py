@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from facemtl.config import ModelConfig
+from facemtl.models import build_from_recipe
+from facemtl.models.dlib_format import DlibModelError, default_model_path, read_dlib_resnet
+from facemtl.models.dlib_resnet import build_dlib_multitask, build_dlib_resnet
+
+
+@pytest.fixture(scope="module")
+def dlib_weights():
+    try:
+        return read_dlib_resnet(default_model_path())
+    except DlibModelError:
+        pytest.skip("face_recognition_models is not installed (pip install 'facemtl[pretrained]')")
+
+
+def test_outputs_and_what_trains():
+    model = build_dlib_multitask(5, input_shape=(150, 150, 1), weights=None, split_stage=2, expression_last_stage=3,
+                                 expression_units=(16,))
+    out = model(np.zeros((2, 150, 150, 1), "float32"))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"identity": (2, 5), "expression": (2, 7),
+                                                           "embedding": (2, 128)}
+    assert not model.get_layer("backbone").trainable and not model.get_layer("identity_branch").trainable
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    expected = {f"expression_stage3_block{b}_{c}_conv" for b in (1, 2, 3) for c in (1, 2)}
+    assert trainable == expected | {"identity_cosine", "expression_dense1", "expression"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(split_stage=5), "split_stage"),
+    (dict(split_stage=3, expression_last_stage=3), "expression_last_stage"),
+    (dict(input_shape=(32, 32, 3)), "input_shape"),
+    (dict(input_shape=(150, 150, 2)), "input_shape"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_dlib_multitask(3, weights=None, **kwargs)
+
+
+def test_embedding_is_dlibs_normalised_descriptor(dlib_weights):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (3, 150, 150, 3)).astype("float32")
+    model = build_dlib_multitask(4, weights=dlib_weights)
+    reference = build_dlib_resnet(weights=dlib_weights)(faces).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    np.testing.assert_allclose(model(faces)["embedding"].numpy(), reference, atol=1e-5)
+    # The expression branch starts as dlib's own stages: same activations as the identity branch's copy.
+    a = model.get_layer("expression_stage3_block1_1_conv").get_weights()[0]
+    b = model.get_layer("identity_branch").get_layer("identity_stage3_block1_1_conv").get_weights()[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_training_leaves_the_frozen_parts_unchanged(dlib_weights):
+    model = build_dlib_multitask(3, weights=dlib_weights, split_stage=3, expression_last_stage=4, expression_units=(8,))
+    frozen = {w.path: w.numpy().copy() for w in model.get_layer("backbone").weights + model.get_layer(
+        "identity_branch").weights}
+    branch = model.get_layer("expression_stage4_block1_1_conv").get_weights()[0].copy()
+    model.compile("adam", loss={"identity": "sparse_categorical_crossentropy",
+                                "expression": "sparse_categorical_crossentropy"})
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (8, 150, 150, 3)).astype("float32")
+    model.fit(x, {"identity": rng.integers(0, 3, 8), "expression": rng.integers(0, 7, 8)}, epochs=1, verbose=0)
+    for w in model.get_layer("backbone").weights + model.get_layer("identity_branch").weights:
+        np.testing.assert_array_equal(w.numpy(), frozen[w.path])
+    assert not np.array_equal(model.get_layer("expression_stage4_block1_1_conv").get_weights()[0], branch)
+
+
+def test_recipe_builds_it_and_refuses_margin_heads():
+    cfg = ModelConfig(backbone="dlib_resnet", height=150, width=150, backbone_weights=None, split_stage=3,
+                      expression_units=[8], crop_layout="dlib")
+    with pytest.raises(ValueError, match="margin heads"):
+        build_from_recipe(ModelConfig(backbone="dlib_resnet", identity_head="arcface"), 3)
+    try:
+        model = build_from_recipe(cfg, 3)
+    except DlibModelError:
+        pytest.skip("face_recognition_models is not installed")
+    assert model.get_layer("backbone").output.shape[1:] == (8, 8, 128)
