@@ -40,6 +40,33 @@ def split_size(split):
     return len(split) if isinstance(split, StreamedSplit) else len(split[0])
 
 
+def labelled_images(split, task, limit=None):
+    """The in-memory images of `split` that carry a `task` label, with those labels.
+
+    Args:
+        split: a split as in `Splits` (arrays, or a `StreamedSplit` whose parts
+            read from disk are left out).
+        task: `"identity"` or `"expression"`.
+        limit: at most this many images (the first ones).
+
+    Returns:
+        `(images uint8 [n, h, w, c], labels int [n])`.
+    """
+    if isinstance(split, StreamedSplit):
+        parts = [(p[0], p[1] if task == "identity" else p[2]) for p in split.parts if isinstance(p, tuple)]
+    else:
+        parts = [(split[0], split[1][task])]
+    images, labels = [], []
+    for imgs, labs in parts:
+        keep = np.flatnonzero(np.asarray(labs) != IGNORE_LABEL)
+        images.append(imgs[keep])
+        labels.append(np.asarray(labs)[keep])
+    if not images:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int32)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    return images[:limit], labels[:limit]
+
+
 def split_labels(identity, expression, seed=0):
     """Keeps only one task's label per sample, alternating, as in merged datasets."""
     rng = np.random.default_rng(seed)

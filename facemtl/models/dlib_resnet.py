@@ -198,7 +198,7 @@ __all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_sta
 
 def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
                          expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
-                         freeze_identity_branch=True, identity_scale=16.0, weights="auto",
+                         freeze_identity_branch=True, identity_scale=30.0, weights="auto",
                          num_expressions=7):
     """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
 
@@ -283,3 +283,45 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     shared.trainable = not freeze_shared
     identity_net.trainable = not freeze_identity_branch
     return model
+
+
+def imprint_identity_classifier(model, images, identity, batch_size=64):
+    """Points each identity's classifier direction at the mean embedding of its training faces.
+
+    Weight imprinting (Qi et al., CVPR 2018): with a frozen, already
+    discriminative embedding (dlib's), the class means are a near-optimal
+    starting point for the cosine classifier, which plain gradient steps at a
+    fine-tuning learning rate would take many epochs to reach. Identities
+    without images keep their random directions.
+
+    Args:
+        model: a model from `build_dlib_multitask` (layer `identity_cosine`).
+        images: `uint8 [n, h, w, c]` training faces at the model's input size.
+        identity: `int [n]` identity labels (`IGNORE_LABEL` entries are skipped).
+        batch_size: faces per forward pass.
+
+    Returns:
+        How many identities were imprinted.
+    """
+    import numpy as np
+
+    identity = np.asarray(identity)
+    keep = identity >= 0
+    images, identity = images[keep], identity[keep]
+    if not len(identity):
+        return 0
+    from facemtl.preprocessing import prepare_images
+
+    height, width, channels = model.input_shape[1:]
+    embed = keras.Model(model.input, model.get_layer("embedding").output)
+    emb = np.concatenate([np.asarray(embed(prepare_images(images[i:i + batch_size], height, width, channels),
+                                           training=False))
+                          for i in range(0, len(images), batch_size)])
+    layer = model.get_layer("identity_cosine")
+    (kernel,) = layer.get_weights()
+    present = np.unique(identity)
+    for k in present:
+        mean = emb[identity == k].mean(axis=0)
+        kernel[:, k] = mean / max(np.linalg.norm(mean), 1e-12)
+    layer.set_weights([kernel])
+    return len(present)

@@ -43,7 +43,7 @@ def installed_models(root=PRETRAINED_DIR):
             path = os.path.join(base, version)
             meta = read_metadata(path)
             models.append({"name": name, "version": int(version), "path": path,
-                           "metrics": meta.get("metrics", {}), "crop": meta.get("crop", {}),
+                           "metrics": meta.get("metrics") or {"test_accuracy": meta.get("test_accuracy")}, "crop": meta.get("crop", {}),
                            "identities": len(meta.get("identities", [])), "embedding_dim": meta.get("embedding_dim")})
     return models
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 import yaml
 
 from facemtl.config import save_recipe
-from facemtl.data.pipeline import load_splits, make_dataset, split_size
+from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, split_size
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model
@@ -255,6 +255,12 @@ def train(recipe, run_dir=None, log=print):
         f"global batch {batch}, precision {recipe.train.precision}, {'model.fit' if loop == 'fit' else 'custom loop'}")
     with strategy.scope():
         model = build_from_recipe(recipe.model, len(splits.identity_names))
+        if recipe.model.backbone == "dlib_resnet":
+            from facemtl.models.dlib_resnet import imprint_identity_classifier
+
+            images, labels = labelled_images(splits.train, "identity", limit=20000)
+            log(f"facemtl: identity classifier imprinted from {len(labels)} training faces "
+                f"({imprint_identity_classifier(model, images, labels)} identities)")
         view = training_view(model)
         trainee = compile_model(view, recipe, steps_per_epoch, class_weights=class_weights)
 

@@ -1,0 +1,206 @@
+"""The release model against the packages people use instead: accuracy, identity and speed.
+
+Three measurements, each optional (default: all), on ../shared/data:
+
+- `fer`: FER2013 PublicTest (3,589 faces, 48x48 gray), single crop, through the
+  SavedModel exactly as a user calls it (`Predictor.run` on the 48x48 crops; the
+  graph resizes), and the `fer` package's classifier on the same crops.
+- `identity`: people never seen in training (ORL, 40 people; the LFW subset, 12
+  people), faces detected and aligned once (MTCNN, the model's crop layout), then
+  embedded by the release SavedModel and by dlib's own network
+  (`face_recognition_models` through dlib) on the *same* chips: rank-1 with one
+  image enrolled (mean of 10 draws) and verification TAR at FAR 1e-2 / 1e-3.
+- `speed`: both answers for the same faces: facemtl (align + one forward pass per
+  call, at 1 and 32 faces per call) against `fer` (emotion) plus
+  `face_recognition` (landmarks + descriptor) given the same face boxes, timed
+  in turn, 3 rounds, medians.
+
+    pip install --no-deps fer==25.10.3 face_recognition==1.3.0 && pip install pandas
+    python benchmarks/release_model.py [--model DIR] [--only fer identity speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DATA = "../shared/data"
+
+
+def fer_crops(limit=None):
+    from PIL import Image
+
+    from facemtl.labels import EXPRESSIONS
+
+    images, labels = [], []
+    for k, name in enumerate(EXPRESSIONS):
+        for path in sorted(glob.glob(os.path.join(DATA, "fer2013", "test", name, "*.jpg"))):
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+            labels.append(k)
+    order = np.arange(len(images))[:limit]
+    return [images[i] for i in order], np.array(labels)[order]
+
+
+def peer_fer():
+    import logging
+
+    logging.getLogger("fer").setLevel(logging.ERROR)
+    from fer import FER
+
+    return FER(mtcnn=False)
+
+
+def fer_package_labels(detector, images):
+    """The fer package's label per face crop (the whole crop is the face box); -1 where it gives none."""
+    import cv2
+
+    from facemtl.labels import EXPRESSIONS
+
+    out = []
+    for img in images:
+        h, w = img.shape[:2]
+        faces = detector.detect_emotions(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), face_rectangles=[(0, 0, w, h)])
+        out.append(EXPRESSIONS.index(max(faces[0]["emotions"], key=faces[0]["emotions"].get)) if faces else -1)
+    return np.array(out)
+
+
+def measure_fer(model):
+    from facemtl.evaluation import classification_report
+    from facemtl.inference import Predictor
+    from facemtl.labels import EXPRESSIONS
+
+    images, labels = fer_crops()
+    t0 = time.perf_counter()
+    raw = Predictor(model).run(images)
+    seconds = time.perf_counter() - t0
+    ours = np.array([int(np.argmax(r["expression_probs"])) for r in raw])
+    result = {"faces": len(labels), "facemtl": classification_report(labels, ours, EXPRESSIONS),
+              "facemtl_seconds": round(seconds, 1)}
+    try:
+        theirs = fer_package_labels(peer_fer(), images)
+        result["fer_package"] = classification_report(labels, np.where(theirs < 0, 6, theirs), EXPRESSIONS)
+        result["fer_package"]["no_answer"] = int((theirs < 0).sum())
+    except ImportError as exc:
+        result["fer_package"] = f"not installed ({exc})"
+    return result
+
+
+def measure_identity(model):
+    import dlib
+
+    from facemtl.export import read_metadata
+    from facemtl.inference import Predictor
+    from facemtl.models.dlib_format import default_model_path
+    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
+    from facemtl.recognition.metrics import rank1_identification, verification_report
+
+    meta = read_metadata(model)
+    size, layout = meta["input"]["height"], meta.get("crop", {}).get("layout", "arcface")
+    encoder = dlib.face_recognition_model_v1(default_model_path())
+    predictor = Predictor(model)
+    sets = {"ORL": (os.path.join(DATA, "orl", "att_faces"), [None]),
+            "LFW subset": (os.path.join(DATA, "lfw_subset"), ["train", "test"])}
+    results = {}
+    for name, (path, splits) in sets.items():
+        images, labels, index = [], [], {}
+        for split in splits:
+            imgs, labs, names = load_labelled_faces(path, split=split, align=True, size=size, layout=layout)
+            images.append(imgs)
+            labels.append(np.array([index.setdefault(names[v], len(index)) for v in labs]))
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        embeddings = {"facemtl release": embed_arrays(predictor, images),
+                      "dlib (face_recognition)": np.array([np.array(encoder.compute_face_descriptor(c))
+                                                           for c in images])}
+        results[name] = {}
+        for label, emb in embeddings.items():
+            report = verification_report(emb, labels, fars=(1e-2, 1e-3))
+            report.pop("roc", None)
+            mean, std, probes = rank1_identification(emb, labels, trials=10)
+            report.update(rank1=mean, rank1_std=std, probes=probes, images=int(len(labels)),
+                          people=int(len(np.unique(labels))))
+            results[name][label] = report
+    return results
+
+
+def measure_speed(model, faces=64, rounds=3):
+    import cv2
+    import face_recognition
+
+    from facemtl.faces.align import align_face
+    from facemtl.faces.detect import get_detector
+    from facemtl.images import load_image
+    from facemtl.inference import Predictor
+
+    predictor = Predictor(model)
+    layout = predictor.metadata.get("crop", {}).get("layout", "arcface")
+    size = (predictor.metadata["input"]["height"], predictor.metadata["input"]["width"])
+    mtcnn = get_detector("mtcnn")
+    photos = []  # (rgb image, landmarks, box) of one face each, found once for everyone
+    for path in sorted(glob.glob(os.path.join(DATA, "lfw_subset", "test", "*", "*.jpg"))):
+        image = load_image(path)
+        found = [d for d in mtcnn.detect(image) if d.score >= 0.9]
+        if found:
+            photos.append((image, found[0].landmarks, [int(round(v)) for v in found[0].box]))
+        if len(photos) == faces:
+            break
+    fer_detector = peer_fer()
+    bgr = [cv2.cvtColor(p[0], cv2.COLOR_RGB2BGR) for p in photos]
+
+    def ours(batch):
+        for start in range(0, len(photos), batch):
+            chunk = photos[start:start + batch]
+            crops = [align_face(img, lm, size, layout=layout)[0] for img, lm, _ in chunk]
+            predictor.run(crops)
+
+    def peers():
+        for (img, _, (x, y, w, h)), b in zip(photos, bgr):
+            fer_detector.detect_emotions(b, face_rectangles=[(x, y, w, h)])
+            face_recognition.face_encodings(img, known_face_locations=[(y, x + w, y + h, x)])
+
+    arms = {"facemtl, 1 face per call": lambda: ours(1), "facemtl, 32 faces per call": lambda: ours(32),
+            "fer + face_recognition": peers}
+    for fn in arms.values():  # warm-up: graph tracing, model loading
+        fn()
+    times = {k: [] for k in arms}
+    for _ in range(rounds):
+        for k, fn in arms.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    rates = {k: len(photos) / float(np.median(v)) for k, v in times.items()}
+    base = rates["fer + face_recognition"]
+    return {"faces": len(photos), "faces_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "speedup_vs_peers": {k: round(v / base, 1) for k, v in rates.items()}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="default: the release model installed with facemtl")
+    parser.add_argument("--only", nargs="*", choices=["fer", "identity", "speed"], default=["fer", "identity", "speed"])
+    parser.add_argument("--out", default="runs/release_model.json")
+    args = parser.parse_args()
+
+    from facemtl.pretrained import resolve_model
+
+    model = resolve_model(args.model)
+    results = {"model": model}
+    if "fer" in args.only:
+        results["fer2013_public_test"] = measure_fer(model)
+    if "identity" in args.only:
+        results["open_set_identity"] = measure_identity(model)
+    if "speed" in args.only:
+        results["speed"] = measure_speed(model)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
