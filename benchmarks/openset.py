@@ -34,13 +34,13 @@ TEST_SETS = {  # name: (format, path, splits)
 }
 
 
-def load_test_set(fmt, path, splits, size):
+def load_test_set(fmt, path, splits, size, layout="arcface"):
     """Aligned crops and person labels of a test set (a person in several splits keeps one label)."""
     from facemtl.recognition.embed import load_labelled_faces
 
     images, labels, index = [], [], {}
     for split in splits:
-        imgs, labs, names = load_labelled_faces(path, fmt=fmt, split=split, align=True, size=size)
+        imgs, labs, names = load_labelled_faces(path, fmt=fmt, split=split, align=True, size=size, layout=layout)
         images.append(imgs)
         labels.append(np.array([index.setdefault(names[v], len(index)) for v in labs]))
     return np.concatenate(images), np.concatenate(labels)

@@ -51,13 +51,18 @@ def peer_fer():
     import logging
 
     logging.getLogger("fer").setLevel(logging.ERROR)
-    from fer import FER
+    from fer.fer import FER
 
     return FER(mtcnn=False)
 
 
 def fer_package_labels(detector, images):
-    """The fer package's label per face crop (the whole crop is the face box); -1 where it gives none."""
+    """The fer package's label per face crop; -1 where it gives none.
+
+    fer widens a face box by its offsets (10 px each side) before classifying,
+    so the box passed is the crop less 10 px: fer then classifies exactly the
+    whole crop, as its FER2013-trained classifier saw faces in training.
+    """
     import cv2
 
     from facemtl.labels import EXPRESSIONS
@@ -65,7 +70,7 @@ def fer_package_labels(detector, images):
     out = []
     for img in images:
         h, w = img.shape[:2]
-        faces = detector.detect_emotions(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), face_rectangles=[(0, 0, w, h)])
+        faces = detector.detect_emotions(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), face_rectangles=[(10, 10, w - 20, h - 20)])
         out.append(EXPRESSIONS.index(max(faces[0]["emotions"], key=faces[0]["emotions"].get)) if faces else -1)
     return np.array(out)
 
@@ -93,37 +98,27 @@ def measure_fer(model):
 
 def measure_identity(model):
     import dlib
+    from openset import TEST_SETS, load_test_set, measure
 
     from facemtl.export import read_metadata
     from facemtl.inference import Predictor
     from facemtl.models.dlib_format import default_model_path
-    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
-    from facemtl.recognition.metrics import rank1_identification, verification_report
+    from facemtl.recognition.embed import embed_arrays
 
     meta = read_metadata(model)
     size, layout = meta["input"]["height"], meta.get("crop", {}).get("layout", "arcface")
     encoder = dlib.face_recognition_model_v1(default_model_path())
     predictor = Predictor(model)
-    sets = {"ORL": (os.path.join(DATA, "orl", "att_faces"), [None]),
-            "LFW subset": (os.path.join(DATA, "lfw_subset"), ["train", "test"])}
     results = {}
-    for name, (path, splits) in sets.items():
-        images, labels, index = [], [], {}
-        for split in splits:
-            imgs, labs, names = load_labelled_faces(path, split=split, align=True, size=size, layout=layout)
-            images.append(imgs)
-            labels.append(np.array([index.setdefault(names[v], len(index)) for v in labs]))
-        images, labels = np.concatenate(images), np.concatenate(labels)
+    for name, (fmt, path, splits) in TEST_SETS.items():
+        images, labels = load_test_set(fmt, path, splits, size, layout)
         embeddings = {"facemtl release": embed_arrays(predictor, images),
                       "dlib (face_recognition)": np.array([np.array(encoder.compute_face_descriptor(c))
                                                            for c in images])}
         results[name] = {}
         for label, emb in embeddings.items():
-            report = verification_report(emb, labels, fars=(1e-2, 1e-3))
+            report = measure(emb, labels)
             report.pop("roc", None)
-            mean, std, probes = rank1_identification(emb, labels, trials=10)
-            report.update(rank1=mean, rank1_std=std, probes=probes, images=int(len(labels)),
-                          people=int(len(np.unique(labels))))
             results[name][label] = report
     return results
 

@@ -13,8 +13,18 @@ source uses `test_split`; held-out photos of the training people for identity):
 Every arm builds the same network and steps through the same batches, so the
 cost per arm is the same; only what the shared backbone learns from differs.
 
+With `--arms-set pretrained` (for the dlib trunk of `recipes/release_cpu.yaml`),
+the arms are: the shared trunk frozen (the release setting) or fine-tuned, three
+λ_identity settings with the trunk fine-tuned (λ matters only where both tasks
+move shared weights), and each task alone. `--openset` also measures each arm's
+export on people never seen in training (ORL: rank-1 with one image enrolled,
+TAR at FAR 1e-3), which shows whether fine-tuning the trunk for expressions
+costs the embedding anything.
+
     python benchmarks/task_ablation.py --recipe recipes/fer2013_celeba_cpu.yaml \\
         --budget train.epochs=3 --budget data.steps_per_epoch=200
+    python benchmarks/task_ablation.py --recipe recipes/release_cpu.yaml --arms-set pretrained --openset \\
+        --budget train.epochs=1 --budget data.steps_per_epoch=150
 """
 
 from __future__ import annotations
@@ -31,6 +41,31 @@ ARMS = {
     "identity only": ["loss_weights.expression=0"],
     "learned weighting": ["loss_weighting=uncertainty"],
 }
+PRETRAINED_ARMS = {
+    "frozen trunk, λ_id 0.5": [],
+    "fine-tuned trunk, λ_id 0.5": ["model.freeze_backbone=false"],
+    "fine-tuned trunk, λ_id 0.1": ["model.freeze_backbone=false", "loss_weights.identity=0.1"],
+    "fine-tuned trunk, λ_id 2": ["model.freeze_backbone=false", "loss_weights.identity=2.0"],
+    "expression only (fine-tuned trunk)": ["model.freeze_backbone=false", "loss_weights.identity=0"],
+    "identity only (fine-tuned trunk)": ["model.freeze_backbone=false", "loss_weights.expression=0"],
+}
+ARM_SETS = {"scratch": ARMS, "pretrained": PRETRAINED_ARMS}
+
+
+def orl_openset(export_dir):
+    """ORL (people never seen in training) through an export: rank-1 (1 enrolled) and TAR at FAR 1e-3."""
+    from openset import TEST_SETS, load_test_set, measure
+
+    from facemtl.export import read_metadata
+    from facemtl.inference import Predictor
+    from facemtl.recognition.embed import embed_arrays
+
+    meta = read_metadata(export_dir)
+    fmt, path, splits = TEST_SETS["ORL"]
+    images, labels = load_test_set(fmt, path, splits, meta["input"]["height"],
+                                   meta.get("crop", {}).get("layout", "arcface"))
+    r = measure(embed_arrays(Predictor(export_dir), images), labels)
+    return {"rank1": r["rank1"], "tar_at_far_1e-3": r["at_far"]["0.001"]["tar"], "auc": r["auc"]}
 
 
 def main():
@@ -38,14 +73,22 @@ def main():
     parser.add_argument("--recipe", default="recipes/fer2013_celeba_cpu.yaml")
     parser.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides every arm shares, e.g. train.epochs=3 (repeatable)")
-    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms-set", choices=list(ARM_SETS), default="scratch")
+    parser.add_argument("--arms", nargs="*", help="a subset of the set's arms (default: all)")
+    parser.add_argument("--openset", action="store_true", help="also measure each arm's export on ORL")
     parser.add_argument("--out", default="runs/ablation")
     args = parser.parse_args()
 
+    arms = ARM_SETS[args.arms_set]
+    unknown = sorted(set(args.arms or []) - set(arms))
+    if unknown:
+        parser.error(f"unknown arms {unknown}; this set has {list(arms)}")
     results = {}
-    for name in args.arms:
-        results[name] = train_arm(args.recipe, os.path.join(args.out, name.replace(" ", "_")),
-                                  args.budget + ARMS[name])
+    for name in args.arms or list(arms):
+        folder = os.path.join(args.out, "".join(c if c.isalnum() else "_" for c in name))
+        results[name] = train_arm(args.recipe, folder, args.budget + arms[name], export=args.openset)
+        if args.openset:
+            results[name]["orl"] = orl_openset(results[name]["export_dir"])
         with open(os.path.join(args.out, "ablation.json"), "w", encoding="utf-8") as f:
             json.dump({"recipe": args.recipe, "budget": args.budget, "results": results}, f, indent=2)
 
@@ -57,11 +100,14 @@ def main():
         return text if trained else f"({text}, untrained head)"
 
     print(f"\nrecipe {args.recipe}, budget {' '.join(args.budget) or 'as in the recipe'}\n")
-    print("| arm | expression accuracy (macro-F1) | identity accuracy (macro-F1) | wall time |")
-    print("|---|---|---|---|")
+    extra = " ORL rank-1 / TAR@1e-3 |" if args.openset else ""
+    print(f"| arm | expression accuracy (macro-F1) | identity accuracy (macro-F1) |{extra} wall time |")
+    print("|---|---|---|" + ("---|" if args.openset else "") + "---|")
     for name, r in results.items():
-        print(f"| {name} | {cell(r, 'expression', name != 'identity only')} | "
-              f"{cell(r, 'identity', name != 'expression only')} | {r['wall_s'] / 60:.1f} min |")
+        orl = (f" {100 * r['orl']['rank1']:.1f}% / {100 * r['orl']['tar_at_far_1e-3']:.1f}% |"
+               if args.openset else "")
+        print(f"| {name} | {cell(r, 'expression', not name.startswith('identity only'))} | "
+              f"{cell(r, 'identity', not name.startswith('expression only'))} |{orl} {r['wall_s'] / 60:.1f} min |")
 
 
 if __name__ == "__main__":

@@ -263,7 +263,9 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         name="identity_branch")
     descriptor = identity_net(features)
     embedding = layers.UnitNormalization(dtype="float32", name="embedding")(descriptor)
-    cos = CosineClassifier(num_identities, dtype="float32", name="identity_cosine")(embedding)
+    # Not named like the margin heads' cosine layer: this head is trained with plain
+    # softmax cross-entropy on `identity`, so the training view must keep the probabilities.
+    cos = CosineClassifier(num_identities, dtype="float32", name="identity_similarity")(embedding)
     identity = layers.Activation("softmax", dtype="float32", name="identity")(
         layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
 
@@ -295,7 +297,7 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
     without images keep their random directions.
 
     Args:
-        model: a model from `build_dlib_multitask` (layer `identity_cosine`).
+        model: a model from `build_dlib_multitask` (layer `identity_similarity`).
         images: `uint8 [n, h, w, c]` training faces at the model's input size.
         identity: `int [n]` identity labels (`IGNORE_LABEL` entries are skipped).
         batch_size: faces per forward pass.
@@ -317,7 +319,7 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
     emb = np.concatenate([np.asarray(embed(prepare_images(images[i:i + batch_size], height, width, channels),
                                            training=False))
                           for i in range(0, len(images), batch_size)])
-    layer = model.get_layer("identity_cosine")
+    layer = model.get_layer("identity_similarity")
     (kernel,) = layer.get_weights()
     present = np.unique(identity)
     for k in present:

