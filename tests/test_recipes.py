@@ -28,7 +28,8 @@ def test_gpu_recipe_is_the_full_scale_one():
 
 
 @pytest.mark.slow
-def test_gpu_recipe_smoke_streams_vggface2(tmp_path, fer_csv):  # noqa: F811
+@pytest.mark.parametrize("name", ["fer2013_vggface2_resnet50", "fer2013_vggface2_dlib"])
+def test_gpu_recipe_smoke_streams_vggface2(tmp_path, fer_csv, name):  # noqa: F811
     from facemtl.training.trainer import train
 
     vggface2 = tmp_path / "vggface2"  # the tree without the optional CSVs: 3 people x 4 photos
@@ -39,7 +40,7 @@ def test_gpu_recipe_smoke_streams_vggface2(tmp_path, fer_csv):  # noqa: F811
 
     sources = (f"[{{format: fer2013_csv, path: '{fer_csv}', split: Training, test_split: PublicTest, val_fraction: 0.5, weight: 0.5}},"
                f" {{format: vggface2, path: '{vggface2}', val_fraction: 0.25, test_fraction: 0.25, weight: 0.5}}]")
-    recipe = load_recipe(os.path.join(REPO, "recipes", "fer2013_vggface2_resnet50.yaml"), smoke=True, overrides=[
+    recipe = load_recipe(os.path.join(REPO, "recipes", f"{name}.yaml"), smoke=True, overrides=[
         f"data.sources={sources}", f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'models'}",
         f"data.cache_dir={tmp_path / 'cache'}"])
     logs = []
@@ -47,3 +48,7 @@ def test_gpu_recipe_smoke_streams_vggface2(tmp_path, fer_csv):  # noqa: F811
     assert any("vggface2" in line and "streamed from disk" in line for line in logs)
     assert set(result.test_report) == {"identity", "expression"}
     assert os.path.isfile(os.path.join(result.export_dir, "saved_model.pb"))
+    from facemtl.export import read_metadata
+
+    meta = read_metadata(result.export_dir)
+    assert (meta["backbone"], meta["crop"]["layout"]) == (recipe.model.backbone, recipe.model.crop_layout)
