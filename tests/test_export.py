@@ -34,6 +34,13 @@ def test_layout_and_metadata(trained):
     assert meta["embedding_dim"] == 16
 
 
+def test_each_weight_is_stored_once(trained):
+    folder = os.path.join(trained.export_dir, "variables")
+    stored = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    weights = sum(int(np.prod(w.shape)) * 4 for w in trained.model.weights)
+    assert weights <= stored < 1.3 * weights
+
+
 def test_fresh_process_matches_in_memory_model(trained, tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 90, 70, 3), dtype=np.uint8)  # not the model's size: resized inside
