@@ -19,6 +19,7 @@ copy of the upper ones, all initialised from the same file.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from facemtl.models.dlib_format import STAGES, DlibResNetWeights, default_model_path, read_dlib_resnet
@@ -305,8 +306,6 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
     Returns:
         How many identities were imprinted.
     """
-    import numpy as np
-
     identity = np.asarray(identity)
     keep = identity >= 0
     images, identity = images[keep], identity[keep]
