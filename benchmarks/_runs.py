@@ -9,6 +9,14 @@ import sys
 import time
 
 
+def write_results(path, results):
+    """Writes a benchmark's results as indented JSON to `path` (folders made) and prints them."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results, indent=2))
+
+
 def train_arm(recipe, folder, overrides, export=False):
     """Runs `facemtl train recipe` into `folder` with `overrides`; returns its summary.json (plus `wall_s`)."""
     args = [sys.executable, "-m", "facemtl", "train", recipe, "--set", f"output_dir={folder}",

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 
 import numpy as np
+from _runs import write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -98,10 +98,7 @@ def main():
                                                         "p5": round(float(np.percentile(cos, 5)), 4),
                                                         "min": round(float(cos.min()), 4)},
     }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import time
 
 import numpy as np
+from _runs import write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DATA = "../shared/data"
@@ -100,13 +100,13 @@ def measure_identity(model):
     import dlib
     from openset import TEST_SETS, load_test_set, measure
 
-    from facemtl.export import read_metadata
+    from facemtl.export import crop_layout, read_metadata
     from facemtl.inference import Predictor
     from facemtl.models.dlib_format import default_model_path
     from facemtl.recognition.embed import embed_arrays
 
     meta = read_metadata(model)
-    size, layout = meta["input"]["height"], meta.get("crop", {}).get("layout", "arcface")
+    size, layout = meta["input"]["height"], crop_layout(meta)
     encoder = dlib.face_recognition_model_v1(default_model_path())
     predictor = Predictor(model)
     results = {}
@@ -133,7 +133,7 @@ def measure_speed(model, faces=64, rounds=3):
     from facemtl.inference import Predictor
 
     predictor = Predictor(model)
-    layout = predictor.metadata.get("crop", {}).get("layout", "arcface")
+    layout = crop_layout(predictor.metadata)
     size = (predictor.metadata["input"]["height"], predictor.metadata["input"]["width"])
     mtcnn = get_detector("mtcnn")
     photos = []  # (rgb image, landmarks, box) of one face each, found once for everyone
@@ -191,10 +191,7 @@ def main():
         results["open_set_identity"] = measure_identity(model)
     if "speed" in args.only:
         results["speed"] = measure_speed(model)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -56,14 +56,14 @@ def orl_openset(export_dir):
     """ORL (people never seen in training) through an export: rank-1 (1 enrolled) and TAR at FAR 1e-3."""
     from openset import TEST_SETS, load_test_set, measure
 
-    from facemtl.export import read_metadata
+    from facemtl.export import crop_layout, read_metadata
     from facemtl.inference import Predictor
     from facemtl.recognition.embed import embed_arrays
 
     meta = read_metadata(export_dir)
     fmt, path, splits = TEST_SETS["ORL"]
     images, labels = load_test_set(fmt, path, splits, meta["input"]["height"],
-                                   meta.get("crop", {}).get("layout", "arcface"))
+                                   crop_layout(meta))
     r = measure(embed_arrays(Predictor(export_dir), images), labels)
     return {"rank1": r["rank1"], "tar_at_far_1e-3": r["at_far"]["0.001"]["tar"], "auc": r["auc"]}
 

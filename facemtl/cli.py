@@ -218,7 +218,7 @@ def _verify(args):
 def _calibrate(args):
     import numpy as np
 
-    from facemtl.export import read_metadata, update_metadata
+    from facemtl.export import crop_layout, read_metadata, update_metadata
     from facemtl.inference import Predictor
     from facemtl.recognition.embed import embed_arrays, load_labelled_faces
     from facemtl.recognition.metrics import plot_roc, verification_report
@@ -227,7 +227,7 @@ def _calibrate(args):
     images, labels, _ = load_labelled_faces(
         args.data, fmt=args.format, split=args.split, align=args.align,
         size=max(meta["input"]["height"], meta["input"]["width"]), log=lambda m: print(m, file=sys.stderr),
-        layout=meta.get("crop", {}).get("layout", "arcface"))
+        layout=crop_layout(meta))
     if len(np.unique(labels)) < 2:
         raise FacemtlError(f"{args.data}: calibration needs labelled faces of at least 2 people")
     embeddings = embed_arrays(Predictor(args.model), images)
@@ -290,11 +290,9 @@ def _gallery(args):
         gallery.save()
         print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
         return 0
-    model = args.model or gallery.model.get("path")
-    if not model:
-        from facemtl.pretrained import default_model
+    from facemtl.pretrained import resolve_model
 
-        model = default_model()
+    model = resolve_model(args.model or gallery.model.get("path"))
     failures = 0
     if args.crops:  # already-aligned face crops: one face each
         embedder = _embedder(args, model)

@@ -163,6 +163,11 @@ def read_metadata(saved_model_dir):
         raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
 
 
+def crop_layout(metadata):
+    """The face crop layout an export was trained on (`facemtl.faces.align.LAYOUTS`); older exports: arcface."""
+    return metadata.get("crop", {}).get("layout", "arcface")
+
+
 def update_metadata(saved_model_dir, updates):
     """Merges `updates` into an export's `assets.extra/facemtl.json`, atomically.
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from facemtl.export import read_metadata
+from facemtl.export import crop_layout, read_metadata
 from facemtl.images import load_image
 
 
@@ -139,7 +139,7 @@ class FaceAnalyzer:
         self.face_scale = face_scale
         meta = self.predictor.metadata["input"]
         self.crop_size = (meta["height"], meta["width"])
-        self.layout = self.predictor.metadata.get("crop", {}).get("layout", "arcface")
+        self.layout = crop_layout(self.predictor.metadata)
         # Seconds spent per stage since creation (benchmarks read these).
         self.timings = {"detect": 0.0, "align": 0.0, "model": 0.0}
 
