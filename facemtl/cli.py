@@ -1,4 +1,5 @@
-"""The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery, models.
+"""The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery, models,
+export, serve.
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -330,6 +331,37 @@ def _models(args):
     return 0
 
 
+def _export(args):
+    from facemtl.export import export_run
+
+    path = export_run(args.run, like=args.like, base_dir=args.base_dir, name=args.name, version=args.version)
+    print(json.dumps({"export_dir": path}))
+    return 0
+
+
+def _serve(args):
+    try:
+        import uvicorn
+
+        from facemtl.serving.app import create_app
+    except ImportError as exc:
+        raise FacemtlError(f"`facemtl serve` needs the serve extra ({exc.name} is missing): "
+                           'pip install "facemtl[serve]"') from None
+    from facemtl.export import read_metadata
+    from facemtl.pretrained import resolve_model
+
+    read_metadata(resolve_model(args.model))  # a wrong folder is one clear error, before the server starts
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"facemtl: serving on {args.host}: reachable from other machines", file=sys.stderr)
+    app = create_app(args.model, name=args.name, detector=args.detector, max_batch_size=args.max_batch_size,
+                     max_wait_ms=args.max_wait_ms, api_key=args.api_key, gallery_store=args.store,
+                     max_body_bytes=int(args.max_body_mb * 2**20), max_instances=args.max_instances,
+                     cors_origins=args.cors_origin)
+    # uvicorn stops taking connections on SIGTERM/SIGINT, lets open requests finish, then runs the app's shutdown.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
 MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
 
 
@@ -437,6 +469,32 @@ def build_parser():
 
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("export", help="export a run's best checkpoint again as a SavedModel (keeps its metadata)")
+    p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000")
+    p.add_argument("--like", help="the earlier export whose class names, calibration and model id to keep "
+                                  "(default: the run's own export)")
+    p.add_argument("--base-dir", default="saved_models")
+    p.add_argument("--name", help="default: the earlier export's name")
+    p.add_argument("--version", type=int, help="default: the next free version")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve", help="TF Serving's REST API, photos, galleries and a web page over HTTP")
+    p.add_argument("--model", help=MODEL_HELP + "; a model's base folder serves its newest version")
+    p.add_argument("--name", help="the model name in /v1/models/<name> (default: the export's name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
+    p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])
+    p.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: most crops per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="dynamic batching: how long a request waits for others (0: batch of one)")
+    p.add_argument("--api-key", help="key for gallery writes (default $FACEMTL_API_KEY; none: writes refused)")
+    p.add_argument("--store", help="gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="bigger requests are answered 413")
+    p.add_argument("--max-instances", type=int, default=256, help="most images per :predict request")
+    p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (CORS is off by default)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_serve)
     return parser
 
 

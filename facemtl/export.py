@@ -1,15 +1,20 @@
 """Exports a trained model as a SavedModel in TF Serving's versioned layout.
 
 `saved_models/<name>/<version>/` holds `saved_model.pb`, `variables/` and
-`assets.extra/facemtl.json` (class names, input size, model id). The
-`serving_default` signature is the public contract:
+`assets.extra/facemtl.json` (class names, input size, model id). Two
+signatures are the public contract:
 
+`serving_default`:
     inputs:  images           uint8   [batch, height, width, 3]  any size, resized inside
     outputs: expression_probs float32 [batch, 7]   FER2013 order
              expression       string  [batch]
              identity_probs   float32 [batch, N]
              identity         string  [batch]
              embedding        float32 [batch, D]   L2-normalised
+
+`serving_bytes` (what stock TF Serving's `{"b64": ...}` JSON values feed):
+    inputs:  images           string  [batch]  encoded JPEG/PNG/BMP/GIF crops, any size each
+    outputs: the same as `serving_default`
 """
 
 from __future__ import annotations
@@ -39,15 +44,29 @@ def next_version(model_base):
     return max(versions, default=0) + 1
 
 
-def make_serving_fn(model, identity_names, expression_names):
-    """The uint8-images-in, named-outputs-out function that the SavedModel serves.
+SIGNATURES = ("serving_default", "serving_bytes")
 
-    A single-task model (used by the benchmarks' baselines) serves only its
-    own task's outputs.
+
+def make_serving_fns(model, identity_names, expression_names):
+    """The functions that the SavedModel serves, by signature name.
+
+    `serving_default` takes uint8 images; `serving_bytes` takes encoded images
+    and decodes them in the graph, then both run the same `prepare_images` and
+    model. A single-task model (used by the benchmarks' baselines) serves only
+    its own task's outputs.
     """
     height, width, channels = model.input_shape[1:]
     id_names = tf.constant(list(identity_names) or [""])
     ex_names = tf.constant(list(expression_names))
+
+    def decode(data):
+        # Any format decode_image knows, 16-bit PNGs rescaled to uint8; animations give their first frame.
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        return prepare_images(image, height, width, 3)
+
+    def serve_bytes(images):
+        x = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+        return serve(x)
 
     def serve(images):
         x = prepare_images(images, height, width, channels)
@@ -62,7 +81,7 @@ def make_serving_fn(model, identity_names, expression_names):
             result["embedding"] = out["embedding"]
         return result
 
-    return serve
+    return {"serving_default": serve, "serving_bytes": serve_bytes}
 
 
 def export_saved_model(model, identity_names, expression_names, *, base_dir="saved_models", name="facemtl",
@@ -109,11 +128,11 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(
-            name="serving_default",
-            fn=make_serving_fn(model, identity_names, expression_names),
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
-        )
+        fns = make_serving_fns(model, identity_names, expression_names)
+        archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
+                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+        archive.add_endpoint(name="serving_bytes", fn=fns["serving_bytes"],
+                             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         # Keras 3.15's archive saves every weight twice: its tracked lists hold the Keras
         # variables, and the endpoints' list (`_all_variables`) the TF variables inside them,
         # which are all that serving restores. Dropping the former halves the export
@@ -180,3 +199,54 @@ def update_metadata(saved_model_dir, updates):
     metadata = {**read_metadata(saved_model_dir), **updates}
     write_json_atomically(os.path.join(saved_model_dir, METADATA_FILE), metadata, indent=2)
     return metadata
+
+
+def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, version=None):
+    """Exports a run's best checkpoint again, e.g. to gain the signatures of a newer facemtl.
+
+    The model is rebuilt from the run's resolved `recipe.yaml` and given the
+    weights of `checkpoints/best.keras`. Its metadata (class names, calibrated
+    threshold, metrics, `model_id`) is taken from an earlier export of the same
+    run, so galleries made with that export keep working with the new one.
+
+    Args:
+        run_dir: a run folder (`runs/<recipe>/<timestamp>`).
+        like: the earlier export whose metadata to keep (default: the run's
+            own export, from its `summary.json`).
+        base_dir, name, version: where to write (see `export_saved_model`);
+            `name` defaults to the earlier export's.
+
+    Returns:
+        The new version folder.
+
+    Raises:
+        ModelFormatError: the run has no checkpoint, or no earlier export is known.
+
+    Example:
+        >>> export_run("runs/release_cpu/20261128-102036", base_dir="/tmp/models")
+    """
+    from facemtl.config import load_recipe
+    from facemtl.models.multitask import build_from_recipe
+
+    checkpoint = os.path.join(run_dir, "checkpoints", "best.keras")
+    if not os.path.isfile(checkpoint):
+        raise ModelFormatError(f"{run_dir}: no checkpoints/best.keras to export")
+    if like is None:
+        try:
+            with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+                like = json.load(f).get("export_dir")
+        except (OSError, json.JSONDecodeError):
+            like = None
+        if not like:
+            raise ModelFormatError(f"{run_dir}: no earlier export recorded in summary.json; pass the export "
+                                   "whose class names and calibration to keep")
+    metadata = read_metadata(like)
+    recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
+    model = build_from_recipe(recipe.model, len(metadata["identities"]))
+    model.load_weights(checkpoint)
+    keep = {k: v for k, v in metadata.items() if k not in ("format_version", "name", "version", "created",
+                                                              "input", "expressions", "identities", "tasks",
+                                                              "embedding_dim")}
+    return export_saved_model(model, metadata["identities"], metadata["expressions"], base_dir=base_dir,
+                              name=name or metadata["name"], version=version,
+                              extra_metadata={**keep, "exported_from": os.path.basename(os.path.normpath(run_dir))})

@@ -58,11 +58,15 @@ class Predictor:
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
-                batch = self._tf.constant(np.stack([images[i] for i in chunk]), dtype=self._tf.uint8)
-                out = {k: v.numpy() for k, v in self._serve(images=batch).items()}
+                out = self.forward(np.stack([images[i] for i in chunk]))
                 for j, i in enumerate(chunk):
                     results[i] = {k: v[j] for k, v in out.items()}
         return results
+
+    def forward(self, batch):
+        """One call of `serving_default` on `uint8 [n, h, w, 3]`; numpy outputs `[n, ...]`."""
+        out = self._serve(images=self._tf.constant(batch, dtype=self._tf.uint8))
+        return {k: v.numpy() for k, v in out.items()}
 
     def describe(self, raw):
         """Turns one crop's raw outputs into the JSON-able answer."""
@@ -94,8 +98,8 @@ class FaceAnalyzer:
     """Photos in, answers out: detect faces, align them, one batched forward pass.
 
     Args:
-        saved_model_dir: a facemtl SavedModel version folder; `None` for the
-            release model shipped with facemtl.
+        saved_model_dir: a facemtl SavedModel version folder (or a `Predictor`
+            of one); `None` for the release model shipped with facemtl.
         detector: `"mtcnn"` (default, 5 landmarks) or `"haar"` (faster, landmarks
             placed from the box), or a detector object with `detect(image)`.
         min_score: detections below this confidence are dropped.
@@ -123,7 +127,8 @@ class FaceAnalyzer:
                  face_scale=1.0, batch_size=256, gallery=None, threshold=None, top_k=3):
         from facemtl.faces.detect import get_detector
 
-        self.predictor = Predictor(saved_model_dir, batch_size=batch_size)
+        self.predictor = (saved_model_dir if isinstance(saved_model_dir, Predictor)
+                          else Predictor(saved_model_dir, batch_size=batch_size))
         self.gallery = gallery
         self.top_k = top_k
         if gallery is not None:

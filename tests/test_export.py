@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facemtl.export import export_saved_model, make_serving_fn, read_metadata
+from facemtl.export import export_saved_model, make_serving_fns, read_metadata
 from facemtl.errors import ModelFormatError
 from facemtl.labels import EXPRESSIONS
 
@@ -21,6 +21,14 @@ serve = loaded.signatures["serving_default"]
 images = np.load(sys.argv[2])
 out = serve(images=tf.constant(images))
 np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+"""
+
+_FRESH_PROCESS_BYTES = r"""
+import sys, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+encoded = [open(p, "rb").read() for p in sys.argv[3:]]
+out = loaded.signatures["serving_bytes"](images=tf.constant(encoded))
+np.savez(sys.argv[2], **{k: v.numpy() for k, v in out.items()})
 """
 
 
@@ -49,7 +57,8 @@ def test_fresh_process_matches_in_memory_model(trained, tmp_path):
                     str(tmp_path / "out.npz")], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     served = np.load(tmp_path / "out.npz", allow_pickle=True)  # string outputs are object arrays; our own file
     meta = read_metadata(trained.export_dir)
-    expected = make_serving_fn(trained.model, meta["identities"], meta["expressions"])(tf.constant(images))
+    expected = make_serving_fns(trained.model, meta["identities"], meta["expressions"])["serving_default"](
+        tf.constant(images))
     for key in ("expression_probs", "identity_probs", "embedding"):
         np.testing.assert_allclose(served[key], expected[key].numpy(), atol=1e-5)
     assert served["expression_probs"].shape == (5, 7) and served["expression_probs"].dtype == np.float32
@@ -60,11 +69,36 @@ def test_fresh_process_matches_in_memory_model(trained, tmp_path):
     assert [s.decode() for s in served["identity"]] == [meta["identities"][i] for i in served["identity_probs"].argmax(1)]
 
 
+def test_bytes_signature_decodes_in_the_graph(trained, tmp_path):
+    """serving_bytes on encoded crops answers as serving_default on the decoded pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
+    paths = []
+    for i, crop in enumerate(crops):  # PNG is lossless, so the decoded pixels are the crops themselves
+        paths.append(str(tmp_path / f"crop{i}.png"))
+        Image.fromarray(crop).save(paths[-1])
+    gray = str(tmp_path / "gray.png")
+    Image.fromarray(crops[0][..., 0]).save(gray)
+    subprocess.run([sys.executable, "-c", _FRESH_PROCESS_BYTES, trained.export_dir, str(tmp_path / "out.npz"),
+                    *paths, gray], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    served = np.load(tmp_path / "out.npz", allow_pickle=True)
+    meta = read_metadata(trained.export_dir)
+    serve = make_serving_fns(trained.model, meta["identities"], meta["expressions"])["serving_default"]
+    expected = [serve(tf.constant(c[None])) for c in (*crops, np.repeat(crops[0][..., :1], 3, axis=-1))]
+    assert served["expression_probs"].shape == (3, 7) and served["embedding"].shape == (3, 16)
+    for i, exp in enumerate(expected):
+        for key in ("expression_probs", "identity_probs", "embedding"):
+            np.testing.assert_allclose(served[key][i], exp[key].numpy()[0], atol=1e-5)
+        assert served["expression"][i] == exp["expression"].numpy()[0]
+
+
 def test_saved_model_cli_lists_the_signature(trained):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     out = subprocess.run([cli, "show", "--dir", trained.export_dir, "--all"], capture_output=True, text=True,
                          check=True).stdout
-    assert "signature_def['serving_default']" in out
+    assert "signature_def['serving_default']" in out and "signature_def['serving_bytes']" in out
     for name in ("images", "expression_probs", "expression", "identity_probs", "identity", "embedding"):
         assert f"['{name}']" in out
     assert "dtype: DT_UINT8" in out and "dtype: DT_STRING" in out

@@ -63,5 +63,22 @@ def default_model(root=PRETRAINED_DIR):
 
 
 def resolve_model(path=None):
-    """`path` when given, else the release model."""
-    return path if path else default_model()
+    """The SavedModel version folder a command should load.
+
+    Args:
+        path: a version folder (`saved_models/NAME/3`); a model's base folder
+            (`saved_models/NAME`, as TF Serving takes it), meaning its newest
+            version; or `None` for the release model.
+
+    Example:
+        >>> resolve_model("saved_models/quickstart")
+        'saved_models/quickstart/2'
+    """
+    if not path:
+        return default_model()
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        versions = _versions(path)
+        if versions:
+            return os.path.join(path, versions[-1])
+    return path
