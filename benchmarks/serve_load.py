@@ -185,13 +185,16 @@ def main():
     parser.add_argument("--seconds", type=float, default=20, help="most seconds per level")
     parser.add_argument("--memory-requests", type=int, default=10000)
     parser.add_argument("--compare-batching", action="store_true")
+    parser.add_argument("--max-wait-ms", type=float, help="the batched server's batching wait (default: serve's)")
+    parser.add_argument("--only", nargs="+", choices=["crops", "photos"], default=["crops", "photos"])
     parser.add_argument("--out", default="runs/benchmarks/serve_load.json")
     args = parser.parse_args()
     out_dir = os.path.dirname(args.out) or "."
     os.makedirs(out_dir, exist_ok=True)
     results = {"command": " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
-               "batched": run_server("batched", args.model, [], args, out_dir, ["crops", "photos"],
-                                     args.memory_requests > 0)}
+               "batched": run_server("batched", args.model,
+                                     [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)],
+                                     args, out_dir, args.only, args.memory_requests > 0)}
     if args.compare_batching:
         results["batch_of_one"] = run_server("unbatched", args.model, ["--max-batch-size", "1", "--max-wait-ms", "0"],
                                              args, out_dir, ["crops"], False)

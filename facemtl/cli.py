@@ -486,8 +486,9 @@ def build_parser():
     p.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
     p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])
     p.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: most crops per forward pass")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="dynamic batching: how long a request waits for others (0: batch of one)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "
+                        "takes the requests that queued while the model was busy, so a lone request never waits)")
     p.add_argument("--api-key", help="key for gallery writes (default $FACEMTL_API_KEY; none: writes refused)")
     p.add_argument("--store", help="gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="bigger requests are answered 413")

@@ -247,7 +247,7 @@ def _check_photo_results(results):
     return results
 
 
-def create_app(model=None, *, name=None, detector="mtcnn", max_batch_size=32, max_wait_ms=5.0, api_key=None,
+def create_app(model=None, *, name=None, detector="mtcnn", max_batch_size=32, max_wait_ms=0.0, api_key=None,
                gallery_store=None, max_body_bytes=20 * 2**20, max_instances=256, max_pixels=40_000_000,
                max_photos=16, analyze_workers=1, cors_origins=()):
     """The ASGI application of `facemtl serve`.

@@ -35,7 +35,9 @@ class DynamicBatcher:
         max_batch_size: most items per call of `fn` (a bigger request runs
             alone, in chunks of this size).
         max_wait_ms: how long the first request of a batch waits for others.
-            0 (or `max_batch_size=1`) gives batch-of-one serving.
+            With 0, a batch takes the requests that queued while the model was
+            busy with the previous one: no wait at low load, full batches under
+            concurrency. `max_batch_size=1` gives batch-of-one serving.
 
     Example:
         >>> batcher = DynamicBatcher(lambda key, x: {"y": np.asarray(x) * 2}, max_batch_size=8)
@@ -44,7 +46,7 @@ class DynamicBatcher:
         >>> batcher.close()
     """
 
-    def __init__(self, fn, *, max_batch_size=32, max_wait_ms=5.0):
+    def __init__(self, fn, *, max_batch_size=32, max_wait_ms=0.0):
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be >= 1. Received: max_batch_size={max_batch_size}")
         if max_wait_ms < 0:

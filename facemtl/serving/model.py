@@ -30,7 +30,7 @@ class ServedModel:
         >>> served.predict(None, crops).result()["expression"]
     """
 
-    def __init__(self, path=None, *, name=None, max_batch_size=32, max_wait_ms=5.0):
+    def __init__(self, path=None, *, name=None, max_batch_size=32, max_wait_ms=0.0):
         import tensorflow as tf
 
         from facemtl.pretrained import resolve_model

@@ -77,13 +77,38 @@ def test_a_bad_input_fails_only_its_own_request():
     batcher.close()
 
 
-def test_zero_wait_serves_one_request_per_call():
+def test_zero_wait_never_delays_a_lone_request_and_batches_what_queued():
     fn = Recorder()
     batcher = DynamicBatcher(fn, max_batch_size=32, max_wait_ms=0)
     for i in range(5):
         batcher.submit("a", np.ones((1, 1))).result(timeout=10)
-    batcher.close()
     assert [n for _, n in fn.calls] == [1] * 5
+    busy, release = threading.Event(), threading.Event()
+
+    def blocking(key, inputs):
+        busy.set()
+        release.wait(5)
+        return fn(key, inputs)
+
+    batcher._fn = blocking
+    first = batcher.submit("a", np.ones((1, 1)))
+    busy.wait(5)  # the model is busy: these queue up and go together next
+    queued = [batcher.submit("a", np.ones((1, 1))) for _ in range(6)]
+    release.set()
+    for f in [first, *queued]:
+        f.result(timeout=10)
+    batcher.close()
+    assert [n for _, n in fn.calls][5:] == [1, 6]
+
+
+def test_batch_of_one():
+    fn = Recorder()
+    batcher = DynamicBatcher(fn, max_batch_size=1, max_wait_ms=100)
+    futures = submit_concurrently(batcher, [("a", np.ones((1, 1)))] * 4)
+    for f in futures:
+        f.result(timeout=10)
+    batcher.close()
+    assert [n for _, n in fn.calls] == [1] * 4
 
 
 def test_close_answers_queued_jobs_then_refuses_new_ones():
