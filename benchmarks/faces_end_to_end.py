@@ -6,13 +6,15 @@ present, otherwise scikit-image's astronaut photo repeated):
 * faces/s end to end at batch 1 (one photo per `analyze` call) and batched
   (`--batch` photos per call, one forward pass for all their faces);
 * where the time goes: detector vs alignment vs model;
-* the detection rate (photos with at least one face found), for MTCNN and Haar.
+* the detection rate (photos with at least one face found), for each detector
+  (BlazeFace, MTCNN, Haar), side by side in one run on the same decoded photos.
 
-The model's speed does not depend on its weights, so without `--model` an
-untrained model of the quickstart architecture is exported to a temporary folder.
+Without `--model` it runs the release model shipped with facemtl;
+`--model quickstart` exports an untrained model of the quickstart architecture
+to a temporary folder (its speed does not depend on its weights).
 
     python benchmarks/faces_end_to_end.py --limit 200
-    python benchmarks/faces_end_to_end.py --model saved_models/quickstart/1 --detector haar
+    python benchmarks/faces_end_to_end.py --model saved_models/quickstart/1 --detectors haar
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 CELEBA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "celeba_subset", "img_celeba")
 
 
-def default_model():
+def quickstart_model():
     from facemtl.config import load_recipe
     from facemtl.data.synthetic import identity_names
     from facemtl.export import export_saved_model
@@ -44,11 +46,12 @@ def default_model():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="SavedModel version folder (default: untrained quickstart architecture)")
+    parser.add_argument("--model", help="SavedModel version folder (default: the release model; "
+                                        "'quickstart': an untrained model of the quickstart architecture)")
     parser.add_argument("--photos", default=CELEBA, help="folder of photos (default: the shared CelebA subset)")
     parser.add_argument("--limit", type=int, default=200, help="photos to use")
     parser.add_argument("--batch", type=int, default=16, help="photos per call in the batched run")
-    parser.add_argument("--detectors", default="mtcnn,haar")
+    parser.add_argument("--detectors", default="blazeface,mtcnn,haar")
     args = parser.parse_args()
 
     from facemtl.images import load_image
@@ -63,7 +66,9 @@ def main():
 
         source = f"scikit-image astronaut x{args.limit} (no photos under {args.photos})"
         images = [data.astronaut()] * args.limit
-    model = args.model or default_model()
+    from facemtl.pretrained import resolve_model
+
+    model = quickstart_model() if args.model == "quickstart" else resolve_model(args.model)
     print(f"benchmark: {source}; model {model}; {os.cpu_count()} CPUs", flush=True)
     report = {"source": source, "model": model, "detectors": {}}
     for name in args.detectors.split(","):
@@ -85,12 +90,12 @@ def main():
                 "photos_per_s": round(len(images) / seconds, 2),
                 "share": {k: round(v / seconds, 3) for k, v in analyzer.timings.items()},
             }
-            print(f"  {name:5s} {label:8s}: {runs[label]['faces_per_s']:7.2f} faces/s, "
+            print(f"  {name:9s} {label:8s}: {runs[label]['faces_per_s']:7.2f} faces/s, "
                   f"{runs[label]['photos_per_s']:6.2f} photos/s; time in detect "
                   f"{runs[label]['share']['detect']:.0%}, align {runs[label]['share']['align']:.0%}, "
                   f"model {runs[label]['share']['model']:.0%}", flush=True)
         rate = found / len(images)
-        print(f"  {name:5s} detection rate: {found}/{len(images)} photos with a face ({rate:.1%})", flush=True)
+        print(f"  {name:9s} detection rate: {found}/{len(images)} photos with a face ({rate:.1%})", flush=True)
         report["detectors"][name] = {"runs": runs, "detection_rate": round(rate, 4), "photos": len(images)}
     print(json.dumps(report))
 

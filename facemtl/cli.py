@@ -61,7 +61,7 @@ def _analyze(args):
         from facemtl.recognition.gallery import Gallery
 
         gallery = Gallery.open(args.gallery, args.store)
-    analyzer = FaceAnalyzer(args.model, detector=args.detector, min_score=args.min_score,
+    analyzer = FaceAnalyzer(args.model, detector=args.detector, fallback=args.fallback, min_score=args.min_score,
                             min_face_size=args.min_face_size, max_side=args.max_side, gallery=gallery,
                             threshold=args.threshold)
     files = expand_paths(args.paths)
@@ -137,7 +137,9 @@ def _analyze(args):
         progress.close()
         if out is not sys.stdout:
             out.close()
-    print(f"facemtl: analysed {photos} photo(s)/frame(s), found {faces_found} face(s), "
+    fallback = (f", {args.fallback} fallback on {analyzer.fallback_photos} photo(s)/frame(s) where {args.detector} "
+                "found no face" if args.fallback else "")
+    print(f"facemtl: analysed {photos} photo(s)/frame(s), found {faces_found} face(s){fallback}, "
           f"{len(failures)} file(s) skipped" + (f": {', '.join(failures[:5])}" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
 
@@ -308,15 +310,14 @@ def _gallery(args):
     from facemtl.inference import FaceAnalyzer
 
     analyzer = FaceAnalyzer(model, detector=args.detector, gallery=gallery, threshold=args.threshold, top_k=args.k)
-    for path in args.photos:
-        try:
-            faces = analyzer.analyze([path])[0]["faces"]
-        except FacemtlError as exc:
+    chunks = (args.photos[i:i + 16] for i in range(0, len(args.photos), 16))  # bounded memory, one pass per chunk
+    for path, result in ((p, r) for chunk in chunks for p, r in zip(chunk, analyzer.analyze(chunk))):
+        if "error" in result:
             failures += 1
-            print(json.dumps({"path": path, "error": str(exc)}))
+            print(json.dumps({"path": path, "error": result["error"]}))
             continue
         print(json.dumps({"path": path, "faces": [{"box": f["box"], "detection_score": f["score"], **f["match"]}
-                                                  for f in faces]}))
+                                                  for f in result["faces"]]}))
     return 1 if failures else 0
 
 
@@ -362,6 +363,8 @@ def _serve(args):
     return 0
 
 
+DETECTORS = ["blazeface", "mtcnn", "haar"]
+DETECTOR_HELP = "face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"
 MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
 
 
@@ -390,10 +393,13 @@ def build_parser():
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
-    p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
+    p.add_argument("--fallback", choices=DETECTORS, help="run this detector on photos where --detector finds no "
+                                                          "face (e.g. mtcnn); counted in the summary")
     p.add_argument("--every", type=int, default=10, help="analyse every N-th video frame (default 10)")
     p.add_argument("--batch-photos", type=int, default=16, help="photos/frames per batched forward pass")
-    p.add_argument("--min-score", type=float, default=0.9, help="minimum detection confidence")
+    p.add_argument("--min-score", type=float, help="minimum detection confidence (default: the detector's own: "
+                                                   "blazeface 0.6, mtcnn and haar 0.9)")
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
     p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
@@ -407,7 +413,7 @@ def build_parser():
     p.add_argument("dst", help="output folder for the aligned crops (existing crops are reused)")
     p.add_argument("--size", type=int, default=112, help="crop side in pixels")
     p.add_argument("--face-scale", type=float, default=1.0, help="< 1 leaves more context around the face")
-    p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
     p.add_argument("--max-side", type=int, default=2048)
     p.set_defaults(func=_align)
 
@@ -421,7 +427,7 @@ def build_parser():
 
     def photo_options(p):
         p.add_argument("--crops", action="store_true", help="inputs are aligned face crops: skip detection")
-        p.add_argument("--detector", choices=["mtcnn", "haar"], default="mtcnn")
+        p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
 
     p = sub.add_parser("verify", help="are two photos the same person? score and threshold")
     p.add_argument("a", help="first photo")
@@ -484,7 +490,7 @@ def build_parser():
     p.add_argument("--name", help="the model name in /v1/models/<name> (default: the export's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
-    p.add_argument("--detector", default="mtcnn", choices=["mtcnn", "haar"])
+    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
     p.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: most crops per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "

@@ -94,3 +94,41 @@ def test_cli_analyze_video(trained, tmp_path):
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["frame"] for rec in records] == [0, 2, 4, 6, 8, 10]
     assert all(len(rec["faces"]) >= 1 for rec in records)
+
+
+class _FindsNothing:
+    name = "blind"
+
+    def detect(self, image):
+        return []
+
+
+def test_default_detector_is_blazeface_and_faces_say_who_found_them(analyzer):
+    face = analyzer.analyze([skimage_data.astronaut()])[0]["faces"][0]
+    assert face["detector"] == "blazeface"
+    assert set(face["landmarks"]) == {"right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear"}
+
+
+def test_fallback_detector_runs_only_where_the_first_finds_nothing(trained):
+    analyzer = FaceAnalyzer(trained.export_dir, detector=_FindsNothing(), fallback="mtcnn")
+    results = analyzer.analyze([skimage_data.astronaut(), skimage_data.coffee()])
+    assert [len(r["faces"]) for r in results] == [1, 0]
+    assert results[0]["faces"][0]["detector"] == "mtcnn"
+    assert analyzer.fallback_photos == 2  # both photos were tried again; only one had a face
+    without = FaceAnalyzer(trained.export_dir, detector=_FindsNothing())
+    assert without.analyze([skimage_data.astronaut()])[0]["faces"] == [] and without.fallback_photos == 0
+
+
+def test_cli_fallback_is_counted(trained, photos):
+    r = run_cli("analyze", str(photos / "astronaut.jpg"), str(photos / "coffee.jpg"), "--model", trained.export_dir,
+                "--detector", "haar", "--fallback", "mtcnn")
+    assert r.returncode == 0, r.stderr
+    assert "mtcnn fallback on 1 photo(s)/frame(s) where haar found no face" in r.stderr
+
+
+def test_one_bad_photo_does_not_cost_the_good_ones(analyzer, photos):
+    results = analyzer.analyze([photos / "astronaut.jpg", photos / "truncated.jpg", photos / "readme.txt",
+                                photos / "missing.jpg", skimage_data.astronaut()])
+    assert [len(r["faces"]) if "faces" in r else None for r in results] == [1, None, None, None, 1]
+    for r, name in zip(results[1:4], ("truncated.jpg", "readme.txt", "missing.jpg")):
+        assert set(r) == {"error"} and name in r["error"]

@@ -21,20 +21,32 @@ class Detection:
         landmarks: `float [5, 2]` (x, y) in `LANDMARK_NAMES` order.
         estimated_landmarks: true when the detector gave no landmarks and they
             were placed from the box (Haar).
+        keypoints: the detector's own named points when they are not the 5
+            landmarks (BlazeFace's 6 keypoints); reported instead of `landmarks`.
+        points: the landmark set of `landmarks` (`"mtcnn"`: 5 points, or
+            `"blazeface"`: 4), which picks the alignment template.
+        detector: the name of the detector that found it (set by `FaceAnalyzer`).
     """
 
     box: tuple
     score: float
     landmarks: np.ndarray
     estimated_landmarks: bool = False
+    keypoints: dict | None = None
+    points: str = "mtcnn"
+    detector: str | None = None
 
     def to_dict(self):
-        return {
+        points = self.keypoints if self.keypoints is not None else dict(zip(LANDMARK_NAMES, self.landmarks))
+        out = {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
-            "landmarks": {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in zip(LANDMARK_NAMES, self.landmarks)},
+            "landmarks": {n: [round(float(x), 1), round(float(y), 1)] for n, (x, y) in points.items()},
             "estimated_landmarks": self.estimated_landmarks,
         }
+        if self.detector:
+            out["detector"] = self.detector
+        return out
 
 
 class MTCNNDetector:
@@ -80,11 +92,13 @@ class HaarDetector:
     Args:
         min_face_size: smallest face side in pixels.
         min_neighbors: OpenCV's `minNeighbors` (higher: fewer false faces).
+        min_score: drop faces whose score (the sigmoid of the cascade's level weight) is lower.
     """
 
     name = "haar"
 
-    def __init__(self, min_face_size=20, min_neighbors=5):
+    def __init__(self, min_face_size=20, min_neighbors=5, min_score=0.9):
+        self.min_score = min_score
         import cv2
 
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
@@ -103,16 +117,24 @@ class HaarDetector:
         out = []
         for (x, y, w, h), weight in zip(boxes, np.ravel(weights) if len(boxes) else []):
             score = float(1 / (1 + np.exp(-float(weight))))  # cascade level weight -> (0, 1)
+            if score < self.min_score:
+                continue
             box = (float(x), float(y), float(w), float(h))
             out.append(Detection(box, score, landmarks_from_box(box), estimated_landmarks=True))
         return sorted(out, key=lambda d: -d.score)
 
 
-DETECTORS = {"mtcnn": MTCNNDetector, "haar": HaarDetector}
+def _blazeface(**kwargs):
+    from facemtl.faces.blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(**kwargs)
+
+
+DETECTORS = {"mtcnn": MTCNNDetector, "haar": HaarDetector, "blazeface": _blazeface}
 
 
 def get_detector(name="mtcnn", **kwargs):
-    """Builds a detector by name (`"mtcnn"` or `"haar"`).
+    """Builds a detector by name (`"blazeface"`, `"mtcnn"` or `"haar"`).
 
     Example:
         >>> detector = get_detector("haar")

@@ -84,7 +84,8 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
                 continue
             if len(detections) > 1:
                 report.several_faces.append(path)
-            crop, _ = align_face(image, largest(detections).landmarks, size, face_scale, layout)
+            main = largest(detections)
+            crop, _ = align_face(image, main.landmarks, size, face_scale, layout, main.points)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp.png"
             Image.fromarray(crop).save(tmp)

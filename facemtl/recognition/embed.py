@@ -26,7 +26,7 @@ class Embedder:
     Args:
         model_dir: a facemtl SavedModel version folder.
         crops: the inputs are already aligned face crops (skip detection).
-        detector: `"mtcnn"` or `"haar"` for photos.
+        detector: `"blazeface"` (default), `"mtcnn"` or `"haar"` for photos.
 
     Example:
         >>> embedder = Embedder("saved_models/celeba_arcface/1")
@@ -34,7 +34,7 @@ class Embedder:
         [(128,)]
     """
 
-    def __init__(self, model_dir, *, crops=False, detector="mtcnn", **analyzer_kwargs):
+    def __init__(self, model_dir, *, crops=False, detector="blazeface", **analyzer_kwargs):
         from facemtl.inference import FaceAnalyzer, Predictor
 
         self.crops = crops

@@ -247,7 +247,7 @@ def _check_photo_results(results):
     return results
 
 
-def create_app(model=None, *, name=None, detector="mtcnn", max_batch_size=32, max_wait_ms=0.0, api_key=None,
+def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32, max_wait_ms=0.0, api_key=None,
                gallery_store=None, max_body_bytes=20 * 2**20, max_instances=256, max_pixels=40_000_000,
                max_photos=16, analyze_workers=1, cors_origins=()):
     """The ASGI application of `facemtl serve`.
@@ -256,7 +256,7 @@ def create_app(model=None, *, name=None, detector="mtcnn", max_batch_size=32, ma
         model: a SavedModel version folder, a model's base folder (newest
             version) or `None` for the release model.
         name: the model's name in `/v1/models/<name>` (default: the export's).
-        detector: face detector for photos (`mtcnn` or `haar`).
+        detector: face detector for photos (`blazeface`, `mtcnn` or `haar`).
         max_batch_size, max_wait_ms: dynamic batching (see `DynamicBatcher`).
         api_key: required for gallery writes (default `$FACEMTL_API_KEY`; none: writes refused).
         gallery_store: gallery folder (default `$FACEMTL_GALLERIES` or `~/.facemtl/galleries`).
