@@ -333,6 +333,15 @@ def _models(args):
 
 
 def _export(args):
+    if args.format == "tflite":
+        from facemtl.tflite import export_tflite
+
+        if args.quantize == "int8" and not args.calibration:
+            raise FacemtlError("--quantize int8 needs --calibration FOLDER (real face crops to calibrate on)")
+        out = args.out or f"{os.path.basename(os.path.normpath(args.run))}.tflite"
+        path = export_tflite(args.run, out, like=args.like, quantize=args.quantize, calibration=args.calibration)
+        print(json.dumps({"tflite": path, "bytes": os.path.getsize(path), "quantize": args.quantize or "float32"}))
+        return 0
     from facemtl.export import export_run
 
     path = export_run(args.run, like=args.like, base_dir=args.base_dir, name=args.name, version=args.version)
@@ -476,13 +485,19 @@ def build_parser():
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
     p.set_defaults(func=_models)
 
-    p = sub.add_parser("export", help="export a run's best checkpoint again as a SavedModel (keeps its metadata)")
+    p = sub.add_parser("export", help="export a run's best checkpoint again: a SavedModel (keeps its metadata) or "
+                                      "a .tflite")
     p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000")
     p.add_argument("--like", help="the earlier export whose class names, calibration and model id to keep "
                                   "(default: the run's own export)")
     p.add_argument("--base-dir", default="saved_models")
     p.add_argument("--name", help="default: the earlier export's name")
     p.add_argument("--version", type=int, help="default: the next free version")
+    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
+                   help="tflite: one .tflite file, crops at the model's size in, both answers out")
+    p.add_argument("--quantize", choices=["float16", "int8"], help="tflite only (default: float32)")
+    p.add_argument("--calibration", help="tflite int8: a folder of real face crops to calibrate on")
+    p.add_argument("--out", help="tflite: the file to write (default: <run name>.tflite)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="TF Serving's REST API, photos, galleries and a web page over HTTP")

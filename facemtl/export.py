@@ -201,29 +201,20 @@ def update_metadata(saved_model_dir, updates):
     return metadata
 
 
-def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, version=None):
-    """Exports a run's best checkpoint again, e.g. to gain the signatures of a newer facemtl.
-
-    The model is rebuilt from the run's resolved `recipe.yaml` and given the
-    weights of `checkpoints/best.keras`. Its metadata (class names, calibrated
-    threshold, metrics, `model_id`) is taken from an earlier export of the same
-    run, so galleries made with that export keep working with the new one.
+def load_run_model(run_dir, like=None):
+    """A run's model, rebuilt from its `recipe.yaml` with its best checkpoint's weights, and its export's metadata.
 
     Args:
         run_dir: a run folder (`runs/<recipe>/<timestamp>`).
-        like: the earlier export whose metadata to keep (default: the run's
-            own export, from its `summary.json`).
-        base_dir, name, version: where to write (see `export_saved_model`);
-            `name` defaults to the earlier export's.
+        like: an earlier export of the run whose metadata (class names,
+            calibration, model id) to use (default: the run's own export, from
+            its `summary.json`).
 
     Returns:
-        The new version folder.
+        `(keras model, metadata dict)`.
 
     Raises:
         ModelFormatError: the run has no checkpoint, or no earlier export is known.
-
-    Example:
-        >>> export_run("runs/release_cpu/20261128-102036", base_dir="/tmp/models")
     """
     from facemtl.config import load_recipe
     from facemtl.models.multitask import build_from_recipe
@@ -244,6 +235,29 @@ def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, versio
     recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
     model = build_from_recipe(recipe.model, len(metadata["identities"]))
     model.load_weights(checkpoint)
+    return model, metadata
+
+
+def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, version=None):
+    """Exports a run's best checkpoint again, e.g. to gain the signatures of a newer facemtl.
+
+    The model is rebuilt from the run's resolved `recipe.yaml` and given the
+    weights of `checkpoints/best.keras`. Its metadata (class names, calibrated
+    threshold, metrics, `model_id`) is taken from an earlier export of the same
+    run, so galleries made with that export keep working with the new one.
+
+    Args:
+        run_dir, like: see `load_run_model`.
+        base_dir, name, version: where to write (see `export_saved_model`);
+            `name` defaults to the earlier export's.
+
+    Returns:
+        The new version folder.
+
+    Example:
+        >>> export_run("runs/release_cpu/20261128-102036", base_dir="/tmp/models")
+    """
+    model, metadata = load_run_model(run_dir, like)
     keep = {k: v for k, v in metadata.items() if k not in ("format_version", "name", "version", "created",
                                                               "input", "expressions", "identities", "tasks",
                                                               "embedding_dim")}

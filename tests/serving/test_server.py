@@ -106,7 +106,8 @@ def test_analyze_a_photo_three_ways(server, astronaut_jpeg):
         assert photo["size"] == [512, 512] and len(photo["faces"]) == 1
         face = photo["faces"][0]
         assert face["expression"]["label"] == "happy"
-        assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
+        assert face["detector"] == "blazeface"
+        assert set(face["landmarks"]) == {"right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear"}
         assert len(face["embedding"]) == 128
         assert 150 < face["box"][0] < 220 and 40 < face["box"][1] < 100
     assert answers[0][1]["photos"][0]["source"] == "astronaut.jpg"
@@ -211,7 +212,7 @@ def test_sigterm_finishes_open_requests_then_exits(tmp_path, astronaut_jpeg):
     import signal
     import time
 
-    srv = start_server(tmp_path)
+    srv = start_server(tmp_path, "--detector", "mtcnn")  # the slow detector: ~0.25 s a photo keeps requests open
     results, finished, started = [], [], threading.Barrier(7)
 
     def send():

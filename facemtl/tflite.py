@@ -1,0 +1,204 @@
+"""TFLite export of the multi-task model (crops in, both answers out) and a runner for it.
+
+The `.tflite` takes one face crop already at the model's size, `uint8 [1, H, W, 3]`
+(resize on the host: phones and small boxes have their own image pipelines), and
+returns `expression_probs`, `identity_probs` and `embedding` from one signature,
+`serving_default`. The class names, input size, crop layout and model id travel
+in the file itself, as TFLite metadata named `facemtl` (JSON).
+
+    facemtl export RUN_DIR --format tflite [--quantize float16|int8] [--calibration FACES_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from facemtl.errors import FacemtlError, ModelFormatError
+
+METADATA_NAME = "facemtl"
+QUANTIZATIONS = (None, "float16", "int8")
+
+
+def _serving_function(model):
+    import tensorflow as tf
+
+    _, _, channels = model.input_shape[1:]
+
+    def serve(images):
+        x = tf.cast(images, tf.float32)
+        if channels == 1:
+            x = tf.image.rgb_to_grayscale(x)
+        out = model(x, training=False)
+        result = {"expression_probs": out["expression"]}
+        if "identity" in out:
+            result.update(identity_probs=out["identity"], embedding=out["embedding"])
+        return result
+
+    return serve
+
+
+def convert(model, metadata, *, quantize=None, calibration=None):
+    """The `.tflite` bytes of a Keras multi-task model, with facemtl's metadata inside.
+
+    Args:
+        model: the Keras model (see `facemtl.export.load_run_model`).
+        metadata: the export metadata to embed (class names, input, layout...).
+        quantize: `None` (float32), `"float16"` (weights) or `"int8"` (weights
+            and activations, calibrated on `calibration`; inputs and outputs stay
+            uint8 / float32).
+        calibration: for int8, `uint8 [n, H, W, 3]` real face crops at the model's size.
+
+    Returns:
+        `bytes`.
+    """
+    import tensorflow as tf
+
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}")
+    import keras
+
+    height, width, _ = model.input_shape[1:]
+    with tempfile.TemporaryDirectory() as tmp:
+        # Through a SavedModel (Keras's own export), so the converter sees the weights as variables to freeze.
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name="serving_default", fn=_serving_function(model),
+                             input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        flat = _convert(converter, quantize, calibration)
+    meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
+            "outputs": ["expression_probs", "identity_probs", "embedding"]}
+    return add_metadata(flat, meta)
+
+
+def _convert(converter, quantize, calibration):
+    import tensorflow as tf
+
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise FacemtlError("int8 quantization needs calibration faces (real face crops)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([c[None].astype(np.uint8)] for c in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    return converter.convert()
+
+
+def add_metadata(flat, metadata):
+    """Writes `metadata` (JSON) into a `.tflite` flatbuffer as the `facemtl` metadata entry."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(path):
+    """The `facemtl` metadata of a `.tflite` file, with a clear error when it is not one of ours."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    try:
+        with open(path, "rb") as f:
+            model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except Exception as exc:  # the flatbuffer reader raises whatever a broken buffer makes it hit
+        raise ModelFormatError(f"{path}: not a TFLite model ({type(exc).__name__}: {exc})") from None
+    for entry in model.metadata or []:
+        if entry.name == METADATA_NAME.encode():
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    raise ModelFormatError(f"{path}: a TFLite model, but not exported by facemtl (no '{METADATA_NAME}' metadata)")
+
+
+def export_tflite(run_dir, out_path, *, like=None, quantize=None, calibration=None):
+    """Writes a run's model as one `.tflite` (atomically), with its class names in the file's metadata.
+
+    Args:
+        run_dir, like: the run and its earlier export (see `facemtl.export.load_run_model`).
+        out_path: the `.tflite` file to write.
+        quantize, calibration: see `convert`; `calibration` may also be a folder
+            of face photos (already cropped), read and resized to the model's size.
+
+    Returns:
+        `out_path`.
+
+    Example:
+        >>> export_tflite("runs/release_cpu/20261128-102036", "release.tflite", quantize="float16")
+    """
+    from facemtl.export import load_run_model
+
+    model, metadata = load_run_model(run_dir, like)
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = read_calibration_faces(calibration, model.input_shape[1:3])
+    flat = convert(model, metadata, quantize=quantize, calibration=calibration)
+    tmp = f"{out_path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(flat)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def read_calibration_faces(folder, size, limit=500):
+    """Up to `limit` face crops under `folder` (recursively), as `uint8 [n, H, W, 3]` at `size`."""
+    from PIL import Image
+
+    from facemtl.images import load_image
+
+    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
+                   if f.lower().endswith((".jpg", ".jpeg", ".png", ".pgm", ".bmp")))
+    if not paths:
+        raise FacemtlError(f"{folder}: no face images for int8 calibration")
+    step = max(1, len(paths) // limit)
+    faces = [np.asarray(Image.fromarray(load_image(p)).resize(size[::-1], Image.BILINEAR)) for p in paths[::step][:limit]]
+    return np.stack(faces)
+
+
+class TFLitePredictor:
+    """Runs a facemtl `.tflite` on face crops (resized on the host with the SavedModel's own resize).
+
+    Example:
+        >>> predictor = TFLitePredictor("release.tflite")
+        >>> predictor.run([crop])[0]["expression_probs"].shape
+        (7,)
+    """
+
+    def __init__(self, path, threads=2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.metadata = read_metadata(path)
+        try:
+            self._interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
+            self._runner = self._interpreter.get_signature_runner("serving_default")
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
+        self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
+
+    def resize(self, images):
+        """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
+        import tensorflow as tf
+
+        from facemtl.preprocessing import prepare_images
+
+        return [np.asarray(tf.round(prepare_images(img, *self.size, 3))).astype(np.uint8)
+                if img.shape[:2] != self.size else img for img in images]
+
+    def run(self, images):
+        """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1)."""
+        return [{k: v[0] for k, v in self._runner(images=img[None]).items()} for img in self.resize(images)]

@@ -1,0 +1,69 @@
+"""TFLite export: the same answers as the SavedModel, class names inside the file, int8 and bad files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from facemtl.errors import FacemtlError, ModelFormatError
+from facemtl.export import read_metadata as read_export_metadata
+from facemtl.inference import Predictor
+from facemtl.tflite import TFLitePredictor, export_tflite, read_metadata
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crops():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)] + [
+        rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]  # any size: resized on the host like the graph does
+
+
+def test_float32_answers_equal_the_saved_model(trained, crops, tmp_path):
+    path = export_tflite(trained.run_dir, str(tmp_path / "m.tflite"))
+    meta = read_metadata(path)
+    export_meta = read_export_metadata(trained.export_dir)
+    assert meta["identities"] == export_meta["identities"] and meta["expressions"] == export_meta["expressions"]
+    assert meta["model_id"] == export_meta["model_id"] and meta["quantize"] == "float32"
+    got = TFLitePredictor(path).run(crops)
+    want = Predictor(trained.export_dir).run(crops)
+    for g, w, c in zip(got, want, crops):
+        exact = c.shape[:2] == (64, 64)  # else resized on the host and rounded to uint8: a little looser
+        for key in ("expression_probs", "identity_probs", "embedding"):
+            np.testing.assert_allclose(g[key], w[key], atol=1e-5 if exact else 2e-3)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_int8_needs_and_uses_real_calibration_faces(trained, crops, tmp_path):
+    from PIL import Image
+
+    r = run_cli("export", trained.run_dir, "--format", "tflite", "--quantize", "int8", "--out", tmp_path / "q.tflite")
+    assert r.returncode == 2 and "--calibration" in r.stderr
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, c in enumerate(crops):
+        Image.fromarray(c).save(faces / f"{i}.png")
+    r = run_cli("export", trained.run_dir, "--format", "tflite", "--quantize", "int8", "--calibration", faces,
+                "--out", tmp_path / "q.tflite")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["quantize"] == "int8"
+    int8 = TFLitePredictor(tmp_path / "q.tflite")
+    assert int8.metadata["quantize"] == "int8"
+    out = int8.run(crops[:1])[0]
+    assert out["expression_probs"].shape == (7,) and abs(float(out["expression_probs"].sum()) - 1) < 0.05
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "junk.tflite").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFormatError, match="junk.tflite"):
+        TFLitePredictor(tmp_path / "junk.tflite")
+    with pytest.raises(ModelFormatError, match="no such file"):
+        read_metadata(tmp_path / "missing.tflite")
+    from facemtl.faces.blazeface import MODEL_DIR
+
+    with pytest.raises(ModelFormatError, match="not exported by facemtl"):
+        read_metadata(f"{MODEL_DIR}/face_detection_short_range.tflite")
+    with pytest.raises(FacemtlError, match="no checkpoints"):
+        export_tflite(str(tmp_path), str(tmp_path / "x.tflite"))
