@@ -56,6 +56,8 @@ def _analyze(args):
     from facemtl.inference import FaceAnalyzer
     from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
 
+    if args.every < 1:
+        raise FacemtlError(f"--every must be a positive number of frames. Received: --every {args.every}")
     gallery = None
     if args.gallery:
         from facemtl.recognition.gallery import Gallery
@@ -260,6 +262,24 @@ def _calibrate(args):
     return 0
 
 
+def _installed_model_of(gallery):
+    """The installed model (shipped with facemtl) that made a gallery's embeddings.
+
+    The model path recorded in a gallery file is never loaded: the file may come from
+    someone else, and loading a SavedModel runs its graph.
+    """
+    from facemtl.export import read_metadata
+    from facemtl.pretrained import installed_models
+
+    wanted = gallery.model.get("model_id")
+    for m in installed_models():
+        if read_metadata(m["path"]).get("model_id") == wanted:
+            return m["path"]
+    raise FacemtlError(f"{gallery.path} was made with the model at {gallery.model.get('path')!r}, which is not one "
+                       "installed with facemtl; pass --model with that model's folder (facemtl does not load a "
+                       "model path read from a gallery file)")
+
+
 def _gallery(args):
     from facemtl.recognition.gallery import Gallery, default_store, gallery_path, model_info
 
@@ -293,9 +313,7 @@ def _gallery(args):
         gallery.save()
         print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
         return 0
-    from facemtl.pretrained import resolve_model
-
-    model = resolve_model(args.model or gallery.model.get("path"))
+    model = args.model or _installed_model_of(gallery)
     failures = 0
     if args.crops:  # already-aligned face crops: one face each
         embedder = _embedder(args, model)

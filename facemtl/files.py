@@ -1,10 +1,40 @@
-"""Writing small files so that a crash never leaves a half-written one in place of a good one."""
+"""Files: writing small ones so that a crash never leaves a half-written one, and naming unreadable ones."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
+
+
+def unreadable_reason(path):
+    """Why `path` cannot be read as a regular file, or `None` when it can be.
+
+    Distinguishes what "no such file" would hide: a symlink loop, a dangling
+    link, a folder, a FIFO (which would block a reader forever), a device or a socket.
+
+    Example:
+        >>> unreadable_reason("/dev/null")
+        'a character device, not a regular file'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if exc.errno == errno.ENOENT:
+            return "a dangling symbolic link" if os.path.islink(path) else "no such file"
+        if exc.errno == errno.EACCES:
+            return "permission denied"
+        return exc.strerror or str(exc)
+    if stat.S_ISREG(mode):
+        return None if os.access(path, os.R_OK) else "permission denied"
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file"
 
 
 def write_json_atomically(path, data, indent=None):

@@ -9,11 +9,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from facemtl.errors import ImageError
+from facemtl.files import unreadable_reason
 
 # Decoding a huge photo at full size can exhaust memory; PIL's own guard raises
 # beyond this many pixels. Callers that can work on a downscaled copy pass
 # `max_side` instead, and JPEGs are then decoded at reduced size directly.
 Image.MAX_IMAGE_PIXELS = 500_000_000
+# What one photo may hold once decoded (after JPEG's reduced-size decoding): 100 megapixels,
+# 300 MB as RGB. Formats that cannot decode at reduced size (PNG, TIFF, 16-bit) are refused
+# above it from their header, before anything is decoded.
+MAX_DECODE_PIXELS = 100_000_000
 
 
 def _describe(source):
@@ -33,6 +38,8 @@ def _to_rgb_array(array, name):
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
+        elif arr.dtype in (np.uint16, np.int32, np.uint32, np.int64, np.uint64) and arr.max(initial=0) > 255:
+            arr = arr.astype(np.float64) / arr.max() * 255  # 16-bit (or wider) pixels: rescaled like 16-bit files
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
@@ -74,8 +81,9 @@ def load_image(source, max_side=None):
         image = source
     else:
         if isinstance(source, (str, os.PathLike)):
-            if not os.path.isfile(source):
-                raise ImageError(f"{name}: no such file")
+            reason = unreadable_reason(source)
+            if reason:
+                raise ImageError(f"{name}: {reason}")
             if os.path.getsize(source) == 0:
                 raise ImageError(f"{name}: empty file (0 bytes)")
             opener = source
@@ -86,10 +94,14 @@ def load_image(source, max_side=None):
         else:
             raise ImageError(f"{name}: expected a path, bytes, PIL image or numpy array")
         try:
-            image = Image.open(opener)
-            if max_side is not None:
-                image.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
-            image.load()
+            with Image.open(opener) as opened:  # closed here: no file left open for the garbage collector
+                if max_side is not None:
+                    opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
+                if opened.width * opened.height > MAX_DECODE_PIXELS:
+                    raise ImageError(f"{name}: {opened.width}x{opened.height} pixels is over facemtl's limit of "
+                                     f"{MAX_DECODE_PIXELS} pixels for one photo (a decompression bomb?)")
+                opened.load()  # the pixels stay usable after the file is closed
+                image = opened
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{name}: not a readable image ({exc})") from None
     try:

@@ -20,19 +20,28 @@ def expand_paths(paths):
     file that is not a photo gets reported rather than silently passed over.
 
     Returns:
-        A list of `(path, error)`; `error` is None or a message for a missing path.
+        A list of `(path, error)`; `error` is None or a message naming the path
+        and what is wrong with it (missing, a symlink loop, a FIFO or device,
+        which would block or make no sense to read).
     """
+    from facemtl.files import unreadable_reason
+
     out = []
     for path in paths:
         path = os.fspath(path)
         if os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend((os.path.join(root, f), None) for f in sorted(files) if not f.startswith("."))
-        elif os.path.isfile(path):
-            out.append((path, None))
+                for f in sorted(files):
+                    if not f.startswith("."):
+                        full = os.path.join(root, f)
+                        reason = unreadable_reason(full)
+                        out.append((full, f"{full}: {reason}" if reason else None))
         else:
-            out.append((path, f"{path}: no such file or folder"))
+            reason = unreadable_reason(path)
+            if reason == "no such file":
+                reason = "no such file or folder"
+            out.append((path, f"{path}: {reason}" if reason else None))
     return out
 
 

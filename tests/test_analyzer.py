@@ -132,3 +132,21 @@ def test_one_bad_photo_does_not_cost_the_good_ones(analyzer, photos):
     assert [len(r["faces"]) if "faces" in r else None for r in results] == [1, None, None, None, 1]
     for r, name in zip(results[1:4], ("truncated.jpg", "readme.txt", "missing.jpg")):
         assert set(r) == {"error"} and name in r["error"]
+
+
+def test_cli_folder_with_a_fifo_does_not_hang_and_every_zero_is_refused(trained, photos, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(photos / "astronaut.jpg", folder / "a.jpg")
+    os.mkfifo(folder / "clip.mp4")  # opening it for reading would block forever
+    r = subprocess.run([sys.executable, "-m", "facemtl", "analyze", str(folder), "--model", trained.export_dir],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    records = {os.path.basename(rec["path"]): rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert r.returncode == 1 and len(records["a.jpg"]["faces"]) == 1
+    assert "named pipe" in records["clip.mp4"]["error"]
+    r = run_cli("analyze", str(folder / "a.jpg"), "--model", trained.export_dir, "--every", "0")
+    assert r.returncode == 2 and "--every must be a positive" in r.stderr

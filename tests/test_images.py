@@ -55,3 +55,67 @@ def test_bad_inputs_name_the_file(tmp_path, face_files):
         load_image(truncated)
     with pytest.raises(ImageError, match="shape"):
         load_image(np.zeros((0, 4, 3), np.uint8))
+
+
+def test_unreadable_paths_say_what_they_are(tmp_path):
+    import os
+
+    from facemtl.errors import ImageError
+    from facemtl.images import load_image
+    from facemtl.media import expand_paths
+
+    os.mkfifo(tmp_path / "clip.mp4")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    expected = {"clip.mp4": "named pipe", "loop_a": "symbolic link loop", "dangling.jpg": "dangling symbolic link"}
+    for name, words in expected.items():
+        with pytest.raises(ImageError, match=words):
+            load_image(tmp_path / name)
+    with pytest.raises(ImageError, match="character device"):
+        load_image("/dev/zero")
+    # A folder holding a FIFO named like a video: reported at once, never opened (opening one blocks).
+    listed = dict(expand_paths([tmp_path]))
+    assert "named pipe" in listed[str(tmp_path / "clip.mp4")]
+    assert "symbolic link loop" in listed[str(tmp_path / "loop_b")]
+
+
+def test_uint16_arrays_are_rescaled_like_16_bit_files():
+    from facemtl.images import load_image
+
+    deep = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    out = load_image(deep)
+    assert out.dtype == np.uint8 and out.max() == 255 and out[0, 1, 0] == round(4000 / 60000 * 255)
+    assert len(np.unique(out)) == 16  # not clipped flat at 255
+
+
+def test_huge_png_header_is_refused_before_decoding(tmp_path):
+    from facemtl.errors import ImageError
+    from facemtl.images import load_image
+    from tests.serving.test_rest import png_claiming
+
+    (tmp_path / "bomb.png").write_bytes(png_claiming(25000, 25000))
+    with pytest.raises(ImageError, match="bomb.png: 25000x25000 pixels is over"):
+        load_image(tmp_path / "bomb.png", max_side=2048)
+
+
+def test_decoders_close_their_files(tmp_path):
+    """No decoder leaves its file for the garbage collector (formats PIL keeps open for seeking included)."""
+    import gc
+    import warnings
+
+    from PIL import Image
+
+    from facemtl.images import load_image
+
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 128)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])  # multi-frame: PIL keeps the fp
+    frames[0].save(tmp_path / "a.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "a.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("a.gif", "a.tif", "a.png"):
+            for max_side in (None, 4):
+                load_image(tmp_path / name, max_side=max_side)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
