@@ -221,44 +221,15 @@ def _verify(args):
 
 
 def _calibrate(args):
-    import numpy as np
+    from facemtl.recognition.calibration import calibrate
 
-    from facemtl.export import crop_layout, read_metadata, update_metadata
-    from facemtl.inference import Predictor
-    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
-    from facemtl.recognition.metrics import plot_roc, verification_report
-
-    meta = read_metadata(args.model)
-    images, labels, _ = load_labelled_faces(
-        args.data, fmt=args.format, split=args.split, align=args.align,
-        size=max(meta["input"]["height"], meta["input"]["width"]), log=lambda m: print(m, file=sys.stderr),
-        layout=crop_layout(meta))
-    if len(np.unique(labels)) < 2:
-        raise FacemtlError(f"{args.data}: calibration needs labelled faces of at least 2 people")
-    embeddings = embed_arrays(Predictor(args.model), images)
-    report = verification_report(embeddings, labels, fars=sorted({args.far, 1e-2, 1e-3}, reverse=True))
-    impostors = report["pairs"] - report["genuine_pairs"]
-    if impostors * args.far < 10:
-        print(f"facemtl: warning: {impostors} impostor pairs resolve FAR {args.far:g} poorly "
-              f"(fewer than 10 false accepts to count); use more people", file=sys.stderr)
-    chosen = report["at_far"][f"{args.far:g}"]
-    out = args.out or os.path.join(args.model, "assets.extra", "calibration")
-    os.makedirs(out, exist_ok=True)
-    plot_roc({f"{meta.get('name')}/{meta.get('version')} (AUC {report['auc']:.3f})": report["roc"]},
-             os.path.join(out, "roc.png"), title=f"Verification ROC on {args.data}")
-    far, tar = report.pop("roc")
-    calibration = {"threshold": chosen["threshold"], "target_far": args.far, "far": chosen["far"],
-                   "tar": chosen["tar"], "auc": report["auc"], "pairs": report["pairs"],
-                   "genuine_pairs": report["genuine_pairs"], "people": int(len(np.unique(labels))),
-                   "images": int(len(labels)), "data": args.data}
-    with open(os.path.join(out, "calibration.json"), "w", encoding="utf-8") as f:
-        json.dump({**calibration, "at_far": report["at_far"], "roc": {"far": far.tolist(), "tar": tar.tolist()}}, f)
-    if not args.dry_run:
-        update_metadata(args.model, {"verification": calibration})
-    print(json.dumps(calibration))
-    print(f"facemtl: threshold {chosen['threshold']:.4f} for FAR {args.far:g} (TAR {chosen['tar']:.3f}) "
-          f"{'computed (not stored: --dry-run)' if args.dry_run else 'stored in the model metadata'}; "
-          f"ROC curve in {os.path.join(out, 'roc.png')}", file=sys.stderr)
+    result = calibrate(args.model, args.data, far=args.far, fmt=args.format, split=args.split, align=args.align,
+                       out=args.out, dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr))
+    out = result.pop("written_to")
+    print(json.dumps(result))
+    print(f"facemtl: threshold {result['threshold']:.4f} for FAR {args.far:g} (TAR {result['tar']:.3f}) "
+          f"{'computed (not stored: --dry-run)' if args.dry_run else 'stored in the model metadata'}"
+          + (f"; ROC curve in {os.path.join(out, 'roc.png')}" if out else ""), file=sys.stderr)
     return 0
 
 
@@ -472,7 +443,7 @@ def build_parser():
     p.add_argument("--align", action="store_true", help="detect and align in-the-wild photos first (cached)")
     p.add_argument("--far", type=float, default=1e-3, help="target false-accept rate (default 1e-3)")
     p.add_argument("--out", help="folder for roc.png and calibration.json (default: in the model's assets.extra)")
-    p.add_argument("--dry-run", action="store_true", help="report the threshold without storing it")
+    p.add_argument("--dry-run", action="store_true", help="report the threshold; write nothing (unless --out is given)")
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("gallery", help="enrol people and identify faces against them")

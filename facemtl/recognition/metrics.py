@@ -16,21 +16,55 @@ def normalize(embeddings):
     return e / np.maximum(norms, 1e-12)
 
 
-def all_pairs(embeddings, labels):
-    """Cosine scores and same-person flags of every unordered pair of samples.
+MAX_PAIRS = 5_000_000
+
+
+def all_pairs(embeddings, labels, max_pairs=MAX_PAIRS, seed=0):
+    """Cosine scores and same-person flags of the unordered pairs of samples: all, or a bounded sample.
+
+    Up to `max_pairs` pairs, every pair is scored. Beyond that (about 3,100
+    faces), memory stays bounded: genuine pairs (same person) are all kept
+    while they fit in half the budget, else sampled, and impostor pairs are
+    sampled uniformly to fill the budget; scores are computed in blocks, never
+    as an n x n matrix.
 
     Args:
         embeddings: `[n, d]` L2-normalised embeddings.
         labels: `[n]` person labels.
+        max_pairs: most pairs to score.
+        seed: for the sampled pairs.
 
     Returns:
-        `(scores, same)`: float32 and bool arrays of length n(n-1)/2.
+        `(scores, same)`: float32 and bool arrays of equal length (n(n-1)/2 when not sampled).
     """
     e = normalize(embeddings)
     labels = np.asarray(labels)
-    i, j = np.triu_indices(len(e), k=1)
-    sims = e @ e.T
-    return sims[i, j], labels[i] == labels[j]
+    n = len(e)
+    if n * (n - 1) // 2 <= max_pairs:
+        i, j = np.triu_indices(n, k=1)
+        sims = e @ e.T
+        return sims[i, j], labels[i] == labels[j]
+    rng = np.random.default_rng(seed)
+    genuine = [np.stack(np.triu_indices(len(idx), k=1)).T for idx in _groups(labels)]
+    genuine = np.concatenate([idx[g] for idx, g in zip(_groups(labels), genuine)]) if genuine else np.zeros((0, 2), int)
+    if len(genuine) > max_pairs // 2:
+        genuine = genuine[rng.choice(len(genuine), max_pairs // 2, replace=False)]
+    impostors = np.zeros((0, 2), int)
+    want = max_pairs - len(genuine)
+    while len(impostors) < want:  # uniform over ordered pairs, kept when the two people differ
+        cand = rng.integers(0, n, size=(2 * (want - len(impostors)) + 16, 2))
+        cand = cand[labels[cand[:, 0]] != labels[cand[:, 1]]]
+        impostors = np.concatenate([impostors, cand[: want - len(impostors)]])
+    pairs = np.concatenate([genuine, impostors])
+    scores = np.concatenate([np.einsum("ij,ij->i", e[pairs[k:k + 65536, 0]], e[pairs[k:k + 65536, 1]])
+                             for k in range(0, len(pairs), 65536)])
+    return scores.astype(np.float32), labels[pairs[:, 0]] == labels[pairs[:, 1]]
+
+
+def _groups(labels):
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return [g for g in np.split(order, bounds) if len(g) > 1]
 
 
 def roc_curve(scores, same):
@@ -70,7 +104,7 @@ def threshold_at_far(scores, same, far):
 
 
 def verification_report(embeddings, labels, fars=(1e-2, 1e-3)):
-    """ROC AUC and TAR at the given FARs over all pairs of the samples.
+    """ROC AUC and TAR at the given FARs over all pairs of the samples (a bounded sample of many; see `all_pairs`).
 
     Returns:
         A dict with `pairs`, `genuine_pairs`, `auc`, per-FAR `tar`/`threshold`,
@@ -78,8 +112,9 @@ def verification_report(embeddings, labels, fars=(1e-2, 1e-3)):
     """
     scores, same = all_pairs(embeddings, labels)
     far, tar, _ = roc_curve(scores, same)
+    n = len(labels)
     report = {"pairs": int(len(scores)), "genuine_pairs": int(same.sum()), "auc": float(np.trapezoid(tar, far)),
-              "at_far": {}}
+              "sampled": bool(len(scores) < n * (n - 1) // 2), "at_far": {}}
     for f in fars:
         threshold, measured, t = threshold_at_far(scores, same, f)
         report["at_far"][f"{f:g}"] = {"tar": t, "threshold": threshold, "far": measured}

@@ -44,6 +44,8 @@ def test_calibrate_stores_threshold_and_draws_roc(calibrated, people):
     assert stored["target_far"] == 0.01 and stored["far"] <= 0.01
     assert stored["people"] == 4 and stored["images"] == 28 and stored["pairs"] == 28 * 27 // 2
     assert (model / "assets.extra" / "calibration" / "roc.png").is_file()
+    written = json.loads((model / "assets.extra" / "calibration" / "calibration.json").read_text())
+    assert written["threshold"] == stored["threshold"] and len(written["roc"]["far"]) <= 600
     # The threshold really gives that FAR on those pairs.
     from facemtl.inference import Predictor
     from facemtl.recognition.embed import embed_arrays, load_labelled_faces
@@ -53,6 +55,20 @@ def test_calibrate_stores_threshold_and_draws_roc(calibrated, people):
     scores, same = all_pairs(embed_arrays(Predictor(str(model)), images), labels)
     assert np.mean(scores[~same] >= stored["threshold"]) == pytest.approx(stored["far"], abs=1e-6)
     assert np.mean(scores[same] >= stored["threshold"]) == pytest.approx(stored["tar"], abs=1e-6)
+
+
+def test_calibrate_dry_run_writes_nothing(trained_arcface, people, tmp_path):
+    import shutil
+
+    model = tmp_path / "1"
+    shutil.copytree(trained_arcface.export_dir, model)
+    before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    r = run_cli("calibrate", "--model", model, "--data", people, "--far", "0.01", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["target_far"] == 0.01 and "not stored" in r.stderr
+    after = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    assert after == before  # no metadata change, no calibration folder, no ROC
+    assert sorted(os.listdir(tmp_path)) == ["1"]
 
 
 def test_verify_reports_score_and_threshold(calibrated, people):

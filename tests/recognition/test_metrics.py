@@ -78,3 +78,22 @@ def test_threshold_comes_from_calibration_or_is_asked_for():
     meta["verification"] = {"threshold": 0.42, "target_far": 1e-3, "pairs": 100, "data": "faces/"}
     threshold, origin = model_threshold(meta)
     assert threshold == 0.42 and "FAR 0.001" in origin
+
+
+def test_many_faces_are_scored_on_a_bounded_sample_of_pairs():
+    from facemtl.recognition.metrics import all_pairs, threshold_at_far
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 60, 900)
+    emb = rng.normal(size=(60, 32))[labels] + rng.normal(size=(900, 32)) * 0.9
+    exact_scores, exact_same = all_pairs(emb, labels)
+    assert len(exact_scores) == 900 * 899 // 2
+    scores, same = all_pairs(emb, labels, max_pairs=60_000)
+    assert len(scores) == 60_000
+    assert same.sum() == exact_same.sum()  # every genuine pair fits in half the budget: all are kept
+    for far in (1e-1, 1e-2):
+        exact, _, exact_tar = threshold_at_far(exact_scores, exact_same, far)
+        sampled, _, sampled_tar = threshold_at_far(scores, same, far)
+        assert abs(sampled - exact) < 0.02 and abs(sampled_tar - exact_tar) < 0.02
+    scores, same = all_pairs(emb, labels, max_pairs=4_000)  # genuine pairs over half the budget: sampled too
+    assert len(scores) == 4_000 and same.sum() == 2_000
