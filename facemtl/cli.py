@@ -176,8 +176,14 @@ def _evaluate(args):
         recipe_path = args.recipe or os.path.join(meta.get("run_dir", ""), "recipe.yaml")
         out = args.out or os.path.join(target, f"eval-{args.split}")
     elif os.path.isfile(os.path.join(target, "recipe.yaml")):  # a run folder: use its export
-        with open(os.path.join(target, "summary.json"), encoding="utf-8") as f:
-            export = json.load(f).get("export_dir")
+        try:
+            with open(os.path.join(target, "summary.json"), encoding="utf-8") as f:
+                export = json.load(f).get("export_dir")
+        except FileNotFoundError:
+            raise FacemtlError(f"{target}: the run has no summary.json (it did not finish); evaluate its export "
+                               "folder, or train it to the end first") from None
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise FacemtlError(f"{target}/summary.json: not readable ({exc})") from None
         if not export:
             raise FacemtlError(f"{target}: this run exported no SavedModel to evaluate")
         recipe_path = args.recipe or os.path.join(target, "recipe.yaml")
@@ -252,16 +258,18 @@ def _installed_model_of(gallery):
 
 
 def _gallery(args):
-    from facemtl.recognition.gallery import Gallery, default_store, gallery_path, model_info
+    from facemtl.recognition.gallery import Gallery, default_store, gallery_lock, gallery_path, model_info
 
     store = args.store or default_store()
     if args.action == "list" and not args.gallery:
-        names = sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz")) if os.path.isdir(store) else []
+        names = (sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz") and not f.startswith("."))
+                 if os.path.isdir(store) else [])
         print(json.dumps({"store": store, "galleries": names}))
         return 0
     if args.action == "enroll":
         embedder = _embedder(args, args.model)
-        gallery = Gallery.open(args.gallery, store, model=model_info(embedder.metadata, args.model), create=True)
+        info = model_info(embedder.metadata, args.model)
+        Gallery.open(args.gallery, store, model=info, create=True)  # a wrong model is refused before any work
         faces = embedder.embed(args.photos)
         good = [f for f in faces if f.embedding is not None]
         for f in faces:
@@ -269,8 +277,10 @@ def _gallery(args):
                 print(f"facemtl: skipping {f.source}: {f.error}", file=sys.stderr)
         if not good:
             raise FacemtlError(f"No face to enrol for {args.name!r}: the gallery was not changed")
-        total = gallery.enroll(args.name, [f.embedding for f in good], [f.source for f in good])
-        gallery.save()
+        with gallery_lock(args.gallery, store):  # read, add, save: concurrent enrolments lose nothing
+            gallery = Gallery.open(args.gallery, store, model=info, create=True)
+            total = gallery.enroll(args.name, [f.embedding for f in good], [f.source for f in good])
+            gallery.save()
         print(json.dumps({"gallery": gallery.path, "name": args.name, "enrolled": len(good),
                           "skipped": [f.source for f in faces if f.embedding is None],
                           "several_faces": [f.source for f in good if f.faces > 1], "photos_of_name": total}))
@@ -280,8 +290,10 @@ def _gallery(args):
         print(json.dumps({"gallery": gallery.path, "model": gallery.model, "people": gallery.people()}))
         return 0
     if args.action == "remove":
-        removed = gallery.remove(args.name)
-        gallery.save()
+        with gallery_lock(args.gallery, store):
+            gallery = Gallery.load(gallery_path(args.gallery, store))
+            removed = gallery.remove(args.name)
+            gallery.save()
         print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
         return 0
     model = args.model or _installed_model_of(gallery)

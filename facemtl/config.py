@@ -390,5 +390,7 @@ def load_recipe(path, overrides=(), smoke=False):
 
 def save_recipe(recipe, path):
     """Writes the resolved recipe as YAML (the run directory keeps one)."""
-    with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)
+    from facemtl.files import write_text_atomically
+
+    # Resume compares against this file: a crash mid-write must not leave half a recipe.
+    write_text_atomically(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from facemtl.files import write_json_atomically
 from facemtl.labels import IGNORE_LABEL
 
 MAX_CONFUSION_CLASSES = 100
@@ -116,8 +116,7 @@ def write_report(preds, trues, names, out_dir, title=""):
         if report[task]["confusion"] is not None:
             plot_confusion(report[task]["confusion"], names[task], os.path.join(out_dir, f"confusion_{task}.png"),
                            f"{title}{task}: accuracy {report[task]['accuracy']:.3f}")
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomically(os.path.join(out_dir, "report.json"), report, indent=2)
     return report
 
 

@@ -37,17 +37,30 @@ def unreadable_reason(path):
     return f"{kind}, not a regular file"
 
 
-def write_json_atomically(path, data, indent=None):
-    """Writes `data` as JSON to a temporary file beside `path`, then renames it over `path`.
+def temporary_name(path):
+    """A hidden temporary name beside `path` (hidden, so no folder reader takes it for data)."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+
+
+def write_text_atomically(path, text):
+    """Writes `text` to a temporary file beside `path`, fsyncs it, then renames it over `path`.
 
     A crash or an error mid-write leaves the previous file as it was (and no
     temporary file behind).
     """
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent)
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomically(path, data, indent=None):
+    """Writes `data` as JSON, atomically (see `write_text_atomically`)."""
+    write_text_atomically(path, json.dumps(data, indent=indent))

@@ -19,6 +19,7 @@ from PIL import Image
 
 from facemtl.data.sources import warn_skipped
 from facemtl.errors import FacemtlError
+from facemtl.files import temporary_name
 from facemtl.images import load_image
 
 
@@ -106,8 +107,12 @@ def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
                        skipped)
     if key:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{key}.tmp.npz"
-        np.savez(tmp, images=out.images, identity=out.identity, expression=out.expression,
-                 skipped=json.dumps(skipped))
-        os.replace(tmp, key)
+        tmp = temporary_name(key)  # ends in .npz, so savez keeps the name; hidden, removed on failure
+        try:
+            np.savez(tmp, images=out.images, identity=out.identity, expression=out.expression,
+                     skipped=json.dumps(skipped))
+            os.replace(tmp, key)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return out

@@ -14,6 +14,7 @@ from PIL import Image
 
 from facemtl.errors import FacemtlError
 from facemtl.faces.align import align_face
+from facemtl.files import temporary_name
 from facemtl.images import load_image
 from facemtl.media import Progress, expand_paths
 
@@ -87,9 +88,15 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
             main = largest(detections)
             crop, _ = align_face(image, main.landmarks, size, face_scale, layout, main.points)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp.png"
-            Image.fromarray(crop).save(tmp)
-            os.replace(tmp, target)  # a crash never leaves a half-written crop in the cache
+            # A hidden temporary name (never read as a photo), renamed into place: a crash never leaves a
+            # half-written crop in the cache, and a failed write leaves no file behind.
+            tmp = temporary_name(target)
+            try:
+                Image.fromarray(crop).save(tmp, format="PNG")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
             report.aligned += 1
         finally:
             if bar:

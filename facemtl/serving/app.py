@@ -274,7 +274,8 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
         >>> import uvicorn
         >>> uvicorn.run(create_app("saved_models/quickstart"), host="127.0.0.1", port=8501)
     """
-    from facemtl.recognition.gallery import Gallery, GalleryError, default_store, gallery_path, model_info
+    from facemtl.recognition.gallery import (Gallery, GalleryError, default_store, gallery_lock, gallery_path,
+                                             model_info)
 
     for key, value in {"max_batch_size": max_batch_size, "max_body_bytes": max_body_bytes,
                        "max_instances": max_instances, "max_pixels": max_pixels, "max_photos": max_photos,
@@ -413,7 +414,8 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
     @app.get("/v1/galleries", tags=["galleries"], summary="The galleries of the store")
     async def galleries():
         store = state.gallery_store
-        names = sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz")) if os.path.isdir(store) else []
+        names = (sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz") and not f.startswith("."))
+                 if os.path.isdir(store) else [])
         return {"galleries": names}
 
     @app.get("/v1/galleries/{gallery}", tags=["galleries"], summary="The people of a gallery")
@@ -444,7 +446,8 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
         if not embeddings:
             raise RequestError(f"No face to enrol for {person!r}: the gallery was not changed ("
                                + "; ".join(f"{s['source']}: {s['error']}" for s in skipped) + ")")
-        with state.gallery_lock:  # concurrent enrolments into one gallery must not lose each other's writes
+        # Concurrent enrolments (threads here, other servers or CLI processes) must not lose each other's writes.
+        with state.gallery_lock, gallery_lock(gallery, state.gallery_store):
             found = Gallery.open(gallery, state.gallery_store, create=True,
                                  model=model_info(state.model.metadata, state.model.path))
             total = found.enroll(person, embeddings, sources)
@@ -468,7 +471,7 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
                 summary="Remove a person (needs the API key)")
     async def remove(gallery: str, person: str, request: Request):
         state.check_api_key(request)
-        with state.gallery_lock:
+        with state.gallery_lock, gallery_lock(gallery, state.gallery_store):
             found = Gallery.load(gallery_path(gallery, state.gallery_store))
             removed = found.remove(person)
             found.save()

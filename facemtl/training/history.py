@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 
+from facemtl.files import write_text_atomically
+
 
 def truncate_history(path, epochs):
     """Keeps the CSV rows of the first `epochs` epochs (the ones the backup holds)."""
@@ -14,10 +16,7 @@ def truncate_history(path, epochs):
         lines = f.read().splitlines(keepends=True)
     kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
                         and int(line.split(",", 1)[0]) < epochs]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(kept))
 
 
 def read_history(path):

@@ -21,6 +21,7 @@ from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, sp
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model
+from facemtl.files import write_json_atomically
 from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
 from facemtl.models.heads import COSINE_LAYER
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
@@ -204,6 +205,12 @@ def train(recipe, run_dir=None, log=print):
         >>> result.test_report["expression"]["accuracy"]
     """
     start = time.time()
+    if recipe.export.enabled and recipe.export.version is not None:
+        # Refused now, not after hours of training: versions are never overwritten.
+        target = os.path.join(recipe.export.base_dir, recipe.export.name or recipe.name, str(recipe.export.version))
+        if os.path.exists(target):
+            raise FacemtlError(f"{target} already exists and versions are never overwritten: set export.version to "
+                               "a new number, or leave it unset for the next free one")
     loop = recipe.train.loop
     if loop == "auto":
         loop = "custom" if recipe.train.strategy == "multi_worker" else "fit"
@@ -374,7 +381,6 @@ def train(recipe, run_dir=None, log=print):
     seconds = time.time() - start
     summary = {"seconds": round(seconds, 1), "export_dir": export_dir,
                "test": {t: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for t, r in report.items()}}
-    with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
     log(f"facemtl: done in {seconds:.0f} s")
     return TrainResult(run_dir, model, history, report, export_dir, seconds)

@@ -141,6 +141,24 @@ def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, traine
     assert r.returncode == 2 and "Bad gallery name" in r.stderr
 
 
+def test_concurrent_enrolments_lose_nothing(calibrated, people, tmp_path):
+    import subprocess
+    import sys
+
+    model, _ = calibrated
+    store = tmp_path / "store"
+    photos = {p.name: sorted(p.iterdir()) for p in people.iterdir()}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "facemtl", "gallery", "enroll", "team", name, *map(str, files[:2]),
+                               "--model", str(model), "--crops", "--store", str(store)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for name, files in photos.items()]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    r = run_cli("gallery", "list", "team", "--store", store)
+    assert json.loads(r.stdout)["people"] == {name: 2 for name in photos}  # every process's enrolment kept
+
+
 @pytest.mark.slow
 def test_enrol_from_photos_detects_faces_and_skips_faceless_ones(calibrated, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")

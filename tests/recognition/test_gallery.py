@@ -127,3 +127,25 @@ def test_empty_missing_and_unknown_person(store):
         g.remove("ann")
     with pytest.raises(GalleryError, match="Expected"):
         g.enroll("ann", np.ones((1, 4)))
+
+
+_HOLD_LOCK = r"""
+import sys, time
+from facemtl.recognition.gallery import gallery_lock
+with gallery_lock("team", sys.argv[1]):
+    start = time.time()
+    time.sleep(0.4)
+    print(start, time.time())
+"""
+
+
+def test_gallery_lock_excludes_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    spans = sorted(tuple(map(float, p.communicate(timeout=60)[0].split())) for p in procs)
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end  # one holder at a time: read-modify-write cycles never interleave

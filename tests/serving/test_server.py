@@ -145,7 +145,8 @@ def test_galleries_need_the_key_and_never_leave_the_store(server, astronaut_jpeg
     status, answer, _ = server.request("DELETE", path, headers={"X-API-Key": API_KEY})
     assert status == 200 and answer["embeddings"] == 1
     assert server.request("GET", "/v1/galleries/crew")[1]["people"] == {}
-    assert sorted(os.listdir(server.store)) == ["crew.npz"]  # nothing else was written, nothing outside
+    # Nothing else was written, nothing outside: the gallery and its lock file.
+    assert sorted(os.listdir(server.store)) == [".crew.npz.lock", "crew.npz"]
 
 
 def test_bad_input_is_4xx_json_and_the_server_keeps_serving(server, crops, astronaut_jpeg):

@@ -142,3 +142,37 @@ def test_uncertainty_weighting_learns_task_weights(tmp_path):
         assert key in h and all(v == v for v in h[key]), key
     # The learned weights moved away from their start (exp(0) = 1).
     assert abs(h["identity_weight"][-1] - 1.0) > 1e-3 or abs(h["expression_weight"][-1] - 1.0) > 1e-3
+
+
+def test_an_existing_export_version_is_refused_before_training(tmp_path):
+    existing = tmp_path / "saved_models" / "quickstart" / "3"
+    existing.mkdir(parents=True)
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + ["export.version=3"])
+    lines = []
+    with pytest.raises(FacemtlError, match="3 already exists"):
+        train(recipe, log=lines.append)
+    assert lines == [] and not (tmp_path / "runs").exists()  # refused before any run folder or data
+
+
+def test_run_files_are_written_atomically_and_leave_no_temporaries(tmp_path, monkeypatch):
+    """A crash while summary.json is written keeps the old one; no temporary file is left behind."""
+    import json
+
+    from facemtl import files
+
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path))
+    result = train(recipe, log=lambda *_: None)
+    summary = os.path.join(result.run_dir, "summary.json")
+    good = open(summary).read()
+    real_fsync = os.fsync
+
+    def crash(fd):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(files.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk vanished"):
+        files.write_json_atomically(summary, {"broken": True})
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    assert open(summary).read() == good and json.loads(good)["export_dir"]
+    leftovers = [f for root, _, fs in os.walk(tmp_path) for f in fs if f.startswith(".tmp-") or ".tmp" in f]
+    assert leftovers == []
