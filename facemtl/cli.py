@@ -27,27 +27,22 @@ def _train(args):
 
 
 def _predict(args):
-    from facemtl.images import load_image
     from facemtl.inference import Predictor
 
     model, images_in = args.model, list(args.images)
     if model is None and len(images_in) > 1 and os.path.isdir(images_in[0]):
         model = images_in.pop(0)  # the older form: facemtl predict MODEL IMAGE...
     predictor = Predictor(model, batch_size=args.batch_size)
-    images, paths, failures = [], [], 0
-    for path in images_in:
-        try:
-            images.append(load_image(path))
-            paths.append(path)
-        except FacemtlError as exc:
-            failures += 1
-            print(f"facemtl: skipping {exc}", file=sys.stderr)
-            print(json.dumps({"path": path, "error": str(exc)}))
-    for path, raw in zip(paths, predictor.run(images)):
-        answer = {"path": path, **predictor.describe(raw)}
-        if not args.embedding:
-            answer.pop("embedding")
-        print(json.dumps(answer))
+    failures = 0
+    for start in range(0, len(images_in), args.batch_size):  # decoded a batch at a time: bounded memory
+        chunk = images_in[start:start + args.batch_size]
+        for path, answer in zip(chunk, predictor.predict(chunk)):
+            if "error" in answer:
+                failures += 1
+                print(f"facemtl: skipping {answer['error']}", file=sys.stderr)
+            elif not args.embedding:
+                answer.pop("embedding")
+            print(json.dumps({"path": path, **answer}))
     return 1 if failures else 0
 
 

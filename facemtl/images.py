@@ -23,7 +23,7 @@ MAX_DECODE_PIXELS = 100_000_000
 
 def _describe(source):
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
+        return os.fspath(source) or "<empty path>"
     if isinstance(source, (bytes, bytearray)):
         return f"<{len(source)} bytes>"
     return f"<{type(source).__name__}>"
@@ -35,6 +35,12 @@ def _to_rgb_array(array, name):
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
         raise ImageError(f"{name}: expected an image array [h, w] or [h, w, 1|3|4]. Received shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ImageError(f"{name}: expected numbers for pixels. Received dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ImageError(f"{name}: the image array holds NaN or infinite values")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
@@ -46,6 +52,47 @@ def _to_rgb_array(array, name):
     elif arr.shape[-1] == 4:
         arr = arr[..., :3]
     return np.ascontiguousarray(arr)
+
+
+def _png_rows_missing(source):
+    """True when a (non-interlaced) PNG's compressed data holds fewer rows than its header says.
+
+    Pillow decodes such a file without complaint, filling the missing rows; the
+    stream is inflated here, bounded by the expected size, to count what is there.
+    """
+    import struct
+    import zlib
+
+    if isinstance(source, (bytes, bytearray)):
+        data = source
+    else:
+        with open(source, "rb") as f:
+            data = f.read()
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8:pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or header[6] != 0:  # unknown or interlaced: Pillow's own checks apply
+        return False
+    width, height, depth, colour = header[:4]
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+    expected = height * (1 + (width * channels * depth + 7) // 8)
+    inflater = zlib.decompressobj()
+    got = 0
+    try:
+        for chunk in idat:
+            got += len(inflater.decompress(chunk, max(1, expected - got + 1)))
+            if got >= expected:
+                return False
+    except zlib.error:
+        return True
+    return got < expected
 
 
 def load_image(source, max_side=None):
@@ -102,6 +149,10 @@ def load_image(source, max_side=None):
                                      f"{MAX_DECODE_PIXELS} pixels for one photo (a decompression bomb?)")
                 opened.load()  # the pixels stay usable after the file is closed
                 image = opened
+                if image.format == "PNG" and _png_rows_missing(source):
+                    raise ImageError(f"{name}: truncated PNG: its pixel data stops before the last row")
+        except ImageError:
+            raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{name}: not a readable image ({exc})") from None
     try:

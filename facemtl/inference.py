@@ -83,15 +83,37 @@ class Predictor:
             "embedding": raw["embedding"].astype(float).round(6).tolist(),
         }
 
+    # Crops are decoded at most this long (the graph resizes them to the model's size anyway), so
+    # memory stays bounded whatever a file claims; JPEGs are decoded at reduced size directly.
+    MAX_CROP_SIDE = 1024
+
     def predict(self, sources):
         """Answers for face crops given as paths, bytes or arrays (any size, gray/RGB/RGBA).
 
+        Crops are decoded lazily, `batch_size` at a time, each at most
+        `MAX_CROP_SIDE` pixels long; one that cannot be decoded gets an error
+        entry and costs nothing to the others.
+
         Returns:
             One dict per source: expression label and probabilities, identity
-            label and probability, embedding and its size.
+            label and probability, embedding and its size; or `{"error": "<its name>: why"}`.
         """
-        images = [load_image(s) for s in sources]
-        return [self.describe(r) for r in self.run(images)]
+        from facemtl.errors import ImageError
+
+        sources, results = list(sources), []
+        for start in range(0, len(sources), self.batch_size):
+            chunk, images, owners = [], [], []
+            for source in sources[start:start + self.batch_size]:
+                try:
+                    images.append(load_image(source, max_side=self.MAX_CROP_SIDE))
+                    owners.append(len(chunk))
+                    chunk.append(None)
+                except ImageError as exc:
+                    chunk.append({"error": str(exc)})
+            for i, raw in zip(owners, self.run(images)):
+                chunk[i] = self.describe(raw)
+            results.extend(chunk)
+        return results
 
 
 DEFAULT_DETECTOR = "blazeface"
