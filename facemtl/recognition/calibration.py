@@ -50,6 +50,9 @@ def calibrate(model, data, *, far=1e-3, fmt="identity_folders", split=None, alig
     from facemtl.recognition.embed import embed_arrays, load_labelled_faces
     from facemtl.recognition.metrics import plot_roc, verification_report
 
+    from facemtl.pretrained import resolve_model
+
+    model = resolve_model(model)  # a model's base folder means its newest version
     meta = read_metadata(model)
     images, labels, _ = load_labelled_faces(data, fmt=fmt, split=split, align=align,
                                             size=max(meta["input"]["height"], meta["input"]["width"]), log=log,
