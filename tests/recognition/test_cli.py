@@ -12,6 +12,8 @@ from facemtl.data.synthetic import generate_faces
 from facemtl.export import read_metadata
 from tests.test_cli import run_cli
 
+pytestmark = pytest.mark.slow  # every test here trains (the ArcFace fixture) or runs the CLI in new processes
+
 
 @pytest.fixture(scope="module")
 def people(tmp_path_factory):
@@ -159,7 +161,6 @@ def test_concurrent_enrolments_lose_nothing(calibrated, people, tmp_path):
     assert json.loads(r.stdout)["people"] == {name: 2 for name in photos}  # every process's enrolment kept
 
 
-@pytest.mark.slow
 def test_enrol_from_photos_detects_faces_and_skips_faceless_ones(calibrated, tmp_path):
     skimage_data = pytest.importorskip("skimage.data")
     model, _ = calibrated
