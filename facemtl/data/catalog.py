@@ -68,9 +68,18 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcf
         images = cfg.images
         if cfg.align:
             images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log, layout)
-        src = read_celeba(cfg.path, images=images, min_images=cfg.min_images)
+        # The training split reads every photo unless CelebA's partition file says otherwise;
+        # any other split (a test_split) needs that file: never the training photos again.
+        has_partition = os.path.isfile(os.path.join(cfg.path, "list_eval_partition.txt"))
+        src = read_celeba(cfg.path, images=images, min_images=cfg.min_images,
+                          split=split if (split != cfg.split or has_partition) else None)
     else:
-        folder = os.path.join(cfg.path, split) if os.path.isdir(os.path.join(cfg.path, split)) else cfg.path
+        folder = os.path.join(cfg.path, split)
+        if not os.path.isdir(folder):
+            flat = not any(os.path.isdir(os.path.join(cfg.path, s)) for s in ("train", "test", "val", "validation"))
+            if split != cfg.split or not flat:  # a test split, or a dataset with split folders: never fall back
+                raise FacemtlError(f"{folder}: no such split folder in {cfg.path}")
+            folder = cfg.path  # a dataset without split folders (one folder per person): its whole tree
         if cfg.align:
             folder = aligned_copy(folder, cfg, cache_dir, log, layout)
         src = read_identity_folders(folder, name=cfg.name or os.path.basename(os.path.normpath(cfg.path)),

@@ -16,7 +16,36 @@ from facemtl.data.sources import FaceSource, no_labels, warn_skipped
 from facemtl.errors import FacemtlError
 
 
-def read_celeba(root, images=None, min_images=1):
+PARTITIONS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+def read_partition(root, split):
+    """The photo stems of one split of CelebA's `list_eval_partition.txt` (0 train, 1 val, 2 test).
+
+    Raises:
+        FacemtlError: no partition file (a test split must not silently be the
+            training photos), an unknown split, or a malformed line.
+    """
+    path = os.path.join(root, "list_eval_partition.txt")
+    if split not in PARTITIONS:
+        raise FacemtlError(f"Unknown CelebA split {split!r}: expected one of {sorted(PARTITIONS)}")
+    if not os.path.isfile(path):
+        raise FacemtlError(f"{path}: not found, so CelebA's {split!r} split is unknown; use test_fraction to hold "
+                           "photos out instead of a test_split")
+    stems = set()
+    with open(path, encoding="utf-8") as fh:
+        for line, text in enumerate(fh, start=1):
+            parts = text.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise FacemtlError(f"{path}:{line}: expected '<file> <0|1|2>', found {text.strip()!r}")
+            if int(parts[1]) == PARTITIONS[split]:
+                stems.add(os.path.splitext(parts[0])[0])
+    return stems
+
+
+def read_celeba(root, images=None, min_images=1, split=None):
     """Reads CelebA identities.
 
     Args:
@@ -25,6 +54,8 @@ def read_celeba(root, images=None, min_images=1):
             `img_celeba/`); a folder of aligned crops named like the originals
             (`000001.png` for `000001.jpg` is accepted) works too.
         min_images: leave out identities with fewer photos present.
+        split: `None` for every photo, or `train`/`val`/`test` from CelebA's
+            `list_eval_partition.txt` (an error when that file is missing).
 
     Returns:
         A `FaceSource` of paths with identity labels (names are CelebA's ids).
@@ -38,9 +69,12 @@ def read_celeba(root, images=None, min_images=1):
         images = aligned if os.path.isdir(aligned) else os.path.join(root, "img_celeba")
     if not os.path.isdir(images):
         raise FacemtlError(f"{images}: no such image folder")
+    wanted = read_partition(root, split) if split is not None else None
     present = {}
     for f in os.listdir(images):
-        present.setdefault(os.path.splitext(f)[0], f)
+        stem = os.path.splitext(f)[0]
+        if wanted is None or stem in wanted:
+            present.setdefault(stem, f)
     files, ids, missing = [], [], []
     with open(ident_file, encoding="utf-8") as fh:
         for line, text in enumerate(fh, start=1):
@@ -50,6 +84,8 @@ def read_celeba(root, images=None, min_images=1):
             if len(parts) != 2 or not parts[1].isdigit():
                 raise FacemtlError(f"{ident_file}:{line}: expected '<file> <identity>', found {text.strip()!r}")
             stem = os.path.splitext(parts[0])[0]
+            if wanted is not None and stem not in wanted:
+                continue  # another split's photo
             if stem not in present:
                 missing.append(parts[0])
                 continue

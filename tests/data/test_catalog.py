@@ -58,3 +58,43 @@ def test_mixed_without_sources_is_an_error(tmp_path):
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=["data.source=mixed"])
     with pytest.raises(FacemtlError, match="data.sources is empty"):
         load_mixed(recipe)
+
+
+def test_a_missing_test_split_is_an_error_not_the_training_photos(tmp_path, datasets):
+    import shutil
+
+    from facemtl.config import SourceConfig
+    from facemtl.data.catalog import read_source
+
+    flat = tmp_path / "flat"  # one folder per person, no split folders
+    shutil.copytree(datasets / "lfw" / "train", flat)
+    cfg = SourceConfig(format="identity_folders", path=str(flat), test_split="test")
+    assert len(read_source(cfg, cache_dir=None).paths) > 0  # the training split: the whole tree
+    with pytest.raises(FacemtlError, match="no such split folder"):
+        read_source(cfg, split="test", cache_dir=None)
+    split_cfg = SourceConfig(format="identity_folders", path=str(datasets / "lfw"), split="val")
+    with pytest.raises(FacemtlError, match="val: no such split folder"):
+        read_source(split_cfg, cache_dir=None)  # has train/ and test/: never silently the whole tree
+
+
+def test_celeba_test_split_reads_only_its_partition(tmp_path):
+    from PIL import Image
+
+    from facemtl.config import SourceConfig
+    from facemtl.data.catalog import read_source
+
+    root = tmp_path / "celeba"
+    (root / "img_celeba").mkdir(parents=True)
+    names = [f"{k:06d}.jpg" for k in range(1, 13)]
+    for name in names:
+        Image.new("RGB", (20, 20)).save(root / "img_celeba" / name)
+    (root / "identity_CelebA.txt").write_text("".join(f"{n} {k % 3}\n" for k, n in enumerate(names)))
+    cfg = SourceConfig(format="celeba", path=str(root), test_split="test")
+    with pytest.raises(FacemtlError, match="list_eval_partition.txt: not found"):
+        read_source(cfg, split="test", cache_dir=None)
+    assert len(read_source(cfg, cache_dir=None).paths) == 12  # no partition file: training reads every photo
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {0 if k < 8 else 2}\n" for k, n in enumerate(names)))
+    test = read_source(cfg, split="test", cache_dir=None)
+    train = read_source(cfg, cache_dir=None)
+    assert sorted(map(str, test.paths)) == [str(root / "img_celeba" / n) for n in names[8:]]
+    assert len(train.paths) == 8 and not set(map(str, train.paths)) & set(map(str, test.paths))
