@@ -163,7 +163,7 @@ def _evaluate(args):
     from facemtl.data.pipeline import load_splits
     from facemtl.data.streaming import StreamedSplit
     from facemtl.evaluation import format_report, predict_saved_model, write_report
-    from facemtl.export import read_metadata
+    from facemtl.export import read_metadata, run_export
 
     target = args.model
     if os.path.isfile(os.path.join(target, "saved_model.pb")):
@@ -171,14 +171,7 @@ def _evaluate(args):
         recipe_path = args.recipe or os.path.join(meta.get("run_dir", ""), "recipe.yaml")
         out = args.out or os.path.join(target, f"eval-{args.split}")
     elif os.path.isfile(os.path.join(target, "recipe.yaml")):  # a run folder: use its export
-        try:
-            with open(os.path.join(target, "summary.json"), encoding="utf-8") as f:
-                export = json.load(f).get("export_dir")
-        except FileNotFoundError:
-            raise FacemtlError(f"{target}: the run has no summary.json (it did not finish); evaluate its export "
-                               "folder, or train it to the end first") from None
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise FacemtlError(f"{target}/summary.json: not readable ({exc})") from None
+        export = run_export(target)
         if not export:
             raise FacemtlError(f"{target}: this run exported no SavedModel to evaluate")
         recipe_path = args.recipe or os.path.join(target, "recipe.yaml")
@@ -253,13 +246,12 @@ def _installed_model_of(gallery):
 
 
 def _gallery(args):
-    from facemtl.recognition.gallery import Gallery, default_store, gallery_lock, gallery_path, model_info
+    from facemtl.recognition.gallery import (Gallery, default_store, gallery_lock, gallery_path, list_galleries,
+                                             model_info)
 
     store = args.store or default_store()
     if args.action == "list" and not args.gallery:
-        names = (sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz") and not f.startswith("."))
-                 if os.path.isdir(store) else [])
-        print(json.dumps({"store": store, "galleries": names}))
+        print(json.dumps({"store": store, "galleries": list_galleries(store)}))
         return 0
     if args.action == "enroll":
         embedder = _embedder(args, args.model)

@@ -201,6 +201,23 @@ def update_metadata(saved_model_dir, updates):
     return metadata
 
 
+def run_export(run_dir):
+    """The export a finished run recorded in its `summary.json` (`None` when it exported nothing).
+
+    Raises:
+        ModelFormatError: the run has no `summary.json` (it did not finish) or an unreadable one.
+    """
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("export_dir")
+    except FileNotFoundError:
+        raise ModelFormatError(f"{run_dir}: the run has no summary.json (it did not finish); use its export "
+                               "folder, or train it to the end first") from None
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not readable ({exc})") from None
+
+
 def load_run_model(run_dir, like=None):
     """A run's model, rebuilt from its `recipe.yaml` with its best checkpoint's weights, and its export's metadata.
 
@@ -224,9 +241,8 @@ def load_run_model(run_dir, like=None):
         raise ModelFormatError(f"{run_dir}: no checkpoints/best.keras to export")
     if like is None:
         try:
-            with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
-                like = json.load(f).get("export_dir")
-        except (OSError, json.JSONDecodeError):
+            like = run_export(run_dir)
+        except ModelFormatError:
             like = None
         if not like:
             raise ModelFormatError(f"{run_dir}: no earlier export recorded in summary.json; pass the export "

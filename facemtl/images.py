@@ -172,3 +172,35 @@ def load_image(source, max_side=None):
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8).copy()
+
+
+def decode_each(sources, load, errors=(ImageError,)):
+    """Decodes every source with `load`, keeping going past the ones that fail.
+
+    One bad input never costs the others: the callers answer the decoded ones
+    and put an error entry in each failed one's place.
+
+    Args:
+        sources: the inputs, in order.
+        load: `load(source) -> uint8 [h, w, 3]`.
+        errors: the exception types that mean "this input is bad".
+
+    Returns:
+        `(entries, images, owners)`: `entries[i]` is `None` for a decoded source,
+        else the exception it raised; `images[k]` is the decoded image of
+        `sources[owners[k]]`.
+
+    Example:
+        >>> entries, images, owners = decode_each([b"", np.zeros((2, 2))], load_image)
+        >>> [type(e).__name__ for e in entries], owners
+        (['ImageError', 'NoneType'], [1])
+    """
+    entries, images, owners = [], [], []
+    for source in sources:
+        try:
+            images.append(load(source))
+            owners.append(len(entries))
+            entries.append(None)
+        except errors as exc:
+            entries.append(exc)
+    return entries, images, owners

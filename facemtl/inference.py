@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from facemtl.export import crop_layout, read_metadata
-from facemtl.images import load_image
+from facemtl.images import decode_each, load_image
 
 
 class Predictor:
@@ -98,18 +98,11 @@ class Predictor:
             One dict per source: expression label and probabilities, identity
             label and probability, embedding and its size; or `{"error": "<its name>: why"}`.
         """
-        from facemtl.errors import ImageError
-
         sources, results = list(sources), []
         for start in range(0, len(sources), self.batch_size):
-            chunk, images, owners = [], [], []
-            for source in sources[start:start + self.batch_size]:
-                try:
-                    images.append(load_image(source, max_side=self.MAX_CROP_SIDE))
-                    owners.append(len(chunk))
-                    chunk.append(None)
-                except ImageError as exc:
-                    chunk.append({"error": str(exc)})
+            entries, images, owners = decode_each(sources[start:start + self.batch_size],
+                                                  lambda s: load_image(s, max_side=self.MAX_CROP_SIDE))
+            chunk = [None if e is None else {"error": str(e)} for e in entries]
             for i, raw in zip(owners, self.run(images)):
                 chunk[i] = self.describe(raw)
             results.extend(chunk)
@@ -258,16 +251,8 @@ class FaceAnalyzer:
             >>> [r.get("error") for r in analyzer.analyze(["ok.jpg", "broken.jpg"])]
             [None, 'broken.jpg: not a readable image (...)']
         """
-        from facemtl.errors import ImageError
-
-        results, images, owners = [], [], []
-        for source in sources:
-            try:
-                images.append(self.load(source))
-                owners.append(len(results))
-                results.append(None)
-            except ImageError as exc:
-                results.append({"error": str(exc)})
+        entries, images, owners = decode_each(sources, self.load)
+        results = [None if e is None else {"error": str(e)} for e in entries]
         for i, image, faces in zip(owners, images, self.analyze_images(images) if images else []):
             results[i] = {"size": list(image.shape[:2]), "faces": faces}
         return results

@@ -77,3 +77,9 @@ def test_evaluate_a_run_and_a_saved_model(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("evaluate", tmp_path)
     assert r.returncode == 2 and "neither a SavedModel" in r.stderr
+
+
+def test_evaluate_an_unfinished_run_is_a_clear_error(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run folder whose training never finished
+    r = run_cli("evaluate", tmp_path)
+    assert r.returncode == 2 and "no summary.json (it did not finish)" in r.stderr and "Traceback" not in r.stderr

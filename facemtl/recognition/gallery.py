@@ -57,6 +57,14 @@ def gallery_path(name, store=None):
     return path
 
 
+def list_galleries(store=None):
+    """The names of the galleries in `store` (hidden temporary and lock files left out), sorted."""
+    store = store or default_store()
+    if not os.path.isdir(store):
+        return []
+    return sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz") and not f.startswith("."))
+
+
 @contextlib.contextmanager
 def gallery_lock(name, store=None):
     """Holds an exclusive lock on gallery `name` for a read-modify-write (enrol, remove).

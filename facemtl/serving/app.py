@@ -214,18 +214,19 @@ async def _photos(request, state):
 
 def _analyze_photos(state, photos, gallery=None, threshold=None, top_k=3):
     """Runs in the photo pool: per photo its faces (with matches), or its error."""
-    from facemtl.images import load_image
+    from facemtl.images import decode_each, load_image
 
     analyzer = state.analyzer
-    results, images, owners = [], [], []
-    for name, data in photos:
-        try:
-            rest.check_encoded_image(data, name, state.max_pixels)
-            images.append(load_image(data, max_side=analyzer.max_side))
-            owners.append(len(results))
-            results.append({"source": name})
-        except FacemtlError as exc:
-            results.append({"source": name, "error": str(exc), "_status": getattr(exc, "status", 400)})
+
+    def load(photo):
+        name, data = photo
+        rest.check_encoded_image(data, name, state.max_pixels)
+        return load_image(data, max_side=analyzer.max_side)
+
+    entries, images, owners = decode_each(photos, load, errors=(FacemtlError,))
+    results = [{"source": name} if exc is None else
+               {"source": name, "error": str(exc), "_status": getattr(exc, "status", 400)}
+               for (name, _), exc in zip(photos, entries)]
     faces_per_photo = analyzer.analyze_images(images) if images else []
     if gallery is not None:
         limit = gallery.threshold_for(state.model.metadata, threshold)
@@ -275,7 +276,7 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
         >>> uvicorn.run(create_app("saved_models/quickstart"), host="127.0.0.1", port=8501)
     """
     from facemtl.recognition.gallery import (Gallery, GalleryError, default_store, gallery_lock, gallery_path,
-                                             model_info)
+                                             list_galleries, model_info)
 
     for key, value in {"max_batch_size": max_batch_size, "max_body_bytes": max_body_bytes,
                        "max_instances": max_instances, "max_pixels": max_pixels, "max_photos": max_photos,
@@ -413,10 +414,7 @@ def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32
 
     @app.get("/v1/galleries", tags=["galleries"], summary="The galleries of the store")
     async def galleries():
-        store = state.gallery_store
-        names = (sorted(f[:-4] for f in os.listdir(store) if f.endswith(".npz") and not f.startswith("."))
-                 if os.path.isdir(store) else [])
-        return {"galleries": names}
+        return {"galleries": list_galleries(state.gallery_store)}
 
     @app.get("/v1/galleries/{gallery}", tags=["galleries"], summary="The people of a gallery")
     async def gallery_people(gallery: str):
