@@ -7,7 +7,10 @@ present, otherwise scikit-image's astronaut photo repeated):
   (`--batch` photos per call, one forward pass for all their faces);
 * where the time goes: detector vs alignment vs model;
 * the detection rate (photos with at least one face found), for each detector
-  (BlazeFace, MTCNN, Haar), side by side in one run on the same decoded photos.
+  (BlazeFace, MTCNN, Haar), side by side in one run on the same decoded photos;
+* `analyze_photo`: the SavedModel's in-graph photo signature (BlazeFace,
+  alignment and model inside TensorFlow) on the same photos, JPEG-encoded
+  (its time includes decoding, which the Python rows do not).
 
 Without `--model` it runs the release model shipped with facemtl;
 `--model quickstart` exports an untrained model of the quickstart architecture
@@ -44,6 +47,37 @@ def quickstart_model():
     return export_saved_model(model, identity_names(n), EXPRESSIONS, base_dir=tempfile.mkdtemp(), name="bench")
 
 
+def photo_signature(model, images, batch_size):
+    """The `analyze_photo` signature on the photos encoded as JPEG (quality 95), at 1 and `batch_size` per call."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    encoded = []
+    for image in images:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "JPEG", quality=95)
+        encoded.append(buf.getvalue())
+    signature = tf.saved_model.load(model).signatures["analyze_photo"]
+    signature(images=tf.constant(encoded[:2]))  # warm up
+    runs = {}
+    for label, batch in (("batch1", 1), (f"batch{batch_size}", batch_size)):
+        faces, found, start = 0, 0, time.perf_counter()
+        for i in range(0, len(encoded), batch):
+            counts = signature(images=tf.constant(encoded[i:i + batch]))["count"].numpy()
+            faces += int(counts.sum())
+            found += int((counts > 0).sum())
+        seconds = time.perf_counter() - start
+        runs[label] = {"faces": faces, "faces_per_s": round(faces / seconds, 2),
+                       "photos_per_s": round(len(images) / seconds, 2)}
+        print(f"  {'analyze_photo':9s} {label:8s}: {runs[label]['faces_per_s']:7.2f} faces/s, "
+              f"{runs[label]['photos_per_s']:6.2f} photos/s (in the graph, JPEG decoding included)", flush=True)
+    rate = found / len(images)
+    print(f"  {'analyze_photo':9s} detection rate: {found}/{len(images)} photos with a face ({rate:.1%})", flush=True)
+    return {"runs": runs, "detection_rate": round(rate, 4), "photos": len(images)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="SavedModel version folder (default: the release model; "
@@ -51,7 +85,8 @@ def main():
     parser.add_argument("--photos", default=CELEBA, help="folder of photos (default: the shared CelebA subset)")
     parser.add_argument("--limit", type=int, default=200, help="photos to use")
     parser.add_argument("--batch", type=int, default=16, help="photos per call in the batched run")
-    parser.add_argument("--detectors", default="blazeface,mtcnn,haar")
+    parser.add_argument("--detectors", default="blazeface,analyze_photo,mtcnn,haar",
+                        help="comma-separated; analyze_photo is the SavedModel's photo signature")
     args = parser.parse_args()
 
     from facemtl.images import load_image
@@ -72,6 +107,9 @@ def main():
     print(f"benchmark: {source}; model {model}; {os.cpu_count()} CPUs", flush=True)
     report = {"source": source, "model": model, "detectors": {}}
     for name in args.detectors.split(","):
+        if name == "analyze_photo":
+            report["detectors"][name] = photo_signature(model, images, args.batch)
+            continue
         analyzer = FaceAnalyzer(model, detector=name)
         analyzer.analyze_images(images[:2])  # warm up (graph tracing)
         runs = {}

@@ -332,7 +332,8 @@ def _export(args):
         return 0
     from facemtl.export import export_run
 
-    path = export_run(args.run, like=args.like, base_dir=args.base_dir, name=args.name, version=args.version)
+    path = export_run(args.run, like=args.like, base_dir=args.base_dir, name=args.name, version=args.version,
+                      max_faces=args.max_faces)
     print(json.dumps({"export_dir": path}))
     return 0
 
@@ -481,6 +482,8 @@ def build_parser():
     p.add_argument("--base-dir", default="saved_models")
     p.add_argument("--name", help="default: the earlier export's name")
     p.add_argument("--version", type=int, help="default: the next free version")
+    p.add_argument("--max-faces", type=int, default=16,
+                   help="saved_model: the most faces the analyze_photo signature answers per photo")
     p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
                    help="tflite: one .tflite file, crops at the model's size in, both answers out")
     p.add_argument("--quantize", choices=["float16", "int8"], help="tflite only (default: float32)")

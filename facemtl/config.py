@@ -187,6 +187,7 @@ class ExportConfig:
     name: Optional[str] = None  # defaults to the recipe name
     base_dir: str = "saved_models"
     version: Optional[int] = None  # defaults to the next free integer
+    max_faces: int = 16  # the most faces the `analyze_photo` signature answers per photo
 
 
 @dataclasses.dataclass
@@ -217,7 +218,7 @@ _POSITIVE = {
     "model.height", "model.width", "model.base_filters", "model.embedding_dim",
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
-    "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps",
+    "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
     "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale",
 }
 _NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",

@@ -15,6 +15,18 @@ signatures are the public contract:
 `serving_bytes` (what stock TF Serving's `{"b64": ...}` JSON values feed):
     inputs:  images           string  [batch]  encoded JPEG/PNG/BMP/GIF crops, any size each
     outputs: the same as `serving_default`
+
+`analyze_photo` (whole photos: detection and alignment run in the graph, see
+`facemtl.faces.graph`; F is the export's `max_faces`, rows past `count` are zeros):
+    inputs:  images           string  [batch]  encoded photos, any size each
+    outputs: count            int32   [batch]        faces found (at most F, best first)
+             image_size       int32   [batch, 2]     (height, width) the boxes refer to
+             boxes            float32 [batch, F, 4]  (x, y, width, height) in pixels
+             scores           float32 [batch, F]     detection confidence
+             keypoints        float32 [batch, F, 6, 2]  BlazeFace's (x, y): eyes, nose tip,
+                                                      mouth centre, ears
+             expression_probs, expression, identity_probs, identity, embedding:
+                                      [batch, F, ...]  as `serving_default`, per face
 """
 
 from __future__ import annotations
@@ -44,16 +56,22 @@ def next_version(model_base):
     return max(versions, default=0) + 1
 
 
-SIGNATURES = ("serving_default", "serving_bytes")
+SIGNATURES = ("serving_default", "serving_bytes", "analyze_photo")
+# analyze_photo's defaults: the most faces answered per photo, and the longest photo side analysed
+# (larger photos are downscaled first, as `FaceAnalyzer(max_side=2048)` does).
+MAX_FACES = 16
+MAX_PHOTO_SIDE = 2048
 
 
-def make_serving_fns(model, identity_names, expression_names):
+def make_serving_fns(model, identity_names, expression_names, *, layout="arcface", max_faces=MAX_FACES,
+                     max_side=MAX_PHOTO_SIDE):
     """The functions that the SavedModel serves, by signature name.
 
     `serving_default` takes uint8 images; `serving_bytes` takes encoded images
     and decodes them in the graph, then both run the same `prepare_images` and
-    model. A single-task model (used by the benchmarks' baselines) serves only
-    its own task's outputs.
+    model. `analyze_photo` finds, aligns (crop `layout`) and answers up to
+    `max_faces` faces per photo. A single-task model (used by the benchmarks'
+    baselines) serves only its own task's outputs and has no `analyze_photo`.
     """
     height, width, channels = model.input_shape[1:]
     id_names = tf.constant(list(identity_names) or [""])
@@ -81,11 +99,58 @@ def make_serving_fns(model, identity_names, expression_names):
             result["embedding"] = out["embedding"]
         return result
 
-    return {"serving_default": serve, "serving_bytes": serve_bytes}
+    fns = {"serving_default": serve, "serving_bytes": serve_bytes}
+    if "identity" in model.output_names and "expression" in model.output_names:
+        fns["analyze_photo"] = _analyze_photo_fn(serve, height, width, layout, max_faces, max_side)
+    return fns
+
+
+def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
+    from facemtl.faces.graph import BlazeFaceGraph, align_crops
+
+    detector = BlazeFaceGraph(max_faces=max_faces)
+    crop_spec = tf.TensorSpec([max_faces, height, width, 3], tf.uint8)
+
+    def find(data):
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        shape = tf.shape(image)[:2]
+        longest = tf.reduce_max(shape)
+        new = tf.cast(tf.round(tf.cast(shape, tf.float64) * max_side / tf.cast(longest, tf.float64)), tf.int32)
+        image = tf.cond(longest > max_side, lambda: tf.cast(tf.round(tf.image.resize(
+            image, tf.maximum(new, 1), method="bilinear", antialias=True)), tf.uint8), lambda: image)
+        boxes, keypoints, scores, count = detector.detect(image)
+        crops = align_crops(image, keypoints[:, :4], (height, width), layout=layout)
+        pad = max_faces - count
+        xywh = tf.concat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        return (tf.ensure_shape(tf.pad(crops, [[0, pad], [0, 0], [0, 0], [0, 0]]), crop_spec.shape),
+                tf.pad(xywh, [[0, pad], [0, 0]]), tf.pad(scores, [[0, pad]]),
+                tf.pad(keypoints, [[0, pad], [0, 0], [0, 0]]), count, tf.shape(image)[:2])
+
+    def analyze_photo(images):
+        crops, boxes, scores, keypoints, count, size = tf.map_fn(
+            find, images, fn_output_signature=(crop_spec, tf.TensorSpec([max_faces, 4], tf.float32),
+                                               tf.TensorSpec([max_faces], tf.float32),
+                                               tf.TensorSpec([max_faces, 6, 2], tf.float32),
+                                               tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)))
+        # Only the faces found go through the model, in one batch; padded rows stay zeros.
+        valid = tf.sequence_mask(count, max_faces)
+        where = tf.where(valid)  # int64 [n, 2] (photo, face)
+        answers = serve(tf.gather_nd(crops, where))
+        batch = tf.shape(images, out_type=tf.int64)[0]
+        result = {"count": count, "image_size": size, "boxes": boxes, "scores": scores, "keypoints": keypoints}
+        for key, value in answers.items():
+            shape = tf.concat([[batch, max_faces], tf.shape(value, out_type=tf.int64)[1:]], 0)
+            if value.dtype == tf.string:
+                result[key] = tf.tensor_scatter_nd_update(tf.fill([batch, max_faces], ""), where, value)
+            else:
+                result[key] = tf.scatter_nd(where, value, shape)
+        return result
+
+    return analyze_photo
 
 
 def export_saved_model(model, identity_names, expression_names, *, base_dir="saved_models", name="facemtl",
-                       version=None, extra_metadata=None):
+                       version=None, extra_metadata=None, max_faces=MAX_FACES):
     """Writes `model` to `base_dir/name/version/`, atomically.
 
     The export is written to a hidden temporary folder beside the target and
@@ -101,7 +166,9 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         base_dir: root of the model repository (`saved_models`).
         name: model name (a folder under `base_dir`).
         version: integer version; the next free one when `None`.
-        extra_metadata: more JSON-able facts for `assets.extra/facemtl.json`.
+        extra_metadata: more JSON-able facts for `assets.extra/facemtl.json`
+            (its `crop.layout` is the crop template `analyze_photo` aligns to).
+        max_faces: the most faces `analyze_photo` answers per photo.
 
     Returns:
         The path of the new version folder.
@@ -120,6 +187,8 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     version = next_version(model_base) if version is None else int(version)
     if version < 1:
         raise ValueError(f"version must be a positive integer. Received: version={version}")
+    if int(max_faces) < 1:
+        raise ValueError(f"max_faces must be a positive integer. Received: max_faces={max_faces}")
     target = os.path.join(model_base, str(version))
     if os.path.exists(target):
         raise FileExistsError(f"{target} already exists; versions are never overwritten")
@@ -128,11 +197,14 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        fns = make_serving_fns(model, identity_names, expression_names)
+        layout = crop_layout(extra_metadata or {})
+        fns = make_serving_fns(model, identity_names, expression_names, layout=layout, max_faces=int(max_faces))
         archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-        archive.add_endpoint(name="serving_bytes", fn=fns["serving_bytes"],
-                             input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        for signature in ("serving_bytes", "analyze_photo"):
+            if signature in fns:
+                archive.add_endpoint(name=signature, fn=fns[signature],
+                                     input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         # Keras 3.15's archive saves every weight twice: its tracked lists hold the Keras
         # variables, and the endpoints' list (`_all_variables`) the TF variables inside them,
         # which are all that serving restores. Dropping the former halves the export
@@ -152,6 +224,9 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             "identities": list(identity_names),
             "tasks": tasks,
             "embedding_dim": int(model.output["embedding"].shape[-1]) if "identity" in tasks else 0,
+            "signatures": sorted(fns),
+            **({"analyze_photo": {"detector": "blazeface", "max_faces": int(max_faces), "max_side": MAX_PHOTO_SIDE,
+                                  "crop": {"layout": layout}}} if "analyze_photo" in fns else {}),
             **(extra_metadata or {}),
         }
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
@@ -254,7 +329,7 @@ def load_run_model(run_dir, like=None):
     return model, metadata
 
 
-def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, version=None):
+def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, version=None, max_faces=MAX_FACES):
     """Exports a run's best checkpoint again, e.g. to gain the signatures of a newer facemtl.
 
     The model is rebuilt from the run's resolved `recipe.yaml` and given the
@@ -266,6 +341,7 @@ def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, versio
         run_dir, like: see `load_run_model`.
         base_dir, name, version: where to write (see `export_saved_model`);
             `name` defaults to the earlier export's.
+        max_faces: the most faces `analyze_photo` answers per photo.
 
     Returns:
         The new version folder.
@@ -276,7 +352,7 @@ def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, versio
     model, metadata = load_run_model(run_dir, like)
     keep = {k: v for k, v in metadata.items() if k not in ("format_version", "name", "version", "created",
                                                               "input", "expressions", "identities", "tasks",
-                                                              "embedding_dim")}
+                                                              "embedding_dim", "signatures", "analyze_photo")}
     return export_saved_model(model, metadata["identities"], metadata["expressions"], base_dir=base_dir,
-                              name=name or metadata["name"], version=version,
+                              name=name or metadata["name"], version=version, max_faces=max_faces,
                               extra_metadata={**keep, "exported_from": os.path.basename(os.path.normpath(run_dir))})

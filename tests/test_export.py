@@ -40,6 +40,9 @@ def test_layout_and_metadata(trained):
     assert meta["identities"] == [f"person_{i:03d}" for i in range(4)]
     assert meta["input"] == {"height": 64, "width": 64, "channels": 3}
     assert meta["embedding_dim"] == 16
+    assert meta["signatures"] == ["analyze_photo", "serving_bytes", "serving_default"]
+    assert meta["analyze_photo"] == {"detector": "blazeface", "max_faces": 16, "max_side": 2048,
+                                     "crop": {"layout": "arcface"}}
 
 
 def test_each_weight_is_stored_once(trained):
@@ -98,10 +101,52 @@ def test_saved_model_cli_lists_the_signature(trained):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     out = subprocess.run([cli, "show", "--dir", trained.export_dir, "--all"], capture_output=True, text=True,
                          check=True).stdout
-    assert "signature_def['serving_default']" in out and "signature_def['serving_bytes']" in out
+    for signature in ("serving_default", "serving_bytes", "analyze_photo"):
+        assert f"signature_def['{signature}']" in out
     for name in ("images", "expression_probs", "expression", "identity_probs", "identity", "embedding"):
         assert f"['{name}']" in out
     assert "dtype: DT_UINT8" in out and "dtype: DT_STRING" in out
+
+
+_FRESH_PROCESS_PHOTOS = r"""
+import sys, numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+encoded = [open(p, "rb").read() for p in sys.argv[3:]]
+out = loaded.signatures["analyze_photo"](images=tf.constant(encoded))
+np.savez(sys.argv[2], **{k: v.numpy() for k, v in out.items()})
+"""
+
+
+def test_analyze_photo_finds_and_answers_faces_in_the_graph(trained, tmp_path):
+    """Whole photos in, in a fresh process: the faces, boxes and answers FaceAnalyzer gives with BlazeFace."""
+    from PIL import Image
+    from skimage import data
+
+    from facemtl.inference import FaceAnalyzer
+
+    astronaut = data.astronaut()
+    group = np.zeros((300, 700, 3), np.uint8)
+    face = np.asarray(Image.fromarray(astronaut[:256, 100:356]).resize((200, 200)))
+    group[50:250, 20:220], group[50:250, 480:680] = face, face
+    paths = []
+    for name, photo in (("astronaut.png", astronaut), ("group.png", group), ("coffee.png", data.coffee())):
+        paths.append(str(tmp_path / name))
+        Image.fromarray(photo).save(paths[-1])
+    subprocess.run([sys.executable, "-c", _FRESH_PROCESS_PHOTOS, trained.export_dir, str(tmp_path / "out.npz"),
+                    *paths], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    served = np.load(tmp_path / "out.npz", allow_pickle=True)
+    assert served["count"].tolist() == [1, 2, 0]
+    assert served["boxes"].shape == (3, 16, 4) and served["embedding"].shape == (3, 16, 16)
+    assert served["image_size"].tolist() == [[512, 512], [300, 700], list(data.coffee().shape[:2])]
+    expected = FaceAnalyzer(trained.export_dir).analyze(paths)
+    for i, photo in enumerate(expected):
+        assert len(photo["faces"]) == served["count"][i]
+        for j, face in enumerate(photo["faces"]):
+            np.testing.assert_allclose(served["boxes"][i, j], face["box"], atol=2.0)
+            probs = [face["expression"]["probabilities"][name] for name in EXPRESSIONS]
+            np.testing.assert_allclose(served["expression_probs"][i, j], probs, atol=0.02)
+            assert float(np.dot(served["embedding"][i, j], face["embedding"])) > 0.99
+    assert not served["embedding"][0, 1:].any() and served["identity"][2, 0] == b""
 
 
 def test_versions_increment_and_never_overwrite(trained, tmp_path):

@@ -59,3 +59,43 @@ def test_models_command_lists_the_release_model():
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert any(row["path"] == path and row["metrics"] for row in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_analyze_photo_matches_face_analyzer_on_real_photos(tmp_path):
+    """The release model's in-graph photo signature against FaceAnalyzer (BlazeFace) on CelebA and LFW photos."""
+    import glob
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from facemtl.inference import FaceAnalyzer
+    from tests.conftest import SHARED_DATA
+
+    _release_or_skip()
+    celeba = sorted(glob.glob(os.path.join(SHARED_DATA, "celeba_subset", "img_celeba", "*.jpg")))
+    photos = celeba[:40] + sorted(glob.glob(os.path.join(SHARED_DATA, "lfw_subset", "test", "*", "*.jpg")))[::40]
+    for g in range(2):  # group photos: six faces each
+        canvas = Image.new("RGB", (1280, 720))
+        for k in range(6):
+            with Image.open(celeba[100 + 6 * g + k]) as face:
+                canvas.paste(face.convert("RGB").resize((200, 250)), (30 + (k % 3) * 420, 40 + (k // 3) * 340))
+        photos.append(str(tmp_path / f"group{g}.jpg"))
+        canvas.save(photos[-1], quality=95)
+    analyzer = FaceAnalyzer()
+    expected = analyzer.analyze(photos)
+    signature = analyzer.predictor._loaded.signatures["analyze_photo"]
+    served = {k: v.numpy() for k, v in signature(images=tf.constant([open(p, "rb").read() for p in photos])).items()}
+    assert [len(r["faces"]) for r in expected] == served["count"].tolist()
+    assert min(served["count"][-2:]) >= 4  # several faces per group photo
+    same, faces = 0, 0
+    for i, photo in enumerate(expected):
+        for j, face in enumerate(photo["faces"]):
+            np.testing.assert_allclose(served["boxes"][i, j], face["box"], atol=3.0)
+            assert float(np.dot(served["embedding"][i, j], face["embedding"])) > 0.98
+            same += served["expression"][i, j].decode() == face["expression"]["label"]
+            faces += 1
+    assert faces >= 50 and same / faces >= 0.95, f"{same}/{faces} expression labels agree"

@@ -12,6 +12,9 @@ from facemtl.serving.rest import RequestError
 
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
+PHOTO_SIGNATURE = "analyze_photo"
+# Signatures whose input is encoded images (`tf.string`).
+ENCODED_SIGNATURES = (BYTES_SIGNATURE, PHOTO_SIGNATURE)
 
 
 class ServedModel:
@@ -48,7 +51,7 @@ class ServedModel:
 
     def _call(self, key, inputs):
         signature = self.signatures[key[0]]
-        if key[0] == BYTES_SIGNATURE:
+        if key[0] in ENCODED_SIGNATURES:
             tensor = self._tf.constant(list(inputs), dtype=self._tf.string)
         else:
             tensor = self._tf.constant(inputs, dtype=self._tf.uint8)
@@ -62,9 +65,10 @@ class ServedModel:
         """Queues images for a signature; returns a future of the outputs.
 
         Args:
-            signature: `serving_default`, `serving_bytes` or `None` (chosen by
-                the input kind: encoded crops go to `serving_bytes`).
-            images: a list of encoded crops (`bytes`) or `uint8 [n, h, w, 3]`.
+            signature: `serving_default`, `serving_bytes`, `analyze_photo`
+                (encoded whole photos) or `None` (chosen by the input kind:
+                encoded crops go to `serving_bytes`).
+            images: a list of encoded crops or photos (`bytes`) or `uint8 [n, h, w, 3]` crops.
 
         Raises:
             RequestError: an unknown signature, or inputs of the wrong kind for it.
@@ -73,6 +77,10 @@ class ServedModel:
         if signature is not None and signature not in self.signatures:
             raise RequestError(f"Serving signature name: {signature!r} not found in signature def "
                                f"(known: {sorted(self.signatures)})")
+        if signature == PHOTO_SIGNATURE:
+            if not encoded:
+                raise RequestError("analyze_photo takes encoded photos: send each as {\"b64\": \"...\"}")
+            return self.batcher.submit((PHOTO_SIGNATURE,), images)
         if encoded:
             # serving_default and serving_bytes give the same outputs; {"b64"} crops need the decoding one.
             if BYTES_SIGNATURE in self.signatures:

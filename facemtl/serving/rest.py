@@ -14,7 +14,9 @@ What `tensorflow/serving` documents for its REST API (and what its clients send)
 
 facemtl's signatures take one input, `images`; an instance is an image (a nested
 `[h][w][3]` list of 0-255 integers) or `{"b64": ...}` (an encoded JPEG/PNG crop),
-or either under the key `images`.
+or either under the key `images`. With `"signature_name": "analyze_photo"` an
+instance is a whole photo as `{"b64": ...}`, and each prediction holds every face
+found in it (see `facemtl.export`).
 """
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ def train(recipe, run_dir=None, log=print):
         keras.mixed_precision.set_global_policy("float32")
         export_dir = export_saved_model(
             model, splits.identity_names, splits.expression_names, base_dir=recipe.export.base_dir,
-            name=recipe.export.name or recipe.name, version=recipe.export.version,
+            name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
             extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "identity_head": recipe.model.identity_head,
                             "backbone": recipe.model.backbone,

@@ -62,13 +62,19 @@ def test_status_and_metadata(server):
     status, meta, _ = server.request("GET", f"{MODEL}/metadata")
     assert status == 200 and meta["model_spec"] == {"name": "release", "signature_name": "", "version": "1"}
     sigs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(sigs) == {"serving_default", "serving_bytes"}
+    assert set(sigs) == {"serving_default", "serving_bytes", "analyze_photo"}
     assert sigs["serving_default"]["inputs"]["images"]["dtype"] == "DT_UINT8"
     assert [d["size"] for d in sigs["serving_default"]["inputs"]["images"]["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
     assert sigs["serving_bytes"]["inputs"]["images"]["dtype"] == "DT_STRING"
     assert sigs["serving_bytes"]["method_name"] == "tensorflow/serving/predict"
-    for sig in sigs.values():
-        assert set(sig["outputs"]) == {"expression_probs", "expression", "identity_probs", "identity", "embedding"}
+    answers = {"expression_probs", "expression", "identity_probs", "identity", "embedding"}
+    for name in ("serving_default", "serving_bytes"):
+        assert set(sigs[name]["outputs"]) == answers
+    photo = sigs["analyze_photo"]
+    assert photo["inputs"]["images"]["dtype"] == "DT_STRING"
+    assert set(photo["outputs"]) == answers | {"count", "image_size", "boxes", "scores", "keypoints"}
+    assert photo["outputs"]["count"]["dtype"] == "DT_INT32"
+    assert [d["size"] for d in photo["outputs"]["keypoints"]["tensor_shape"]["dim"]] == ["-1", "16", "6", "2"]
     assert server.request("GET", "/healthz")[1] == {"status": "ok"}
 
 
@@ -111,6 +117,26 @@ def test_analyze_a_photo_three_ways(server, astronaut_jpeg):
         assert len(face["embedding"]) == 128
         assert 150 < face["box"][0] < 220 and 40 < face["box"][1] < 100
     assert answers[0][1]["photos"][0]["source"] == "astronaut.jpg"
+
+
+def test_analyze_photo_signature_answers_photos_like_the_python_route(server, astronaut_jpeg):
+    """`:predict` with `analyze_photo`: detection and alignment inside the SavedModel, as stock TF Serving runs it."""
+    status, python, _ = server.request("POST", "/v1/analyze", astronaut_jpeg, {"Content-Type": "image/jpeg"})
+    assert status == 200, python
+    face = python["photos"][0]["faces"][0]
+    status, answer, _ = server.request("POST", f"{MODEL}:predict", {"signature_name": "analyze_photo",
+                                                                     "instances": [b64(astronaut_jpeg)] * 2})
+    assert status == 200, answer
+    assert len(answer["predictions"]) == 2
+    photo = answer["predictions"][0]
+    assert photo["count"] == 1 and photo["image_size"] == [512, 512]
+    np.testing.assert_allclose(photo["boxes"][0], face["box"], atol=2.0)
+    assert photo["expression"][0] == face["expression"]["label"] == "happy"
+    assert photo["expression"][1] == "" and not any(photo["boxes"][1])  # padding past `count`
+    assert float(np.dot(photo["embedding"][0], face["embedding"])) > 0.99
+    status, answer, _ = server.request("POST", f"{MODEL}:predict", {"signature_name": "analyze_photo",
+                                                                     "instances": [[[[0, 0, 0]]]]})
+    assert status == 400 and "analyze_photo takes encoded photos" in answer["error"]
 
 
 def test_one_bad_photo_does_not_cost_the_good_ones(server, astronaut_jpeg):
