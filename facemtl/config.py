@@ -99,10 +99,13 @@ class SourceConfig:
     images: Optional[str] = None  # celeba: image folder, e.g. aligned crops from `facemtl align`
     weight: float = 1.0  # sampling ratio in the training mix
     min_images: int = 1  # identity sources: leave out people with fewer photos
-    # Detect and align every photo once (MTCNN, the serving aligner) into data.cache_dir
-    # before use: for in-the-wild photos (CelebA's img_celeba, LFW...).
+    # Detect and align every photo once into data.cache_dir before use: for in-the-wild
+    # photos (CelebA's img_celeba, LFW...). The crop is made by the serving path's own
+    # detector and aligner, at the model's input size (no second resize), so training
+    # and FaceAnalyzer give the model byte-identical crops of the same photo.
     align: bool = False
-    align_size: int = 112
+    align_size: Optional[int] = None  # crop side; default: the model's input side
+    align_detector: Literal["blazeface", "mtcnn", "haar"] = "blazeface"  # FaceAnalyzer's default
     val_fraction: float = 0.05  # held out of `split` (stratified by label) for validation
     test_split: Optional[str] = None  # a separate split for the test report (FER2013's PublicTest)...
     test_fraction: float = 0.0  # ...or this fraction of `split` held out (identity: held-out photos)

@@ -1,11 +1,17 @@
 """The one image preprocessing step shared by training data and the SavedModel.
 
 Training pipelines and the exported serving graph both call `prepare_images`,
-so a face crop is resized and converted identically wherever it goes. Scaling
-to the backbone's range happens inside the model (`ImageNormalization`).
+and the crops that training decodes once (`facemtl.data.materialize`) are sized
+by `resize_face`, the same TensorFlow resize: a face crop reaches the model
+with the same pixel values whichever path it takes. Aligned crops are warped
+straight to the model's size (`facemtl.faces.align.align_face`), so they are
+never resized at all. Scaling to the backbone's range happens inside the model
+(`ImageNormalization`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import tensorflow as tf
 
@@ -22,10 +28,49 @@ def prepare_images(images, height, width, channels):
     Returns:
         A float32 tensor `[..., height, width, channels]` in [0, 255].
     """
-    x = tf.cast(images, tf.float32)
-    # tf.image.resize is a no-op copy when the size already matches, so
-    # pre-sized training crops and served crops take the same path.
-    x = tf.image.resize(x, (height, width), method="bilinear", antialias=True)
+    x = resize_images(images, height, width)
     if channels == 1:
         x = tf.image.rgb_to_grayscale(x)
     return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def resize_images(images, height, width):
+    """The one resize of face crops: bilinear with antialiasing, rounded to whole values in [0, 255].
+
+    Rounding makes a crop resized here, stored as uint8 and fed to the model
+    equal to the same crop resized inside the serving graph. When the size
+    already matches, the values pass through unchanged.
+
+    Args:
+        images: `[..., h, w, 3]` uint8 or float tensor in [0, 255].
+        height, width: the output size.
+
+    Returns:
+        float32 `[..., height, width, 3]`.
+    """
+    x = tf.cast(images, tf.float32)
+    if x.shape[-3] == height and x.shape[-2] == width:
+        return x
+    x = tf.image.resize(x, (height, width), method="bilinear", antialias=True)
+    return tf.clip_by_value(tf.round(x), 0.0, 255.0)
+
+
+def resize_face(image, size):
+    """`resize_images` for one `uint8 [h, w, 3]` numpy crop to `size` x `size`; returns uint8 numpy.
+
+    Example:
+        >>> resize_face(np.zeros((48, 48, 3), np.uint8), 64).shape
+        (64, 64, 3)
+    """
+    import numpy as np
+
+    if image.shape[:2] == (size, size):
+        return image
+    return _resize_fn(size)(image).numpy().astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _resize_fn(size):
+    # One traced function per output size: eager calls cost several times more per crop.
+    return tf.function(lambda image: resize_images(image, size, size), autograph=False,
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])

@@ -30,28 +30,38 @@ class MixedData(NamedTuple):
     skips: Optional[SkipLog]
 
 
-def aligned_copy(folder, cfg, cache_dir, log=print, layout="arcface"):
+def aligned_copy(folder, cfg, cache_dir, log=print, layout="arcface", size=112, face_scale=1.0):
     """Aligns every photo under `folder` once into the cache (reused afterwards); returns the crops' folder.
 
-    `layout` is the crop template (`facemtl.faces.align.LAYOUTS`); each layout
-    has its own cache folder.
+    Args:
+        folder: the photos.
+        cfg: the `SourceConfig` (its `align_detector`, and `align_size` if set).
+        cache_dir: the cache root.
+        layout: the crop template (`facemtl.faces.align.LAYOUTS`).
+        size: the crop side when `cfg.align_size` is unset (the model's input side).
+        face_scale: see `facemtl.faces.align.template`.
+
+    Every setting that changes the crops (detector, layout, size, face scale)
+    is part of the cache folder's name, so a changed setting never reuses crops.
     """
     from facemtl.faces.detect import get_detector
     from facemtl.faces.preprocess import align_folder
 
+    size = cfg.align_size or size
     rel = os.path.abspath(folder).strip(os.sep).replace(os.sep, "_")
-    kind = f"aligned-{cfg.align_size}px" if layout == "arcface" else f"aligned-{layout}-{cfg.align_size}px"
+    kind = f"aligned-{cfg.align_detector}-{layout}-{size}px-scale{face_scale:g}"
     target = os.path.join(cache_dir, kind, rel)
-    report = align_folder(folder, target, get_detector("mtcnn"), size=(cfg.align_size, cfg.align_size),
-                          layout=layout)
+    report = align_folder(folder, target, get_detector(cfg.align_detector), size=(size, size), layout=layout,
+                          face_scale=face_scale)
     log(f"facemtl: aligned {folder} -> {target}: {report.summary()}")
     return target
 
 
-def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcface"):
+def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcface", size=112):
     """Reads one `SourceConfig` (at `split`, default its own) with the matching reader.
 
-    Photos of sources with `align: true` are aligned with the crop `layout`.
+    Photos of sources with `align: true` are aligned with the crop `layout`, at
+    `size` pixels (the model's input side) unless the source sets `align_size`.
     """
     split = split or cfg.split
     if not cfg.path:
@@ -67,7 +77,7 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcf
     elif cfg.format == "celeba":
         images = cfg.images
         if cfg.align:
-            images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log, layout)
+            images = aligned_copy(images or os.path.join(cfg.path, "img_celeba"), cfg, cache_dir, log, layout, size)
         # The training split reads every photo unless CelebA's partition file says otherwise;
         # any other split (a test_split) needs that file: never the training photos again.
         has_partition = os.path.isfile(os.path.join(cfg.path, "list_eval_partition.txt"))
@@ -81,7 +91,7 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcf
                 raise FacemtlError(f"{folder}: no such split folder in {cfg.path}")
             folder = cfg.path  # a dataset without split folders (one folder per person): its whole tree
         if cfg.align:
-            folder = aligned_copy(folder, cfg, cache_dir, log, layout)
+            folder = aligned_copy(folder, cfg, cache_dir, log, layout, size)
         src = read_identity_folders(folder, name=cfg.name or os.path.basename(os.path.normpath(cfg.path)),
                                     min_images=cfg.min_images)
     if cfg.name:
@@ -166,13 +176,13 @@ def load_mixed(recipe, log=print):
     skips = SkipLog("streamed data") if data.streaming else None
     per_source = []
     for k, cfg in enumerate(data.sources):
-        src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=recipe.model.crop_layout)
+        src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=recipe.model.crop_layout, size=size)
         fractions = [cfg.val_fraction] + ([] if cfg.test_split else [cfg.test_fraction])
         idx = holdout(src, fractions, seed=recipe.train.seed + k)
         subsets = [src.subset(i) for i in idx]
         for sub, part in zip(subsets, ("train", "val", "test")):
             sub.split = f"{src.split or cfg.split}-{part}"
-        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log, recipe.model.crop_layout), src) if cfg.test_split
+        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log, recipe.model.crop_layout, size), src) if cfg.test_split
                 else subsets[2])
         if skips is not None and src.paths is not None:
             mats = [StreamedSource(s, size, data.crop_margin, skips) for s in subsets[:2] + [test]]

@@ -15,12 +15,12 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
 
 from facemtl.data.sources import warn_skipped
 from facemtl.errors import FacemtlError
 from facemtl.files import temporary_name
 from facemtl.images import load_image
+from facemtl.preprocessing import resize_face
 
 
 @dataclasses.dataclass
@@ -50,12 +50,10 @@ def crop_box(image, box, margin=0.2):
     return image[y0:y1, x0:x1]
 
 
-def _resize(image, size):
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=2.0), np.uint8)
-
-
 def load_face(image, box, size, margin=0.2):
     """One face at training size: decode (path, bytes or array), crop its box (with `margin`) if any, resize.
+
+    The resize is the serving graph's own (`facemtl.preprocessing.resize_face`).
 
     Raises:
         ImageError: when the image cannot be decoded.
@@ -63,7 +61,7 @@ def load_face(image, box, size, margin=0.2):
     img = load_image(image)
     if box is not None and not np.isnan(box).any():
         img = crop_box(img, box, margin)
-    return _resize(img, size)
+    return resize_face(img, size)
 
 
 def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):

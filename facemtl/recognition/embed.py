@@ -112,8 +112,8 @@ def load_labelled_faces(path, *, fmt="identity_folders", split=None, align=False
     from facemtl.data.materialize import materialize
 
     # Aligned at the crop size itself: no second resize of the aligned crop.
-    cfg = SourceConfig(format=fmt, path=path, align=align, align_size=size, **({"split": split} if split else {}))
-    source = read_source(cfg, cache_dir=cache_dir, log=log, layout=layout)
+    cfg = SourceConfig(format=fmt, path=path, align=align, **({"split": split} if split else {}))
+    source = read_source(cfg, cache_dir=cache_dir, log=log, layout=layout, size=size)
     if "identity" not in source.tasks:
         raise FacemtlError(f"{path}: the {fmt} data has no identity labels")
     mat = materialize(source, size, cache_dir=cache_dir)

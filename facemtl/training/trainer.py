@@ -97,7 +97,9 @@ def learning_rate(recipe, steps_per_epoch, factor=1.0):
     total = max(1, recipe.train.epochs * steps_per_epoch)
     warmup = int(s.warmup_epochs * steps_per_epoch)
     if s.name == "step":
-        boundaries = list(range(s.step_epochs * steps_per_epoch, total, s.step_epochs * steps_per_epoch))
+        # Keras keeps a value while step <= boundary: the boundary is the last step of the previous
+        # stage, so the first step of epoch `step_epochs` (0-based) already runs at the divided rate.
+        boundaries = [b - 1 for b in range(s.step_epochs * steps_per_epoch, total, s.step_epochs * steps_per_epoch)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(
             boundaries, [lr * s.step_factor**i for i in range(len(boundaries) + 1)])
     if s.name == "constant" and warmup == 0:

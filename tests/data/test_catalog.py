@@ -1,5 +1,7 @@
 """Mixed real-format data from recipe to training, on small fixtures."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,49 @@ def test_celeba_test_split_reads_only_its_partition(tmp_path):
     train = read_source(cfg, cache_dir=None)
     assert sorted(map(str, test.paths)) == [str(root / "img_celeba" / n) for n in names[8:]]
     assert len(train.paths) == 8 and not set(map(str, train.paths)) & set(map(str, test.paths))
+
+
+@pytest.mark.slow
+def test_training_and_face_analyzer_give_the_model_byte_identical_crops(tmp_path, trained):
+    """One crop path: a photo read by training's `align: true` reader equals FaceAnalyzer's crop of it."""
+    from PIL import Image
+    from skimage import data
+
+    from facemtl.config import SourceConfig
+    from facemtl.data.catalog import read_source
+    from facemtl.data.materialize import materialize
+    from facemtl.inference import FaceAnalyzer
+    from facemtl.preprocessing import prepare_images
+
+    astronaut = data.astronaut()
+    photos = {"ann/a.jpg": astronaut, "ann/b.png": astronaut[:, ::-1], "bob/c.jpg": astronaut[30:470, 40:]}
+    for rel, photo in photos.items():
+        (tmp_path / "people" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(photo)).save(tmp_path / "people" / rel, quality=90)
+    cfg = SourceConfig(format="identity_folders", path=str(tmp_path / "people"), align=True)
+    source = read_source(cfg, cache_dir=str(tmp_path / "cache"), log=lambda *_: None, size=64)
+    training = materialize(source, 64, cache_dir=None)
+    analyzer = FaceAnalyzer(trained.export_dir)  # 64x64 arcface crops, BlazeFace: the serving defaults
+    assert analyzer.crop_size == (64, 64) and len(training.images) == 3
+    for path, crop in zip(source.paths, training.images):  # the cached crop of people/<rel> is <cache>/.../<rel>.png
+        original = next(p for p in photos if path.endswith(os.path.splitext(p)[0] + ".png"))
+        _, served = analyzer.detect_and_align(analyzer.load(str(tmp_path / "people" / original)))
+        assert len(served) == 1
+        np.testing.assert_array_equal(crop, served[0])
+        np.testing.assert_array_equal(prepare_images(crop, 64, 64, 3), prepare_images(served[0], 64, 64, 3))
+
+
+def test_pre_cropped_faces_are_resized_as_the_serving_graph_resizes(tmp_path):
+    """A FER-sized crop decoded for training equals, value for value, the SavedModel's resize of it."""
+    import tensorflow as tf
+
+    from facemtl.data.materialize import load_face
+    from facemtl.preprocessing import prepare_images
+
+    crop = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    graph = tf.function(lambda x: prepare_images(x, 64, 64, 3),
+                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    served = graph(crop[None]).numpy()[0]
+    trained = load_face(crop, None, 64)
+    assert trained.dtype == np.uint8
+    np.testing.assert_array_equal(trained.astype(np.float32), served)

@@ -167,13 +167,23 @@ def test_identity_folders_with_pgm_and_a_corrupt_image(tmp_path, caplog):
         read_identity_folders(tmp_path)
 
 
-def test_materialize_cache_is_reused(tmp_path, fer_csv):
+def test_materialize_cache_is_reused(tmp_path, fer_csv, monkeypatch):
+    import facemtl.data.materialize as materialize_module
+
     src = read_fer2013_csv(fer_csv)
     a = materialize(src, 48, cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the cache was recomputed instead of read")
+
+    monkeypatch.setattr(materialize_module, "load_face", no_decoding)
     b = materialize(src, 48, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.expression, b.expression)
     assert a.images.shape == (14, 48, 48, 3)
+    with pytest.raises(AssertionError, match="recomputed"):  # another size is another cache entry
+        materialize(src, 40, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.shared_data

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -24,6 +25,13 @@ def test_gray_input_is_replicated_to_rgb():
     assert model.get_layer("gray_to_rgb") is not None
     out = model(np.full((2, 64, 64, 1), 128, "float32"))
     assert out["expression"].shape == (2, 7)
+    gray = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype("float32")
+    rgb = np.asarray(keras.Model(model.inputs, model.get_layer("gray_to_rgb").output)(gray))
+    normalized = np.asarray(keras.Model(model.inputs, model.get_layer("normalize").output)(gray))
+    assert rgb.shape == (2, 64, 64, 3) and normalized.shape == (2, 64, 64, 1)
+    assert np.corrcoef(normalized.ravel(), gray.ravel())[0, 1] > 0.999  # the gray values, scaled
+    for channel in range(3):  # ...in each of the three channels the backbone reads
+        np.testing.assert_array_equal(rgb[..., channel], normalized[..., 0])
 
 
 def test_each_task_has_its_own_feature_layers():

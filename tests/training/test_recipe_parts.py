@@ -1,0 +1,53 @@
+"""Recipe settings that change training without a training run: schedules, optimizers, label modes."""
+
+import numpy as np
+import pytest
+
+from facemtl.config import load_recipe
+from facemtl.data.pipeline import IGNORE_LABEL, load_splits
+from facemtl.training.trainer import build_optimizer, learning_rate
+from tests.conftest import QUICKSTART, tiny_overrides
+
+
+def _recipe(tmp_path, *overrides):
+    return load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + list(overrides))
+
+
+def test_step_schedule_divides_the_rate_every_step_epochs(tmp_path):
+    recipe = _recipe(tmp_path, "schedule.name=step", "schedule.step_epochs=2", "schedule.step_factor=0.1",
+                     "train.epochs=6", "optimizer.learning_rate=0.01")
+    schedule = learning_rate(recipe, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 19, 20, 39, 40, 59)]
+    np.testing.assert_allclose(rates, [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001], rtol=1e-5)
+
+
+def test_warmup_then_constant(tmp_path):
+    recipe = _recipe(tmp_path, "schedule.name=constant", "schedule.warmup_epochs=1", "train.epochs=3",
+                     "optimizer.learning_rate=0.01")
+    schedule = learning_rate(recipe, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose([float(schedule(s)) for s in (5, 10, 29)], [0.005, 0.01, 0.01], rtol=1e-5)
+
+
+def test_adamw_carries_the_recipes_weight_decay(tmp_path):
+    recipe = _recipe(tmp_path, "optimizer.name=adamw", "optimizer.weight_decay=0.05", "optimizer.clipnorm=1.0")
+    optimizer = build_optimizer(recipe, steps_per_epoch=10)
+    assert type(optimizer).__name__ == "AdamW"
+    assert optimizer.weight_decay == pytest.approx(0.05) and optimizer.clipnorm == pytest.approx(1.0)
+    plain = build_optimizer(_recipe(tmp_path, "optimizer.name=adam"), steps_per_epoch=10)
+    assert type(plain).__name__ == "Adam" and not plain.weight_decay
+
+
+def test_split_label_mode_keeps_one_task_label_per_training_sample(tmp_path):
+    both = load_splits(_recipe(tmp_path), log=lambda *_: None)
+    split = load_splits(_recipe(tmp_path, "data.synthetic.label_mode=split"), log=lambda *_: None)
+    ids, exprs = split.train[1]["identity"], split.train[1]["expression"]
+    labelled = (ids != IGNORE_LABEL).astype(int) + (exprs != IGNORE_LABEL).astype(int)
+    assert (labelled == 1).all()  # exactly one task's label each
+    assert 0.4 < (ids != IGNORE_LABEL).mean() < 0.6  # about half each way
+    kept = ids != IGNORE_LABEL  # the labels kept are the true ones
+    np.testing.assert_array_equal(ids[kept], both.train[1]["identity"][kept])
+    np.testing.assert_array_equal(exprs[~kept], both.train[1]["expression"][~kept])
+    for name in ("val", "test"):  # evaluation keeps both labels
+        assert (getattr(split, name)[1]["identity"] != IGNORE_LABEL).all()
+        assert (getattr(split, name)[1]["expression"] != IGNORE_LABEL).all()
