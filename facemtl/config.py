@@ -178,6 +178,7 @@ class TrainConfig:
     seed: int = 0
     verbose: Literal["auto", 0, 1, 2] = "auto"
     early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0  # a smaller val_loss improvement does not count
     # Preemption: back up the training state every epoch, and every N steps when set;
     # running the same command again resumes an unfinished run of the same recipe.
     backup: bool = True
@@ -224,7 +225,7 @@ _POSITIVE = {
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
     "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale",
 }
-_NON_NEGATIVE = {"loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
+_NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
                  "data.augment.contrast", "data.crop_margin", "data.grayscale_probability", "model.margin"}
 

@@ -78,6 +78,25 @@ def identity_margin(model_config):
     return Margin(c.identity_head, default if c.margin is None else c.margin, c.margin_scale)
 
 
+def replicas_in_sync():
+    """Replicas of the current `tf.distribute` strategy (1 outside one, or off the TensorFlow backend)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_for_replicas(loss):
+    """A replica's loss as Keras expects it under `tf.distribute`: divided by the replicas in sync.
+
+    Keras sums the replicas' gradients and multiplies logged losses back by
+    the replica count, so a replica's mean loss must come divided by it.
+    """
+    n = replicas_in_sync()
+    return loss if n == 1 else loss * (1.0 / n)
+
+
 def masked_crossentropy_sum(y_true, y_pred, class_weights=None, ignore_label=IGNORE_LABEL, margin=None):
     """Summed cross-entropy over labelled samples and the summed weight it is to be divided by.
 
@@ -137,8 +156,10 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         total, count = masked_crossentropy_sum(y_true, y_pred, self.class_weights, self.ignore_label, self.margin)
-        # Returning the already-averaged scalar makes Keras' reduction a no-op.
-        return total / ops.maximum(count, 1e-12)
+        # Keras' reduction passes a scalar through untouched, including the 1/replicas scaling it
+        # applies to per-sample losses; without it each replica's gradient counts in full and
+        # MirroredStrategy trains at N times the loss (tests/training/test_trainer.py compares).
+        return scale_for_replicas(total / ops.maximum(count, 1e-12))
 
     def get_config(self):
         return {**super().get_config(), "class_weights": self.class_weights, "ignore_label": self.ignore_label,

@@ -193,6 +193,13 @@ def new_run_dir(recipe):
 def train(recipe, run_dir=None, log=print):
     """Trains, evaluates and exports the model a recipe describes.
 
+    The steps, each a function below: check what would be refused later
+    (`check_before_training`), open or resume the run folder (`open_run`),
+    prepare the data (`prepare_data`), build and compile the model in the
+    strategy's scope (`build_model`), fit (`fit_model`: `model.fit` phases or
+    the custom loop), then restore the best weights, evaluate on the test
+    split and export (`finish_run`).
+
     Args:
         recipe: a validated `Recipe`.
         run_dir: where logs, checkpoints and reports go (a new
@@ -207,6 +214,30 @@ def train(recipe, run_dir=None, log=print):
         >>> result.test_report["expression"]["accuracy"]
     """
     start = time.time()
+    loop = check_before_training(recipe, run_dir)
+    # Created first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    strategy = select_strategy(recipe.train.strategy, recipe.train.devices)
+    chief = is_chief(strategy)
+    keras.utils.set_random_seed(recipe.train.seed)
+    keras.mixed_precision.set_global_policy(recipe.train.precision)
+    run_dir = open_run(recipe, run_dir, chief, log)
+    data = prepare_data(recipe, log)
+    if recipe.train.batch_size % strategy.num_replicas_in_sync:
+        raise FacemtlError(f"train.batch_size={recipe.train.batch_size} must divide evenly over "
+                           f"{strategy.num_replicas_in_sync} replicas")
+    log(f"facemtl: strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
+        f"global batch {recipe.train.batch_size}, precision {recipe.train.precision}, "
+        f"{'model.fit' if loop == 'fit' else 'custom loop'}")
+    model, view, trainee = build_model(recipe, data, strategy, log)
+    checkpoint = AtomicBestCheckpoint(model, os.path.join(run_dir, "checkpoints", "best.keras"), monitor="val_loss")
+    history = fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log)
+    if not chief:  # workers other than the chief leave evaluation, export and reports to it
+        return TrainResult(run_dir, model, history, {}, None, time.time() - start)
+    return finish_run(recipe, data, run_dir, model, checkpoint, start, log)
+
+
+def check_before_training(recipe, run_dir):
+    """Refuses, before any work, what would fail later; returns the training loop (`fit` or `custom`)."""
     if recipe.export.enabled and recipe.export.version is not None:
         # Refused now, not after hours of training: versions are never overwritten.
         target = os.path.join(recipe.export.base_dir, recipe.export.name or recipe.name, str(recipe.export.version))
@@ -222,11 +253,16 @@ def train(recipe, run_dir=None, log=print):
                                "use train.loop=custom (or auto)")
         if run_dir is None:
             raise FacemtlError("Multi-worker training needs --run-dir: the same path on every worker")
-    # Created first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
-    strategy = select_strategy(recipe.train.strategy, recipe.train.devices)
-    chief = is_chief(strategy)
-    keras.utils.set_random_seed(recipe.train.seed)
-    keras.mixed_precision.set_global_policy(recipe.train.precision)
+    if loop == "custom":
+        unfreezes = recipe.model.freeze_backbone and 0 < (recipe.train.unfreeze_at_epoch or 0) < recipe.train.epochs
+        if unfreezes or recipe.loss_weighting != "fixed":
+            raise FacemtlError("train.unfreeze_at_epoch and loss_weighting=uncertainty are not supported by the "
+                               "custom loop yet")
+    return loop
+
+
+def open_run(recipe, run_dir, chief, log):
+    """The run folder: the one given, else the newest unfinished run of this recipe (resume), else a new one."""
     resumed = None
     if run_dir is None and recipe.train.backup:
         run_dir = resumed = find_unfinished_run(recipe)
@@ -235,133 +271,163 @@ def train(recipe, run_dir=None, log=print):
     if chief:
         save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
         log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
+    return run_dir
 
+
+@dataclasses.dataclass
+class PreparedData:
+    """The recipe's data as `tf.data` pipelines, with what training needs to know about it."""
+
+    splits: object
+    train_ds: object
+    val_ds: object
+    test_ds: object
+    steps_per_epoch: int
+    class_weights: dict
+
+    def make_train_ds(self, recipe, drop_remainder=False):
+        """A fresh training dataset (the custom loop builds its own, distributed)."""
+        if self.splits.train_stream is not None:
+            return self.splits.train_stream(recipe.train.batch_size, recipe.train.seed, recipe.data.augment)
+        return make_dataset(self.splits.train, recipe.model, recipe.train.batch_size, training=True,
+                            drop_remainder=drop_remainder, shuffle_buffer=recipe.data.shuffle_buffer,
+                            seed=recipe.train.seed, augment=recipe.data.augment)
+
+
+def prepare_data(recipe, log):
+    """Loads the recipe's splits and builds the training, validation and test pipelines."""
     log("facemtl: preparing data ...")
     splits = load_splits(recipe, log)
-    names = {"identity": splits.identity_names, "expression": splits.expression_names}
     batch = recipe.train.batch_size
     if splits.train_stream is not None:  # mixed real datasets: an endless stream
-        train_ds = splits.train_stream(batch, recipe.train.seed, recipe.data.augment)
         steps_per_epoch = recipe.data.steps_per_epoch or max(1, split_size(splits.train) // batch)
     else:
-        train_ds = make_dataset(splits.train, recipe.model, batch, training=True,
-                                shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
-                                augment=recipe.data.augment)
         steps_per_epoch = math.ceil(split_size(splits.train) / batch)
     if not split_size(splits.val):
         raise FacemtlError("No validation images: raise data.sources[].val_fraction (or the synthetic val_per_pair)")
-    val_ds = make_dataset(splits.val, recipe.model, batch, training=False)
-    test_ds = make_dataset(splits.test, recipe.model, batch, training=False)
-    class_weights = {"expression": splits.class_weights} if splits.class_weights else {}
+    data = PreparedData(splits, None, make_dataset(splits.val, recipe.model, batch, training=False),
+                        make_dataset(splits.test, recipe.model, batch, training=False), steps_per_epoch,
+                        {"expression": splits.class_weights} if splits.class_weights else {})
+    data.train_ds = data.make_train_ds(recipe)
     log(f"facemtl: {split_size(splits.train)} training, {split_size(splits.val)} validation, "
         f"{split_size(splits.test)} test "
         f"images; {len(splits.identity_names)} identities, {len(splits.expression_names)} expressions")
+    return data
 
-    if batch % strategy.num_replicas_in_sync:
-        raise FacemtlError(f"train.batch_size={batch} must divide evenly over "
-                           f"{strategy.num_replicas_in_sync} replicas")
-    log(f"facemtl: strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
-        f"global batch {batch}, precision {recipe.train.precision}, {'model.fit' if loop == 'fit' else 'custom loop'}")
+
+def build_model(recipe, data, strategy, log):
+    """Builds the model, its training view and the compiled model to fit, inside the strategy's scope."""
     with strategy.scope():
-        model = build_from_recipe(recipe.model, len(splits.identity_names))
+        model = build_from_recipe(recipe.model, len(data.splits.identity_names))
         if recipe.model.backbone == "dlib_resnet":
             from facemtl.models.dlib_resnet import imprint_identity_classifier
 
-            images, labels = labelled_images(splits.train, "identity", limit=20000)
+            images, labels = labelled_images(data.splits.train, "identity", limit=20000)
             log(f"facemtl: identity classifier imprinted from {len(labels)} training faces "
                 f"({imprint_identity_classifier(model, images, labels)} identities)")
         view = training_view(model)
-        trainee = compile_model(view, recipe, steps_per_epoch, class_weights=class_weights)
+        trainee = compile_model(view, recipe, data.steps_per_epoch, class_weights=data.class_weights)
+    return model, view, trainee
 
-    ckpt_path = os.path.join(run_dir, "checkpoints", "best.keras")
-    checkpoint = AtomicBestCheckpoint(model, ckpt_path, monitor="val_loss")
-    nan_guard = StopOnNaN()
+
+def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log):
+    """Fits (resuming from the run's backup), keeping the best checkpoint; returns the history."""
     backup_dir = os.path.join(run_dir, "backup")
     history_csv = os.path.join(run_dir, "history.csv")
+    verbose = recipe.train.verbose
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    if loop == "custom":
+        batch = recipe.train.batch_size
+        history = fit_custom_loop(
+            view, view.optimizer, strategy, lambda: data.make_train_ds(recipe, drop_remainder=True),
+            data.val_ds, epochs=recipe.train.epochs, global_batch=batch,
+            steps_per_epoch=recipe.data.steps_per_epoch or split_size(data.splits.train) // batch,
+            loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
+            class_weights=data.class_weights, margins={"identity": identity_margin(recipe.model)},
+            checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
+        if chief:
+            try:
+                os.rmdir(backup_dir)  # empty once every worker removed its own state
+            except OSError:
+                pass
+        return history
     done = _backed_up_epochs(backup_dir) if recipe.train.backup else 0
     if done:
         log(f"facemtl: {done} epoch(s) already done; continuing from the last backup")
         truncate_history(history_csv, done)
-    callbacks = [
-        nan_guard,
-        checkpoint,
-        keras.callbacks.CSVLogger(history_csv, append=True),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
-    ]
-    if recipe.train.backup:
-        # Last, so an epoch counts as done only once everything else logged it;
-        # a kill in between re-runs that epoch and its history row is replaced.
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            backup_dir, save_freq=recipe.train.backup_every_steps or "epoch",
-            double_checkpoint=True, delete_checkpoint=False))
-    if splits.skips is not None:  # streamed files: report unreadable ones as they are met, epoch by epoch
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: splits.skips.report()))
-    if recipe.train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=recipe.train.early_stopping_patience))
-    verbose = recipe.train.verbose
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
-
+    nan_guard = StopOnNaN()
+    callbacks = fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint)
     epochs = recipe.train.epochs
     unfreeze = recipe.train.unfreeze_at_epoch if recipe.model.freeze_backbone else None
     phases = [(0, epochs, 1.0)]
     if unfreeze is not None and 0 < unfreeze < epochs:
         phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
-    if loop == "custom":
-        if len(phases) > 1 or recipe.loss_weighting != "fixed":
-            raise FacemtlError("train.unfreeze_at_epoch and loss_weighting=uncertainty are not supported by the "
-                               "custom loop yet")
-        history = fit_custom_loop(
-            view, view.optimizer, strategy,
-            (lambda: splits.train_stream(batch, recipe.train.seed, recipe.data.augment)) if splits.train_stream else
-            (lambda: make_dataset(splits.train, recipe.model, batch, training=True, drop_remainder=True,
-                                  shuffle_buffer=recipe.data.shuffle_buffer, seed=recipe.train.seed,
-                                  augment=recipe.data.augment)),
-            val_ds, epochs=epochs, global_batch=batch,
-            steps_per_epoch=recipe.data.steps_per_epoch or split_size(splits.train) // batch,
-            loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
-            class_weights=class_weights, margins={"identity": identity_margin(recipe.model)},
-            checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
-        if not chief:  # workers other than the chief leave evaluation, export and reports to it
-            return TrainResult(run_dir, model, history, {}, None, time.time() - start)
-        try:
-            os.rmdir(backup_dir)  # empty once every worker removed its own state
-        except OSError:
-            pass
-    else:
-        for i, (first, last, lr_factor) in enumerate(phases):
-            if last <= done:  # a resumed run skips the phases it has finished
-                continue
-            if i > 0:
-                log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
-                with strategy.scope():
-                    set_backbone_trainable(model, True)
-                    trainee = compile_model(view, recipe, steps_per_epoch, lr_factor, class_weights=class_weights)
-            with warnings.catch_warnings():
-                # A streamed validation set has no known length (unreadable files drop out), so
-                # Keras warns when it ends; the endless training stream never does.
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
-                trainee.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
-                            callbacks=callbacks, shuffle=False, verbose=verbose,
-                            steps_per_epoch=steps_per_epoch if splits.train_stream is not None else None)
-            if nan_guard.bad_batch is not None:
-                # The backup may hold the diverged weights: drop it so a rerun starts clean.
-                shutil.rmtree(backup_dir, ignore_errors=True)
-                raise FacemtlError(
-                    f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
-                    f"The last good checkpoint is kept at {ckpt_path}. "
-                    "Try a lower optimizer.learning_rate or train.precision=float32.")
-        shutil.rmtree(backup_dir, ignore_errors=True)
-    history = read_history(history_csv)
+    for i, (first, last, lr_factor) in enumerate(phases):
+        if last <= done:  # a resumed run skips the phases it has finished
+            continue
+        if i > 0:
+            log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
+            with strategy.scope():
+                set_backbone_trainable(model, True)
+                trainee = compile_model(view, recipe, data.steps_per_epoch, lr_factor,
+                                        class_weights=data.class_weights)
+        with warnings.catch_warnings():
+            # A streamed validation set has no known length (unreadable files drop out), so
+            # Keras warns when it ends; the endless training stream never does.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            trainee.fit(data.train_ds, validation_data=data.val_ds, initial_epoch=first, epochs=last,
+                        callbacks=callbacks, shuffle=False, verbose=verbose,
+                        steps_per_epoch=data.steps_per_epoch if data.splits.train_stream is not None else None)
+        if nan_guard.bad_batch is not None:
+            # The backup may hold the diverged weights: drop it so a rerun starts clean.
+            shutil.rmtree(backup_dir, ignore_errors=True)
+            raise FacemtlError(
+                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
+                f"The last good checkpoint is kept at {checkpoint.path}. "
+                "Try a lower optimizer.learning_rate or train.precision=float32.")
+        if getattr(trainee, "stop_training", False):  # early stopping ends the later phases too
+            break
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    return read_history(history_csv)
 
+
+def fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint):
+    """`model.fit`'s callbacks: NaN stop, best checkpoint, CSV history, TensorBoard, backup, early stopping."""
+    callbacks = [
+        nan_guard,
+        checkpoint,
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
+    ]
+    if recipe.train.backup:
+        # Last but the reporting ones, so an epoch counts as done only once everything else
+        # logged it; a kill in between re-runs that epoch and its history row is replaced.
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            os.path.join(run_dir, "backup"), save_freq=recipe.train.backup_every_steps or "epoch",
+            double_checkpoint=True, delete_checkpoint=False))
+    if data.splits.skips is not None:  # streamed files: report unreadable ones as they are met, epoch by epoch
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: data.splits.skips.report()))
+    if recipe.train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=recipe.train.early_stopping_patience,
+                                                       min_delta=recipe.train.early_stopping_min_delta))
+    return callbacks
+
+
+def finish_run(recipe, data, run_dir, model, checkpoint, start, log):
+    """Restores the best weights, evaluates on the test split, exports, and writes `summary.json`."""
     if checkpoint.best_epoch is not None:
         log(f"facemtl: restoring the best weights (epoch {checkpoint.best_epoch + 1}, val_loss {checkpoint.best:.4f})")
         with warnings.catch_warnings():  # the checkpoint's optimizer state is not needed here
             warnings.simplefilter("ignore", UserWarning)
-            model.load_weights(ckpt_path)
+            model.load_weights(checkpoint.path)
+    history_csv = os.path.join(run_dir, "history.csv")
+    history = read_history(history_csv)
     plot_history(history_csv, os.path.join(run_dir, "training_curves.png"))
     log("facemtl: evaluating on held-out test data ...")
-    report = evaluate_model(model, test_ds, names, os.path.join(run_dir, "test"), title=f"{recipe.name} test ")
+    splits = data.splits
+    names = {"identity": splits.identity_names, "expression": splits.expression_names}
+    report = evaluate_model(model, data.test_ds, names, os.path.join(run_dir, "test"), title=f"{recipe.name} test ")
     if splits.skips is not None:
         splits.skips.report()
         log(f"facemtl: {len(splits.skips.paths)} unreadable file(s) skipped while streaming")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from facemtl.training.losses import MaskedSparseCategoricalCrossentropy
+from facemtl.training.losses import MaskedSparseCategoricalCrossentropy, replicas_in_sync, scale_for_replicas
 
 
 class UncertaintyWeightedModel(keras.Model):
@@ -44,11 +44,12 @@ class UncertaintyWeightedModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         total = 0.0
+        replicas = replicas_in_sync()
         for i, t in enumerate(self.tasks):
-            loss = self.task_losses[t](y[t], y_pred[t])
+            loss = self.task_losses[t](y[t], y_pred[t])  # already divided by the replicas in sync
             s = ops.cast(self.log_variance[i], "float32")
-            total = total + self.task_loss_weights[t] * (ops.exp(-s) * loss + 0.5 * s)
-            self.task_loss_trackers[t].update_state(loss)
+            total = total + self.task_loss_weights[t] * (ops.exp(-s) * loss + scale_for_replicas(0.5 * s))
+            self.task_loss_trackers[t].update_state(loss * replicas)
             self.task_weight_trackers[t].update_state(ops.exp(-s))
         return total
 

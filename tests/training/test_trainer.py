@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,41 +62,107 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     assert not (run_dir / "backup").exists() and (run_dir / "summary.json").is_file()
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
-    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
-        "optimizer.name=sgd", "optimizer.learning_rate=1e30", "train.epochs=3"])
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    """Epoch 1 trains and checkpoints; epoch 2 diverges: the best checkpoint stays byte for byte as epoch 1 left it."""
+    import hashlib
+
+    import keras
+    import numpy as np
+
+    import facemtl.training.callbacks as callbacks_module
+    import facemtl.training.trainer as trainer_module
+
+    def exploding(recipe, steps_per_epoch, factor=1.0):  # sane for one epoch, then a learning rate of 1e30
+        return keras.optimizers.SGD(keras.optimizers.schedules.PiecewiseConstantDecay([steps_per_epoch - 1],
+                                                                                        [0.01, 1e30]))
+
+    saved = []
+    real_save = callbacks_module.save_model_atomically
+
+    def recording_save(model, path):
+        real_save(model, path)
+        with open(path, "rb") as f:
+            saved.append(hashlib.sha256(f.read()).hexdigest())
+
+    monkeypatch.setattr(trainer_module, "build_optimizer", exploding)
+    monkeypatch.setattr(callbacks_module, "save_model_atomically", recording_save)
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + ["train.epochs=3"])
+    lines = []
     with pytest.raises(FacemtlError, match="NaN or infinite"):
-        train(recipe, log=lambda *_: None)
+        train(recipe, log=lines.append)
     run_dir = next((tmp_path / "runs" / "quickstart").iterdir())
+    assert _history_epochs(run_dir)[:1] == [0] and len(saved) == 1  # epoch 1 finished and was checkpointed
+    best = run_dir / "checkpoints" / "best.keras"
+    assert hashlib.sha256(best.read_bytes()).hexdigest() == saved[0]
+    model = keras.saving.load_model(best, compile=False)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
     assert not (run_dir / "backup").exists()
     assert not (tmp_path / "saved_models").exists()  # nothing exported from a diverged model
 
 
 _MIRRORED = r"""
-import sys, tensorflow as tf
+import json, sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from facemtl.config import load_recipe
 from facemtl.training.trainer import train
-recipe = load_recipe(sys.argv[1], smoke=True, overrides=sys.argv[2:] + [
-    "train.strategy=mirrored", "train.devices=['/cpu:0', '/cpu:1']", "train.epochs=2"])
-lines = []
-result = train(recipe, log=lines.append)
-assert any("MirroredStrategy with 2 replica(s)" in l for l in lines), lines
-loss = result.history["loss"]
-assert len(loss) == 2 and all(l == l for l in loss), loss
-print("OK", loss)
+out = {}
+for strategy in ("mirrored", "default"):  # the same data, seed and model: two replicas, then one device
+    recipe = load_recipe(sys.argv[1], smoke=True, overrides=sys.argv[2:] + [
+        f"output_dir={sys.argv[2].split('=', 1)[1]}/{strategy}", f"train.strategy={strategy}",
+        "train.devices=['/cpu:0', '/cpu:1']", "train.epochs=2", "model.dropout=0.0", "export.enabled=false"])
+    lines = []
+    result = train(recipe, log=lines.append)
+    out[strategy] = {"lines": [l for l in lines if "replica(s)" in l], "loss": result.history["loss"],
+                     "val_loss": result.history["val_loss"]}
+print(json.dumps(out))
 """
 
 
-def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+def test_mirrored_strategy_over_two_logical_cpus_matches_one_device(tmp_path):
+    """Two replicas train like one device on the same data: same losses (up to per-replica batch norm)."""
+    import json
+
     out = subprocess.run([sys.executable, "-c", _MIRRORED, QUICKSTART, *tiny_overrides(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "OK" in out.stdout
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "MirroredStrategy with 2 replica(s)" in runs["mirrored"]["lines"][0]
+    assert "with 1 replica(s)" in runs["default"]["lines"][0]
+    for key in ("loss", "val_loss"):
+        mirrored, single = runs["mirrored"][key], runs["default"][key]
+        assert len(mirrored) == len(single) == 2 and all(v == v for v in mirrored)
+        for m, o in zip(mirrored, single):  # summed instead of averaged over replicas, these were 2x apart
+            assert m == pytest.approx(o, rel=0.05), (key, mirrored, single)
 
 
-def test_frozen_backbone_then_unfreeze(tmp_path):
+def test_frozen_backbone_then_unfreeze(tmp_path, monkeypatch):
+    """The backbone's weights (moving statistics included) stay fixed while frozen, then train."""
+    import keras
+    import numpy as np
+
+    import facemtl.training.trainer as trainer_module
+
+    snapshots = {}
+    real_build, real_callbacks = trainer_module.build_from_recipe, trainer_module.fit_callbacks
+
+    def weights(model, backbone):
+        return [w.numpy().copy() for layer in model.layers if (layer.name == "backbone") == backbone
+                for w in layer.weights]
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        snapshots["model"], snapshots["start"] = model, weights(model, True)
+        snapshots["heads"] = weights(model, False)
+        return model
+
+    def fit_callbacks(*args, **kwargs):
+        model = snapshots["model"]
+        return real_callbacks(*args, **kwargs) + [keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: snapshots.setdefault(epoch, (weights(model, True), weights(model, False))))]
+
+    monkeypatch.setattr(trainer_module, "build_from_recipe", build)
+    monkeypatch.setattr(trainer_module, "fit_callbacks", fit_callbacks)
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
         "model.freeze_backbone=true", "train.unfreeze_at_epoch=1", "train.epochs=2", "export.enabled=false"])
     lines = []
@@ -103,6 +170,22 @@ def test_frozen_backbone_then_unfreeze(tmp_path):
     assert any("unfreezing the backbone at epoch 2" in line for line in lines)
     assert result.model.get_layer("backbone").trainable
     assert len(result.history["loss"]) == 2
+    frozen_backbone, frozen_heads = snapshots[0]
+    assert len(frozen_backbone) > 10
+    for before, after in zip(snapshots["start"], frozen_backbone):
+        np.testing.assert_array_equal(before, after)  # frozen: not one value moved
+    assert any(not np.array_equal(a, b) for a, b in zip(snapshots["heads"], frozen_heads))  # the heads trained
+    assert any(not np.allclose(a, b) for a, b in zip(frozen_backbone, snapshots[1][0]))  # unfrozen: it trains
+
+
+def test_early_stopping_ends_the_run(tmp_path):
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
+        "train.epochs=5", "train.early_stopping_patience=1", "train.early_stopping_min_delta=1e9",
+        "export.enabled=false"])
+    result = train(recipe, log=lambda *_: None)
+    # Epoch 1 improves on nothing; epoch 2 cannot improve by 1e9, and patience 1 stops there.
+    assert len(result.history["loss"]) == 2
+    assert (Path(result.run_dir) / "summary.json").is_file()
 
 
 def test_custom_loop_resumes_from_its_backup(tmp_path, monkeypatch):
