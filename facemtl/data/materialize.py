@@ -64,6 +64,33 @@ def load_face(image, box, size, margin=0.2):
     return resize_face(img, size)
 
 
+# Bumped whenever the decoding or resizing of a crop changes, so older caches are not reused.
+CACHE_FORMAT = 2  # 2: the serving graph's resize (facemtl.preprocessing.resize_face) instead of PIL's
+
+
+def cache_key(source, size, margin):
+    """A digest of everything that decides a materialised source's content.
+
+    The crop settings, the labels and class names, the boxes, and the images
+    themselves: their pixels (a FER2013 CSV's bytes, not its row count), or each
+    file's path, size and modification time.
+    """
+    h = hashlib.sha1(json.dumps([CACHE_FORMAT, source.name, source.split, size, margin,
+                                 list(source.identity_names)]).encode())
+    for array in (source.identity, source.expression, source.boxes, source.pixels):
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            h.update(f"{array.dtype}{array.shape}".encode())
+            h.update(array.tobytes())
+    for path in source.paths or ():
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # unreadable now: skipped when decoded; part of the key all the same
+            h.update(f"{path}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
 def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
     """Decodes, crops (boxes with `margin`) and resizes every image of `source` to `size` x `size` RGB.
 
@@ -71,8 +98,8 @@ def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
         source: a `FaceSource`.
         size: output side length.
         margin: box enlargement on each side (fraction of the box).
-        cache_dir: if set, the result is stored there (keyed by the file list,
-            size and margin) and reused next time.
+        cache_dir: if set, the result is stored there (keyed by `cache_key`:
+            the images' content, labels, size and margin) and reused next time.
         progress: an optional callable taking the number of images done.
 
     Returns:
@@ -80,9 +107,7 @@ def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
     """
     key = None
     if cache_dir:
-        h = hashlib.sha1(json.dumps([source.name, source.split, size, margin, source.paths or len(source)],
-                                    default=str).encode()).hexdigest()[:16]
-        key = os.path.join(cache_dir, f"{source.name}-{source.split or 'all'}-{size}px-{h}.npz")
+        key = os.path.join(cache_dir, f"{source.name}-{source.split or 'all'}-{size}px-{cache_key(source, size, margin)}.npz")
         if os.path.isfile(key):
             with np.load(key, allow_pickle=False) as z:
                 return Materialized(z["images"], z["identity"], z["expression"], list(source.identity_names),

@@ -65,7 +65,18 @@ class _Backup:
     def __init__(self, directory, view, optimizer):
         self.dir, self.view, self.optimizer = directory, view, optimizer
 
+    def _recover(self):
+        # A kill between `save`'s two renames leaves no state folder, but a complete new one
+        # (`.tmp`: its state.json is written last) or the previous one (`.old`): take the newest.
+        if os.path.isdir(self.dir):
+            return
+        for candidate in (f"{self.dir}.tmp", f"{self.dir}.old"):
+            if os.path.isfile(os.path.join(candidate, "state.json")):
+                os.rename(candidate, self.dir)
+                return
+
     def epochs_done(self):
+        self._recover()
         try:
             with open(os.path.join(self.dir, "state.json"), encoding="utf-8") as f:
                 return int(json.load(f)["epoch"])
@@ -90,8 +101,8 @@ class _Backup:
         np.savez(os.path.join(tmp, "optimizer.npz"), **{f"v{i}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
         write_json_atomically(os.path.join(tmp, "state.json"), {"epoch": epochs_done})
         old = f"{self.dir}.old"
-        shutil.rmtree(old, ignore_errors=True)
         if os.path.isdir(self.dir):
+            shutil.rmtree(old, ignore_errors=True)
             os.rename(self.dir, old)
         os.rename(tmp, self.dir)
         shutil.rmtree(old, ignore_errors=True)

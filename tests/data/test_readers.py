@@ -186,6 +186,31 @@ def test_materialize_cache_is_reused(tmp_path, fer_csv, monkeypatch):
         materialize(src, 40, cache_dir=tmp_path / "cache")
 
 
+def test_cache_key_follows_the_content_not_the_row_count(tmp_path, fer_csv):
+    from facemtl.data.materialize import cache_key
+
+    src = read_fer2013_csv(fer_csv)
+    base = cache_key(src, 48, 0.2)
+    assert cache_key(read_fer2013_csv(fer_csv), 48, 0.2) == base  # the same file, the same key
+    text = fer_csv.read_text()
+    first = _pixels(0).split()
+    first[0] = str((int(first[0]) + 1) % 256)  # one pixel of one row: the same row count
+    fer_csv.write_text(text.replace(_pixels(0), " ".join(first), 1))
+    changed = read_fer2013_csv(fer_csv)
+    assert len(changed) == len(src) and cache_key(changed, 48, 0.2) != base
+    relabelled = read_fer2013_csv(fer_csv)
+    relabelled.expression[0] = (relabelled.expression[0] + 1) % 7
+    assert cache_key(relabelled, 48, 0.2) != cache_key(changed, 48, 0.2)
+    assert len({cache_key(changed, 48, 0.2), cache_key(changed, 64, 0.2), cache_key(changed, 48, 0.1)}) == 3
+    people = tmp_path / "people"
+    (people / "ann").mkdir(parents=True)
+    _image(people / "ann" / "a.png", value=10)
+    folder = read_identity_folders(people)
+    before = cache_key(folder, 48, 0.2)
+    _image(people / "ann" / "a.png", size=(61, 50), value=200)  # the same name, a new photo
+    assert cache_key(read_identity_folders(people), 48, 0.2) != before
+
+
 @pytest.mark.shared_data
 def test_real_datasets_in_shared_data():
     fer_train = read_fer2013_folders(os.path.join(SHARED_DATA, "fer2013"), "train")
