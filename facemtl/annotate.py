@@ -1,6 +1,8 @@
-"""Drawing boxes, landmarks and labels on photos."""
+"""Drawing boxes, landmarks and labels on photos, and naming the annotated files."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -37,3 +39,29 @@ def annotate(image, faces):
         draw.rectangle([x, ty, x + (bbox[2] - bbox[0]) + 4, ty + (bbox[3] - bbox[1]) + 4], fill=(0, 0, 0))
         draw.text((x + 2, ty + 1), text, fill=(255, 255, 255))
     return pil
+
+
+class AnnotationNames:
+    """Unique file names for annotated photos and video frames (`photo.jpg`, `clip_frame000010.jpg`, `photo_2.jpg`).
+
+    Photos of the same name in different folders get `_2`, `_3`... instead of
+    overwriting each other.
+
+    Example:
+        >>> names = AnnotationNames()
+        >>> names("a/face.png"), names("b/face.jpg"), names("clip.mp4", frame=10)
+        ('face.jpg', 'face_2.jpg', 'clip_frame000010.jpg')
+    """
+
+    def __init__(self):
+        self._used = set()
+
+    def __call__(self, path, frame=None):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        base = f"{stem}_frame{frame:06d}" if frame is not None else stem
+        name, k = f"{base}.jpg", 1
+        while name in self._used:
+            k += 1
+            name = f"{base}_{k}.jpg"
+        self._used.add(name)
+        return name

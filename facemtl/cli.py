@@ -47,9 +47,8 @@ def _predict(args):
 
 
 def _analyze(args):
-    from facemtl.annotate import annotate
-    from facemtl.inference import FaceAnalyzer
-    from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
+    from facemtl.annotate import AnnotationNames, annotate
+    from facemtl.inference import FaceAnalyzer, analyze_files
 
     if args.every < 1:
         raise FacemtlError(f"--every must be a positive number of frames. Received: --every {args.every}")
@@ -61,77 +60,27 @@ def _analyze(args):
     analyzer = FaceAnalyzer(args.model, detector=args.detector, fallback=args.fallback, min_score=args.min_score,
                             min_face_size=args.min_face_size, max_side=args.max_side, gallery=gallery,
                             threshold=args.threshold)
-    files = expand_paths(args.paths)
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     if args.annotate:
         os.makedirs(args.annotate, exist_ok=True)
+    names = AnnotationNames()
     failures, photos, faces_found = [], 0, 0
-    used_names = set()
-
-    def report_error(path, message):
-        failures.append(path)
-        print(f"facemtl: skipping {message}", file=sys.stderr)
-        out.write(json.dumps({"path": path, "error": message}) + "\n")
-
-    def annotated_name(path, frame):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name = f"{stem}_frame{frame:06d}.jpg" if frame is not None else f"{stem}.jpg"
-        k = 1
-        while name in used_names:
-            k += 1
-            name = f"{stem}_{k}.jpg" if frame is None else f"{stem}_frame{frame:06d}_{k}.jpg"
-        used_names.add(name)
-        return name
-
-    def flush(batch):
-        nonlocal photos, faces_found
-        if not batch:
-            return
-        results = analyzer.analyze_images([img for _, _, img in batch])
-        for (path, frame, img), faces in zip(batch, results):
-            record = {"path": path}
-            if frame is not None:
-                record["frame"] = frame
-            record.update({"size": list(img.shape[:2]), "faces": faces})
-            if not args.embedding:
-                for face in faces:
-                    face.pop("embedding", None)
-            out.write(json.dumps(record) + "\n")
-            photos += 1
-            faces_found += len(faces)
-            if args.annotate:
-                annotate(img, faces).save(os.path.join(args.annotate, annotated_name(path, frame)), quality=90)
-        batch.clear()
-
-    total = sum(max(1, video_frame_count(p) // args.every) if is_video(p) and not err else 1 for p, err in files)
-    progress = Progress(total, "analyze")
-    batch = []
     try:
-        for path, error in files:
-            if error:
-                report_error(path, error)
-                progress.update()
-                continue
-            if is_video(path):
-                try:
-                    for frame, img in video_frames(path, args.every, args.max_side):
-                        batch.append((path, frame, img))
-                        progress.update()
-                        if len(batch) >= args.batch_photos:
-                            flush(batch)
-                except FacemtlError as exc:
-                    report_error(path, str(exc))
-                continue
-            try:
-                batch.append((path, None, analyzer.load(path)))
-            except FacemtlError as exc:
-                report_error(path, str(exc))
-            progress.update()
-            if len(batch) >= args.batch_photos:
-                flush(batch)
-        flush(batch)
+        for record, image in analyze_files(analyzer, args.paths, every=args.every, batch_photos=args.batch_photos):
+            if "error" in record:
+                failures.append(record["path"])
+                print(f"facemtl: skipping {record['error']}", file=sys.stderr)
+            else:
+                photos += 1
+                faces_found += len(record["faces"])
+                if args.annotate:
+                    annotate(image, record["faces"]).save(
+                        os.path.join(args.annotate, names(record["path"], record.get("frame"))), quality=90)
+                if not args.embedding:
+                    for face in record["faces"]:
+                        face.pop("embedding", None)
+            out.write(json.dumps(record) + "\n")
     finally:
-        progress.close()
         if out is not sys.stdout:
             out.close()
     fallback = (f", {args.fallback} fallback on {analyzer.fallback_photos} photo(s)/frame(s) where {args.detector} "
@@ -159,35 +108,10 @@ def _align(args):
 
 
 def _evaluate(args):
-    from facemtl.config import load_recipe
-    from facemtl.data.pipeline import load_splits
-    from facemtl.data.streaming import StreamedSplit
-    from facemtl.evaluation import format_report, predict_saved_model, write_report
-    from facemtl.export import read_metadata, run_export
+    from facemtl.evaluation import evaluate_target, format_report
 
-    target = args.model
-    if os.path.isfile(os.path.join(target, "saved_model.pb")):
-        meta = read_metadata(target)
-        recipe_path = args.recipe or os.path.join(meta.get("run_dir", ""), "recipe.yaml")
-        out = args.out or os.path.join(target, f"eval-{args.split}")
-    elif os.path.isfile(os.path.join(target, "recipe.yaml")):  # a run folder: use its export
-        export = run_export(target)
-        if not export:
-            raise FacemtlError(f"{target}: this run exported no SavedModel to evaluate")
-        recipe_path = args.recipe or os.path.join(target, "recipe.yaml")
-        out = args.out or os.path.join(target, f"eval-{args.split}")
-        target = export
-    else:
-        raise FacemtlError(f"{target}: neither a SavedModel version folder nor a run folder")
-    if not os.path.isfile(recipe_path):
-        raise FacemtlError(f"No recipe to take the data from ({recipe_path}): pass --recipe")
-    recipe = load_recipe(recipe_path, overrides=args.set)
-    splits = load_splits(recipe, log=lambda m: print(m, file=sys.stderr))
-    split = splits.test if args.split == "test" else splits.val
-    images, labels = (split.dataset(), None) if isinstance(split, StreamedSplit) else split
-    names = {"identity": splits.identity_names, "expression": splits.expression_names}
-    preds, trues, model_names = predict_saved_model(target, images, labels, names)
-    report = write_report(preds, trues, model_names, out, title=f"{recipe.name} {args.split} ")
+    report, out = evaluate_target(args.model, recipe=args.recipe, split=args.split, overrides=args.set, out=args.out,
+                                  log=lambda m: print(m, file=sys.stderr))
     print(format_report(report))
     print(f"facemtl: report and confusion matrices in {out}", file=sys.stderr)
     return 0

@@ -256,3 +256,82 @@ class FaceAnalyzer:
         for i, image, faces in zip(owners, images, self.analyze_images(images) if images else []):
             results[i] = {"size": list(image.shape[:2]), "faces": faces}
         return results
+
+
+def analyze_files(analyzer, paths, *, every=10, batch_photos=16, progress=True):
+    """Analyses photos, folders (walked recursively) and videos; yields one record per photo or sampled frame.
+
+    Photos and frames are analysed `batch_photos` at a time (their faces in one
+    forward pass); a file that cannot be read yields an error record and costs
+    nothing to the others. A FIFO, device or symlink loop in a folder is
+    reported, never opened.
+
+    Args:
+        analyzer: a `FaceAnalyzer`.
+        paths: files and folders.
+        every: analyse every `every`-th frame of videos.
+        batch_photos: photos (or frames) per batch.
+        progress: show a progress bar on stderr.
+
+    Yields:
+        `(record, image)`: `record` is `{"path", "frame" (videos), "size", "faces"}`
+        (faces as `FaceAnalyzer.analyze` gives them) with the decoded `image`, or
+        `{"path", "error"}` with `None`. Records come in input order.
+
+    Example:
+        >>> for record, image in analyze_files(FaceAnalyzer(), ["photos/", "clip.mp4"]):
+        ...     print(record["path"], len(record.get("faces", [])))
+    """
+    from facemtl.errors import FacemtlError
+    from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
+
+    if every < 1:
+        raise ValueError(f"every must be a positive number of frames. Received: every={every}")
+    if batch_photos < 1:
+        raise ValueError(f"batch_photos must be positive. Received: batch_photos={batch_photos}")
+    files = expand_paths(paths)
+    bar = None
+    if progress:
+        bar = Progress(sum(max(1, video_frame_count(p) // every) if is_video(p) and not err else 1
+                           for p, err in files), "analyze")
+    batch = []
+
+    def flush():
+        results = analyzer.analyze_images([img for _, _, img in batch]) if batch else []
+        for (path, frame, img), faces in zip(batch, results):
+            record = {"path": path, **({"frame": frame} if frame is not None else {})}
+            yield {**record, "size": list(img.shape[:2]), "faces": faces}, img
+        batch.clear()
+
+    try:
+        for path, error in files:
+            if error:
+                yield {"path": path, "error": error}, None
+                if bar:
+                    bar.update()
+                continue
+            if is_video(path):
+                try:
+                    for frame, img in video_frames(path, every, analyzer.max_side):
+                        batch.append((path, frame, img))
+                        if bar:
+                            bar.update()
+                        if len(batch) >= batch_photos:
+                            yield from flush()
+                except FacemtlError as exc:
+                    yield from flush()  # the frames read before the error keep their answers
+                    yield {"path": path, "error": str(exc)}, None
+                continue
+            try:
+                batch.append((path, None, analyzer.load(path)))
+            except FacemtlError as exc:
+                yield from flush()  # records stay in input order
+                yield {"path": path, "error": str(exc)}, None
+            if bar:
+                bar.update()
+            if len(batch) >= batch_photos:
+                yield from flush()
+        yield from flush()
+    finally:
+        if bar:
+            bar.close()

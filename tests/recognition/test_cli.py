@@ -186,3 +186,76 @@ def test_enrol_from_photos_detects_faces_and_skips_faceless_ones(calibrated, tmp
     faces = analyzer.analyze([tmp_path / "astronaut.jpg"])[0]["faces"]
     assert len(faces) == 1 and faces[0]["match"]["name"] == "Eileen Collins"
     assert faces[0]["match"]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_analyze_with_a_gallery_names_the_enrolled_and_not_strangers(calibrated, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    model, _ = calibrated
+    astronaut = skimage_data.astronaut()
+    Image.fromarray(astronaut).save(tmp_path / "astronaut.jpg")
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(tmp_path / "mirrored.jpg")
+    store = tmp_path / "store"
+    r = run_cli("gallery", "enroll", "crew", "Eileen Collins", tmp_path / "astronaut.jpg", "--model", model,
+                "--store", store)
+    assert r.returncode == 0, r.stderr
+    answers = {}
+    for threshold in ("-1", "1.01"):  # everyone matches / no one can
+        r = run_cli("analyze", tmp_path / "mirrored.jpg", tmp_path / "astronaut.jpg", "--model", model,
+                    "--gallery", "crew", "--store", store, "--threshold", threshold)
+        assert r.returncode == 0, r.stderr
+        answers[threshold] = [json.loads(line) for line in r.stdout.splitlines()]
+    for photo in answers["-1"]:
+        (face,) = photo["faces"]
+        assert face["match"]["name"] == "Eileen Collins"
+        assert face["match"]["candidates"][0]["name"] == "Eileen Collins"
+    assert answers["-1"][1]["faces"][0]["match"]["score"] == pytest.approx(1.0, abs=1e-3)  # the enrolled photo
+    assert [p["faces"][0]["match"]["name"] for p in answers["1.01"]] == ["unknown", "unknown"]
+    r = run_cli("analyze", tmp_path / "astronaut.jpg", "--model", model, "--gallery", "nobody", "--store", store)
+    assert r.returncode != 0 and "nobody" in r.stderr
+
+
+def test_align_command_writes_crops_reports_and_reuses_them(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    src = tmp_path / "photos"
+    (src / "eileen").mkdir(parents=True)
+    (src / "cups").mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(src / "eileen" / "portrait.jpg")
+    Image.fromarray(skimage_data.coffee()).save(src / "cups" / "coffee.jpg")
+    (src / "cups" / "broken.jpg").write_bytes(b"not a jpeg")
+    r = run_cli("align", src, tmp_path / "crops", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    assert "1 aligned, 0 already cached, 1 without a face, 1 unreadable" in r.stderr
+    assert "broken.jpg" in r.stderr and "coffee.jpg" in r.stderr
+    crop_path = tmp_path / "crops" / "eileen" / "portrait.png"
+    crop = np.asarray(Image.open(crop_path))
+    assert crop.shape == (64, 64, 3) and sorted(p.name for p in (tmp_path / "crops").rglob("*.png")) == ["portrait.png"]
+    # The crop FaceAnalyzer would make of the same photo (BlazeFace, arcface layout, 64 px).
+    from facemtl.faces.align import align_face
+    from facemtl.faces.detect import get_detector
+    from facemtl.images import load_image
+
+    image = load_image(src / "eileen" / "portrait.jpg", max_side=2048)
+    (face,) = get_detector("blazeface").detect(image)
+    np.testing.assert_array_equal(crop, align_face(image, face.landmarks, (64, 64), points=face.points)[0])
+    r = run_cli("align", src, tmp_path / "crops", "--size", "64")
+    assert "0 aligned, 1 already cached" in r.stderr
+
+
+@pytest.mark.shared_data
+def test_calibrate_aligns_real_photos_and_dry_run_writes_nothing(tmp_path):
+    """`calibrate --align --dry-run` on the LFW subset's photos with the release model."""
+    import shutil
+
+    from facemtl.pretrained import default_model
+    from tests.conftest import SHARED_DATA
+
+    model = tmp_path / "release" / "1"
+    shutil.copytree(default_model(), model)
+    before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
+    r = run_cli("calibrate", "--model", model, "--data", os.path.join(SHARED_DATA, "lfw_subset"), "--split", "test",
+                "--align", "--far", "0.01", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["people"] == 12 and answer["images"] >= 60 and 0.5 < answer["threshold"] < 1
+    assert answer["far"] <= 0.01 and answer["tar"] > 0.8  # dlib's embedding on aligned LFW faces
+    assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before  # nothing written
