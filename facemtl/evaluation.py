@@ -151,17 +151,27 @@ def predict_saved_model(saved_model_dir, images, labels, names, batch_size=256):
 
     predictor = Predictor(saved_model_dir, batch_size=batch_size)
     model_names = {"identity": predictor.identities, "expression": predictor.expressions}
+    # Only each sample's top class is kept (not its probabilities or embedding): memory grows by
+    # two integers per sample however many classes the model has or however long the stream is.
+    top = {"identity": [], "expression": []}
+
+    def score(batch):
+        out = predictor.forward(np.asarray(batch, np.uint8))
+        for task in top:
+            top[task].append(np.argmax(out[f"{task}_probs"], axis=1))
+
     if isinstance(images, np.ndarray):
-        raw = predictor.run(list(np.asarray(images, np.uint8)))
+        for start in range(0, len(images), batch_size):
+            score(images[start:start + batch_size])
     else:  # streamed: batch by batch, labels as they come
-        raw, got = [], {"identity": [], "expression": []}
+        got = {"identity": [], "expression": []}
         for x, y in images.batch(batch_size):
-            raw += predictor.run(list(x.numpy()))
+            score(x.numpy())
             for task in got:
                 got[task].append(y[task].numpy())
-        labels = {task: np.concatenate(v) for task, v in got.items()}
+        labels = {task: np.concatenate(v) if v else np.zeros(0, np.int32) for task, v in got.items()}
     preds, trues = {}, {}
-    for task, key in (("identity", "identity_probs"), ("expression", "expression_probs")):
+    for task in ("identity", "expression"):
         y = np.asarray(labels[task])
         if not (y != IGNORE_LABEL).any():
             continue
@@ -170,7 +180,7 @@ def predict_saved_model(saved_model_dir, images, labels, names, batch_size=256):
         if missing:
             raise ValueError(f"The data has {task} classes the model does not know: {missing[:5]}")
         trues[task] = np.array([index[names[task][v]] if v != IGNORE_LABEL else IGNORE_LABEL for v in y])
-        preds[task] = np.array([int(np.argmax(r[key])) for r in raw])
+        preds[task] = np.concatenate(top[task]) if top[task] else np.zeros(0, np.int64)
     return preds, trues, model_names
 
 

@@ -100,3 +100,53 @@ def test_cli_analyze_on_the_corpus_folder(trained, items, tmp_path):
     assert "named pipe" in by_name["pipe.jpg"]["error"] and "over facemtl's limit" in by_name["bomb_25000.png"]["error"]
     assert len(by_name["exif_1.jpg"]["faces"]) == 1
     assert "Traceback" not in r.stderr
+
+
+def _corpus_folder(items):
+    return os.path.dirname(next(source for _, source in items if isinstance(source, str) and source))
+
+
+def test_gallery_embedder_answers_every_input_between_two_good_photos(trained, items):
+    """What `facemtl gallery enroll` runs on each photo: an embedding, or an error naming the input."""
+    from facemtl.recognition.embed import Embedder
+
+    embedder = Embedder(trained.export_dir)
+    good = skimage_data.astronaut()
+    for name, source in items:
+        faces = embedder.embed([good, source, good])
+        assert len(faces) == 3 and faces[0].embedding is not None and faces[2].embedding is not None, name
+        assert (faces[1].embedding is None) == (faces[1].error is not None), name
+        if name in MUST_FAIL:
+            assert faces[1].error and MUST_FAIL[name] in faces[1].error, (name, faces[1].error)
+
+
+def test_align_folder_accounts_for_every_file_of_the_corpus(items, tmp_path):
+    from facemtl.faces.detect import get_detector
+    from facemtl.faces.preprocess import align_folder
+    from facemtl.media import expand_paths
+
+    folder = _corpus_folder(items)
+    report = align_folder(folder, str(tmp_path / "crops"), get_detector("blazeface"), size=(64, 64), progress=False)
+    listed = expand_paths([folder])
+    assert report.aligned + report.cached + len(report.no_face) + len(report.unreadable) == len(listed)
+    unreadable = {os.path.basename(p) for p in report.unreadable}
+    for name in ("pipe.jpg", "loop1.jpg", "dangling.jpg", "empty.jpg", "bomb_25000.png", "rows_20_of_200.png"):
+        assert name in unreadable, name
+    assert not list((tmp_path / "crops").rglob(".*"))  # no temporary file left behind
+
+
+def test_dataset_readers_skip_and_count_the_corpus(items, tmp_path):
+    """The corpus as one person's folder: readable photos are read, the rest skipped and listed, nothing raised."""
+    from facemtl.data.folders import read_identity_folders
+    from facemtl.data.materialize import materialize
+
+    folder = _corpus_folder(items)
+    (tmp_path / "people").mkdir()
+    os.symlink(folder, tmp_path / "people" / "someone")
+    source = read_identity_folders(str(tmp_path / "people"))
+    out = materialize(source, 32)
+    assert len(out.images) + len(out.skipped) == len(source) and out.images.shape[1:] == (32, 32, 3)
+    skipped = {os.path.basename(p) for p in out.skipped}
+    for name in ("empty.jpg", "bomb_25000.png", "rows_20_of_200.png", "truncated_0.5.jpg"):
+        assert name in skipped, name
+    assert "png_named.jpg" not in skipped and len(out.images) > 20
