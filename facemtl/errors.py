@@ -13,5 +13,9 @@ class ImageError(FacemtlError, ValueError):
     """A file or buffer could not be decoded as an image."""
 
 
+class ImageTooLarge(ImageError):
+    """An image claims more pixels than the limit (a decompression bomb, or simply too big)."""
+
+
 class ModelFormatError(FacemtlError, ValueError):
     """A SavedModel directory is missing or was not exported by facemtl."""

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facemtl.errors import ImageError
+from facemtl.errors import ImageError, ImageTooLarge
 from facemtl.files import unreadable_reason
 
 # Decoding a huge photo at full size can exhaust memory; PIL's own guard raises
@@ -95,7 +95,39 @@ def _png_rows_missing(source):
     return got < expected
 
 
-def load_image(source, max_side=None):
+def check_pixels(width, height, name, max_pixels=MAX_DECODE_PIXELS):
+    """Refuses an empty image (`ImageError`) or one over `max_pixels` (`ImageTooLarge`), from its size alone."""
+    if width * height == 0:
+        raise ImageError(f"{name}: zero-size image")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} pixels is over facemtl's limit of {max_pixels} pixels for one "
+                            "photo (a decompression bomb?)")
+
+
+def image_size(data, name=None, max_pixels=MAX_DECODE_PIXELS):
+    """`(width, height)` of encoded image bytes from their header alone, checked by `check_pixels`.
+
+    Nothing is decoded, so a decompression bomb (a small file claiming a huge
+    size) stops here.
+
+    Raises:
+        ImageError: not an image, or empty; `ImageTooLarge` over `max_pixels`.
+    """
+    name = name or _describe(data)
+    if not data:
+        raise ImageError(f"{name}: empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{name}: over facemtl's limit of {max_pixels} pixels ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: not a readable image ({exc})") from None
+    check_pixels(width, height, name, max_pixels)
+    return width, height
+
+
+def load_image(source, max_side=None, max_pixels=MAX_DECODE_PIXELS):
     """Loads a photo as a uint8 RGB array.
 
     Gray, palette, 16-bit and RGBA images become RGB (alpha is dropped); EXIF
@@ -105,13 +137,15 @@ def load_image(source, max_side=None):
         source: a path, encoded image bytes, a PIL image or a numpy array.
         max_side: if given, the image is downscaled (keeping its aspect ratio)
             so that its longer side is at most this many pixels.
+        max_pixels: files claiming more pixels (once a JPEG is set to decode at
+            `max_side`) are refused from their header, before decoding.
 
     Returns:
         `uint8` array `[h, w, 3]`.
 
     Raises:
         ImageError: naming the file when it is missing, empty, truncated or
-            not an image.
+            not an image; `ImageTooLarge` when it claims over `max_pixels`.
 
     Example:
         >>> load_image(np.zeros((10, 20), np.uint8)).shape
@@ -144,9 +178,7 @@ def load_image(source, max_side=None):
             with Image.open(opener) as opened:  # closed here: no file left open for the garbage collector
                 if max_side is not None:
                     opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
-                if opened.width * opened.height > MAX_DECODE_PIXELS:
-                    raise ImageError(f"{name}: {opened.width}x{opened.height} pixels is over facemtl's limit of "
-                                     f"{MAX_DECODE_PIXELS} pixels for one photo (a decompression bomb?)")
+                check_pixels(opened.width, opened.height, name, max_pixels)
                 opened.load()  # the pixels stay usable after the file is closed
                 image = opened
                 if image.format == "PNG" and _png_rows_missing(source):

@@ -119,3 +119,29 @@ def test_decoders_close_their_files(tmp_path):
                 load_image(tmp_path / name, max_side=max_side)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_one_header_check_for_files_and_request_bodies(tmp_path):
+    """`image_size` (the server's check) and `load_image` refuse the same way, from the header alone."""
+    import io
+
+    from PIL import Image
+
+    from facemtl.errors import ImageTooLarge
+    from facemtl.images import image_size
+    from tests.bad_inputs import png_claiming
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(buf, "PNG")
+    assert image_size(buf.getvalue()) == (30, 20)
+    with pytest.raises(ImageTooLarge, match="30x20 pixels is over facemtl's limit of 500"):
+        image_size(buf.getvalue(), "crop.png", max_pixels=500)
+    with pytest.raises(ImageTooLarge, match="30x20 pixels is over"):
+        load_image(buf.getvalue(), max_pixels=500)
+    bomb = png_claiming(25000, 25000)
+    for check in (image_size, load_image):
+        with pytest.raises(ImageTooLarge, match="25000x25000"):
+            check(bomb)
+    with pytest.raises(ImageError, match="not a readable image") as info:
+        image_size(b"not an image", "upload")
+    assert not isinstance(info.value, ImageTooLarge) and "upload" in str(info.value)

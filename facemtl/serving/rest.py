@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from facemtl.errors import FacemtlError
+from facemtl.errors import FacemtlError, ImageError, ImageTooLarge
+from facemtl.images import image_size
 
 INPUT = "images"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -89,22 +88,15 @@ def _decode_b64(value, where):
 def check_encoded_image(data, where, max_pixels):
     """Reads only the header of encoded image bytes: a known format, non-empty, at most `max_pixels`.
 
-    Decompression bombs (a small file claiming a huge size) stop here, before anything is decoded.
+    Decompression bombs (a small file claiming a huge size) stop here, before anything is decoded
+    (`facemtl.images.image_size`, the check `load_image` makes too); too large is a 413, unreadable a 400.
     """
-    if not data:
-        raise RequestError(f"{where}: empty image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as exc:
-        raise RequestError(f"{where}: over the limit of {max_pixels} pixels ({exc})", status=413) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise RequestError(f"{where}: not a readable image ({exc})") from None
-    if width * height == 0:
-        raise RequestError(f"{where}: zero-size image")
-    if width * height > max_pixels:
-        raise RequestError(f"{where}: {width}x{height} pixels is over the limit of {max_pixels}", status=413)
-    return width, height
+        return image_size(data, where, max_pixels)
+    except ImageTooLarge as exc:
+        raise RequestError(str(exc).replace("facemtl's limit", "the limit"), status=413) from None
+    except ImageError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def _image_array(value, where, max_pixels):
