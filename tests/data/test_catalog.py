@@ -130,6 +130,15 @@ def test_training_and_face_analyzer_give_the_model_byte_identical_crops(tmp_path
         assert len(served) == 1
         np.testing.assert_array_equal(crop, served[0])
         np.testing.assert_array_equal(prepare_images(crop, 64, 64, 3), prepare_images(served[0], 64, 64, 3))
+    # The same source in a recipe (`data.sources` with `align: true`): its crops are these very ones.
+    sources = f"[{{format: identity_folders, path: '{tmp_path / 'people'}', align: true, val_fraction: 0.34}}]"
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
+        "data.source=mixed", f"data.sources={sources}", f"data.cache_dir={tmp_path / 'cache'}",
+        "export.enabled=false"])
+    parts, _, val, _, _, _, _ = load_mixed(recipe, log=lambda *_: None)
+    from_recipe = np.concatenate([parts[0][0], val[0]])
+    assert len(from_recipe) == 3
+    assert sorted(c.tobytes() for c in from_recipe) == sorted(c.tobytes() for c in training.images)
 
 
 def test_pre_cropped_faces_are_resized_as_the_serving_graph_resizes(tmp_path):

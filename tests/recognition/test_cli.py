@@ -1,4 +1,8 @@
-"""`facemtl calibrate`, `verify` and `gallery` as users run them, on an exported ArcFace model."""
+"""`facemtl calibrate`, `verify`, `gallery`, `align` and `analyze --gallery` on an exported ArcFace model.
+
+The commands run through `facemtl.cli.main` in this process (the concurrency test starts real
+processes); `tests/test_cli.py` runs the entry point itself in new processes.
+"""
 
 import json
 import os
@@ -10,7 +14,7 @@ from PIL import Image
 
 from facemtl.data.synthetic import generate_faces
 from facemtl.export import read_metadata
-from tests.test_cli import run_cli
+from tests.test_cli import run_cli_here as run_cli  # in-process: many calls per test
 
 pytestmark = pytest.mark.slow  # every test here trains (the ArcFace fixture) or runs the CLI in new processes
 
