@@ -127,6 +127,7 @@ def measure_speed(model, faces=64, rounds=3):
     import cv2
     import face_recognition
 
+    from facemtl.export import crop_layout
     from facemtl.faces.align import align_face
     from facemtl.faces.detect import get_detector
     from facemtl.images import load_image
