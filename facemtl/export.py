@@ -135,7 +135,12 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
         # Only the faces found go through the model, in one batch; padded rows stay zeros.
         valid = tf.sequence_mask(count, max_faces)
         where = tf.where(valid)  # int64 [n, 2] (photo, face)
-        answers = serve(tf.gather_nd(crops, where))
+        found = tf.gather_nd(crops, where)
+        n = tf.shape(found)[0]
+        # Some models' graphs (dlib's affine layers) cannot take an empty batch: with no face in any
+        # photo, one blank crop goes through and no answer is kept.
+        blank = tf.zeros(tf.stack([1 - tf.minimum(n, 1), height, width, 3]), tf.uint8)
+        answers = {k: v[:n] for k, v in serve(tf.concat([found, blank], 0)).items()}
         batch = tf.shape(images, out_type=tf.int64)[0]
         result = {"count": count, "image_size": size, "boxes": boxes, "scores": scores, "keypoints": keypoints}
         for key, value in answers.items():

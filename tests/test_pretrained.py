@@ -99,3 +99,42 @@ def test_analyze_photo_matches_face_analyzer_on_real_photos(tmp_path):
             same += served["expression"][i, j].decode() == face["expression"]["label"]
             faces += 1
     assert faces >= 50 and same / faces >= 0.95, f"{same}/{faces} expression labels agree"
+
+
+@pytest.mark.slow
+def test_analyze_photo_on_awkward_photos_answers_like_face_analyzer():
+    """No face anywhere in the batch, a photo over 2048 px, gray, RGBA and palette GIF photos."""
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+    from skimage import data
+
+    from facemtl.inference import FaceAnalyzer
+
+    _release_or_skip()
+
+    def encoded(image, fmt="PNG"):
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        return buf.getvalue()
+
+    astronaut = Image.fromarray(data.astronaut())
+    big = Image.new("RGB", (3000, 2000))
+    big.paste(astronaut.resize((1500, 1500)), (1200, 300))
+    analyzer = FaceAnalyzer()
+    signature = analyzer.predictor._loaded.signatures["analyze_photo"]
+    faceless = [encoded(Image.new("RGB", (1, 1))), encoded(Image.fromarray(data.coffee()), "JPEG")]
+    out = signature(images=tf.constant(faceless))  # the model is never given an empty batch
+    assert out["count"].numpy().tolist() == [0, 0] and out["embedding"].shape == (2, 16, 128)
+    photos = [encoded(big, "JPEG"), encoded(astronaut.convert("L")), encoded(astronaut.convert("RGBA")),
+              encoded(astronaut.convert("P"), "GIF")]
+    out = {k: v.numpy() for k, v in signature(images=tf.constant(photos)).items()}
+    expected = analyzer.analyze(photos)
+    assert out["image_size"].tolist() == [r["size"] for r in expected] and expected[0]["size"] == [1365, 2048]
+    for i, photo in enumerate(expected):
+        assert out["count"][i] == len(photo["faces"]) == 1
+        face = photo["faces"][0]
+        np.testing.assert_allclose(out["boxes"][i, 0], face["box"], atol=3.0)
+        assert out["expression"][i, 0].decode() == face["expression"]["label"] == "happy"
