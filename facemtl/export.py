@@ -111,6 +111,8 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
     detector = BlazeFaceGraph(max_faces=max_faces)
     crop_spec = tf.TensorSpec([max_faces, height, width, 3], tf.uint8)
 
+    # Plain TF ops (tf.cond, map_fn) throughout: autograph's source rewrite would only add seconds to tracing.
+    @tf.autograph.experimental.do_not_convert
     def find(data):
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
         shape = tf.shape(image)[:2]
@@ -126,6 +128,7 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
                 tf.pad(xywh, [[0, pad], [0, 0]]), tf.pad(scores, [[0, pad]]),
                 tf.pad(keypoints, [[0, pad], [0, 0], [0, 0]]), count, tf.shape(image)[:2])
 
+    @tf.autograph.experimental.do_not_convert
     def analyze_photo(images):
         crops, boxes, scores, keypoints, count, size = tf.map_fn(
             find, images, fn_output_signature=(crop_spec, tf.TensorSpec([max_faces, 4], tf.float32),

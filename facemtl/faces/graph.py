@@ -17,6 +17,7 @@ path of `FaceAnalyzer` with the BlazeFace detector:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -80,6 +81,7 @@ class TFLiteNet:
         value = self._constants[index]
         return tf.cast(tf.constant(value), tf.float32) if value.dtype == np.float16 else tf.constant(value)
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops: autograph's rewrite only costs tracing time
     def __call__(self, x):
         """Runs the network on `float32 [batch, h, w, 3]` (already scaled to [-1, 1]); returns its outputs in order."""
         values = {self.inputs[0]: x}
@@ -170,7 +172,13 @@ class BlazeFaceGraph:
                                          f"Received {net.input_shape}")
             self.nets[key] = net
             self.anchors[key] = ssd_anchors(spec.size, spec.strides, spec.anchors_per_layer)
+        # One traced function per model, called wherever it runs (the full-range model runs twice in
+        # "auto"): the graph, the export's tracing time and its size hold each network once.
+        self._runs = {key: tf.function(functools.partial(self._run, key), autograph=False,
+                                       input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+                      for key in self.nets}
 
+    @tf.autograph.experimental.do_not_convert
     def _run(self, key, image):
         """One model on one float photo: `(boxes [m, 4] xyxy px, keypoints [m, 6, 2] px, scores [m], count)`."""
         spec = MODELS[key]
@@ -203,6 +211,7 @@ class BlazeFaceGraph:
         n = tf.minimum(tf.shape(scores)[0], self.max_faces)
         return boxes[:n], keypoints[:n], scores[:n], n
 
+    @tf.autograph.experimental.do_not_convert
     def detect(self, image):
         """Faces in one `uint8 [h, w, 3]` photo, best first.
 
@@ -219,21 +228,22 @@ class BlazeFaceGraph:
         def padded():
             # A face that filled the frame fills half of it inside a black border of half its size.
             pad = tf.reduce_max(tf.shape(image)[:2]) // 2
-            found = self._run("full", tf.pad(image, [[pad, pad], [pad, pad], [0, 0]]))
+            found = self._runs["full"](tf.pad(image, [[pad, pad], [pad, pad], [0, 0]]))
             shift = tf.cast(pad, tf.float32)
             return found[0] - shift, found[1] - shift, found[2], found[3]
 
         def short():
-            return self._run("short", image)
+            return self._runs["short"](image)
 
         def auto():
-            first = self._run("full", image)
+            first = self._runs["full"](image)
             return tf.cond(first[3] > 0, lambda: first,
                            lambda: (lambda second: tf.cond(second[3] > 0, lambda: second, short))(padded()))
 
         return tf.cond(tiny, empty, auto)
 
 
+@tf.autograph.experimental.do_not_convert
 def weighted_nms(boxes, keypoints, scores, min_score, iou_threshold, max_out):
     """MediaPipe's weighted NMS (`facemtl.faces.blazeface.weighted_nms`) as a TF loop, at most `max_out` faces.
 
@@ -270,6 +280,7 @@ def weighted_nms(boxes, keypoints, scores, min_score, iou_threshold, max_out):
     return padded(out_boxes, [4]), padded(out_points, [6, 2]), padded(out_scores, []), count
 
 
+@tf.autograph.experimental.do_not_convert
 def similarity_matrices(src, dst):
     """Least-squares similarity transforms mapping each `src [k, n, 2]` onto `dst [n, 2]`: `[k, 2, 3]`.
 
@@ -288,6 +299,7 @@ def similarity_matrices(src, dst):
     return tf.concat([linear, shift[..., None]], axis=2)
 
 
+@tf.autograph.experimental.do_not_convert
 def align_crops(image, points, size, face_scale=1.0, layout="arcface"):
     """Warps the faces of one photo onto the crop template, like `facemtl.faces.align.align_face`.
 
