@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from facemtl.errors import FacemtlError
 
@@ -52,6 +53,8 @@ def _analyze(args):
 
     if args.every < 1:
         raise FacemtlError(f"--every must be a positive number of frames. Received: --every {args.every}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise FacemtlError(f"--max-frames must be positive. Received: --max-frames {args.max_frames}")
     gallery = None
     if args.gallery:
         from facemtl.recognition.gallery import Gallery
@@ -64,14 +67,18 @@ def _analyze(args):
     if args.annotate:
         os.makedirs(args.annotate, exist_ok=True)
     names = AnnotationNames()
-    failures, photos, faces_found = [], 0, 0
+    failures, photos, frames, faces_found, interrupted = [], 0, 0, 0, False
+    start = time.perf_counter()
+    records = analyze_files(analyzer, args.paths, every=args.every, batch_photos=args.batch_photos,
+                            max_frames=args.max_frames)
     try:
-        for record, image in analyze_files(analyzer, args.paths, every=args.every, batch_photos=args.batch_photos):
+        for record, image in records:
             if "error" in record:
                 failures.append(record["path"])
                 print(f"facemtl: skipping {record['error']}", file=sys.stderr)
             else:
                 photos += 1
+                frames += "frame" in record
                 faces_found += len(record["faces"])
                 if args.annotate:
                     annotate(image, record["faces"]).save(
@@ -80,14 +87,22 @@ def _analyze(args):
                     for face in record["faces"]:
                         face.pop("embedding", None)
             out.write(json.dumps(record) + "\n")
+            out.flush()  # a camera runs until stopped: every answer is out as soon as it exists
+    except KeyboardInterrupt:  # Ctrl-C ends a camera (or a long run): what was analysed is kept and summed up
+        interrupted = True
+        records.close()
     finally:
         if out is not sys.stdout:
             out.close()
+    seconds = time.perf_counter() - start
     fallback = (f", {args.fallback} fallback on {analyzer.fallback_photos} photo(s)/frame(s) where {args.detector} "
                 "found no face" if args.fallback else "")
-    print(f"facemtl: analysed {photos} photo(s)/frame(s), found {faces_found} face(s){fallback}, "
-          f"{len(failures)} file(s) skipped" + (f": {', '.join(failures[:5])}" if failures else ""), file=sys.stderr)
-    return 1 if failures else 0
+    unit = "frames/s" if frames else "photos/s"
+    print(f"facemtl: analysed {photos} photo(s)/frame(s) in {seconds:.1f} s ({photos / max(seconds, 1e-9):.1f} "
+          f"{unit}, decoding included), found {faces_found} face(s){fallback}, {len(failures)} file(s) skipped"
+          + (f": {', '.join(failures[:5])}" if failures else "") + (" (interrupted)" if interrupted else ""),
+          file=sys.stderr)
+    return 130 if interrupted else (1 if failures else 0)
 
 
 def _align(args):
@@ -311,7 +326,8 @@ def build_parser():
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("analyze", help="detect, align and analyse every face in photos, folders and videos")
-    p.add_argument("paths", nargs="+", help="photos, folders (walked recursively) and video files")
+    p.add_argument("paths", nargs="+", help="photos, folders (walked recursively), video files and cameras "
+                                            "(camera:0 or /dev/video0; Ctrl-C stops)")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
@@ -320,6 +336,7 @@ def build_parser():
                                                           "face (e.g. mtcnn); counted in the summary")
     p.add_argument("--every", type=int, default=10, help="analyse every N-th video frame (default 10)")
     p.add_argument("--batch-photos", type=int, default=16, help="photos/frames per batched forward pass")
+    p.add_argument("--max-frames", type=int, help="analyse at most N frames of each video or camera")
     p.add_argument("--min-score", type=float, help="minimum detection confidence (default: the detector's own: "
                                                    "blazeface 0.6, mtcnn and haar 0.9)")
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")

@@ -258,8 +258,8 @@ class FaceAnalyzer:
         return results
 
 
-def analyze_files(analyzer, paths, *, every=10, batch_photos=16, progress=True):
-    """Analyses photos, folders (walked recursively) and videos; yields one record per photo or sampled frame.
+def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True):
+    """Analyses photos, folders (walked recursively), videos and cameras; yields one record per photo or frame.
 
     Photos and frames are analysed `batch_photos` at a time (their faces in one
     forward pass); a file that cannot be read yields an error record and costs
@@ -268,9 +268,11 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, progress=True):
 
     Args:
         analyzer: a `FaceAnalyzer`.
-        paths: files and folders.
-        every: analyse every `every`-th frame of videos.
+        paths: files, folders and cameras (`camera:0`, `/dev/video0`).
+        every: analyse every `every`-th frame of videos and cameras.
         batch_photos: photos (or frames) per batch.
+        max_frames: analyse at most this many frames of each video or camera
+            (default: a video to its end; a camera until the caller stops).
         progress: show a progress bar on stderr.
 
     Yields:
@@ -292,8 +294,12 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, progress=True):
     files = expand_paths(paths)
     bar = None
     if progress:
-        bar = Progress(sum(max(1, video_frame_count(p) // every) if is_video(p) and not err else 1
-                           for p, err in files), "analyze")
+        def expected(path):  # frames to analyse, for the progress bar (a camera's is unknown: max_frames or 1)
+            count = video_frame_count(path)
+            frames = max(1, count // every) if count else (max_frames or 1)
+            return min(frames, max_frames or frames)
+
+        bar = Progress(sum(expected(p) if is_video(p) and not err else 1 for p, err in files), "analyze")
     batch = []
 
     def flush():
@@ -312,7 +318,7 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, progress=True):
                 continue
             if is_video(path):
                 try:
-                    for frame, img in video_frames(path, every, analyzer.max_side):
+                    for frame, img in video_frames(path, every, analyzer.max_side, max_frames):
                         batch.append((path, frame, img))
                         if bar:
                             bar.update()

@@ -1,8 +1,9 @@
-"""Turning command-line paths (photos, folders, videos) into photos and sampled frames."""
+"""Turning command-line paths (photos, folders, videos, cameras) into photos and sampled frames."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -11,6 +12,13 @@ import numpy as np
 from facemtl.errors import ImageError
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+# A camera: `camera:0` (OpenCV's device index) or a V4L2 device file such as `/dev/video0`.
+_CAMERA = re.compile(r"camera:(\d+)|/dev/video\d+")
+
+
+def is_camera(path):
+    """Whether `path` names a camera (`camera:N` or `/dev/videoN`) rather than a file."""
+    return bool(_CAMERA.fullmatch(os.fspath(path)))
 
 
 def expand_paths(paths):
@@ -29,7 +37,9 @@ def expand_paths(paths):
     out = []
     for path in paths:
         path = os.fspath(path)
-        if os.path.isdir(path):
+        if is_camera(path):  # opened when its frames are read; a missing camera is reported then
+            out.append((path, None))
+        elif os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for f in sorted(files):
@@ -46,25 +56,35 @@ def expand_paths(paths):
 
 
 def is_video(path):
-    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    """Whether `path` is a video file (by its extension) or a camera."""
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS or is_camera(path)
 
 
-def video_frames(path, every=10, max_side=None):
-    """Yields `(frame_index, rgb uint8 [h, w, 3])` for every `every`-th frame of a video.
+def video_frames(path, every=10, max_side=None, max_frames=None):
+    """Yields `(frame_index, rgb uint8 [h, w, 3])` for every `every`-th frame of a video or camera.
+
+    Args:
+        path: a video file, or a camera (`camera:N`, `/dev/videoN`).
+        every: keep every `every`-th frame (the others are grabbed, not decoded).
+        max_side: downscale frames longer than this.
+        max_frames: stop after this many kept frames (a camera otherwise runs
+            until the caller stops, e.g. on Ctrl-C).
 
     Raises:
-        ImageError: when the file cannot be opened as a video.
+        ImageError: when the file or camera cannot be opened.
     """
     import cv2
 
     if every < 1:
         raise ValueError(f"every must be >= 1. Received: every={every}")
-    cap = cv2.VideoCapture(os.fspath(path))
+    match = _CAMERA.fullmatch(os.fspath(path))
+    source = int(match.group(1)) if match and match.group(1) is not None else os.fspath(path)
+    cap = cv2.VideoCapture(source)
     if not cap.isOpened():
-        raise ImageError(f"{path}: not a readable video")
+        raise ImageError(f"{path}: not a readable {'camera' if match else 'video'}")
     try:
-        index = 0
-        while True:
+        index, kept = 0, 0
+        while max_frames is None or kept < max_frames:
             if index % every == 0:
                 ok, frame = cap.read()
                 if not ok:
@@ -75,6 +95,7 @@ def video_frames(path, every=10, max_side=None):
                     rgb = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)),
                                      interpolation=cv2.INTER_AREA)
                 yield index, np.ascontiguousarray(rgb)
+                kept += 1
             elif not cap.grab():  # skip without decoding
                 break
             index += 1
@@ -83,8 +104,11 @@ def video_frames(path, every=10, max_side=None):
 
 
 def video_frame_count(path):
+    """Frames in a video file (0 when unknown, and for cameras)."""
     import cv2
 
+    if is_camera(path):
+        return 0
     cap = cv2.VideoCapture(os.fspath(path))
     try:
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -94,6 +95,41 @@ def test_cli_analyze_video(trained, tmp_path):
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["frame"] for rec in records] == [0, 2, 4, 6, 8, 10]
     assert all(len(rec["faces"]) >= 1 for rec in records)
+    assert re.search(r"analysed 6 photo\(s\)/frame\(s\) in [0-9.]+ s \([0-9.]+ frames/s", r.stderr), r.stderr
+    r = run_cli("analyze", path, "--model", trained.export_dir, "--every", "2", "--max-frames", "2",
+                "--detector", "haar")
+    assert [json.loads(line)["frame"] for line in r.stdout.splitlines()] == [0, 2]
+
+
+def test_a_camera_is_read_like_a_video_until_max_frames(trained, tmp_path, monkeypatch):
+    """`camera:0` opens OpenCV's device 0 (here a stand-in that plays a clip) and honours --every and --max-frames."""
+    import cv2
+
+    from tests.test_cli import run_cli_here
+
+    astro = skimage_data.astronaut()
+    clip = str(tmp_path / "camera.avi")
+    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
+    for i in range(10):
+        writer.write(cv2.cvtColor(np.roll(astro, 4 * i, axis=1), cv2.COLOR_RGB2BGR))
+    writer.release()
+    opened = []
+    real = cv2.VideoCapture
+
+    def camera(source, *args):
+        opened.append(source)
+        return real(clip if source == 0 else source, *args)
+
+    monkeypatch.setattr(cv2, "VideoCapture", camera)
+    r = run_cli_here("analyze", "camera:0", "--model", trained.export_dir, "--every", "3", "--max-frames", "3",
+                     "--detector", "haar")
+    assert r.returncode == 0, r.stderr
+    assert 0 in opened  # the device index, not a file named "camera:0"
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(rec["path"], rec["frame"]) for rec in records] == [("camera:0", 0), ("camera:0", 3), ("camera:0", 6)]
+    assert "frames/s" in r.stderr
+    r = run_cli_here("analyze", "camera:7", "--model", trained.export_dir, "--detector", "haar")
+    assert r.returncode == 1 and "camera:7: not a readable camera" in r.stderr
 
 
 class _FindsNothing:
