@@ -254,11 +254,19 @@ def check_before_training(recipe, run_dir):
         if run_dir is None:
             raise FacemtlError("Multi-worker training needs --run-dir: the same path on every worker")
     if loop == "custom":
-        unfreezes = recipe.model.freeze_backbone and 0 < (recipe.train.unfreeze_at_epoch or 0) < recipe.train.epochs
-        if unfreezes or recipe.loss_weighting != "fixed":
+        if len(training_phases(recipe)) > 1 or recipe.loss_weighting != "fixed":
             raise FacemtlError("train.unfreeze_at_epoch and loss_weighting=uncertainty are not supported by the "
                                "custom loop yet")
     return loop
+
+
+def training_phases(recipe):
+    """`[(first_epoch, end_epoch, lr_factor)]`: one phase, or a frozen-backbone phase then a fine-tuning one."""
+    epochs = recipe.train.epochs
+    unfreeze = recipe.train.unfreeze_at_epoch if recipe.model.freeze_backbone else None
+    if unfreeze is not None and 0 < unfreeze < epochs:
+        return [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
+    return [(0, epochs, 1.0)]
 
 
 def open_run(recipe, run_dir, chief, log):
@@ -358,12 +366,7 @@ def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, check
         truncate_history(history_csv, done)
     nan_guard = StopOnNaN()
     callbacks = fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint)
-    epochs = recipe.train.epochs
-    unfreeze = recipe.train.unfreeze_at_epoch if recipe.model.freeze_backbone else None
-    phases = [(0, epochs, 1.0)]
-    if unfreeze is not None and 0 < unfreeze < epochs:
-        phases = [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
-    for i, (first, last, lr_factor) in enumerate(phases):
+    for i, (first, last, lr_factor) in enumerate(training_phases(recipe)):
         if last <= done:  # a resumed run skips the phases it has finished
             continue
         if i > 0:
