@@ -60,6 +60,12 @@ class ModelConfig:
     # template) or "dlib" (dlib's 150-px chip, padding 0.25). Training alignment
     # and serving (FaceAnalyzer, from the export's metadata) both use it.
     crop_layout: Literal["arcface", "dlib"] = "arcface"
+    # dlib_resnet only: the expression branch also answers for the mirror image and averages the two
+    # (one forward pass, the face and its mirror in one batch).
+    mirror_expression: bool = False
+    # dlib_resnet only: start from an export's weights (a SavedModel version folder, or "release" for the
+    # shipped model), e.g. to keep its identity branch and classifier exactly.
+    init_from: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -130,6 +136,28 @@ class DataConfig:
     steps_per_epoch: Optional[int] = None  # mixed streams are endless; default: training images / batch
     shuffle_buffer: int = 10000
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+
+# Pixel-level views of each training face cached by `feature_cache` (see facemtl.training.feature_cache).
+TRAIN_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror", "plain_jitter", "framed_jitter")
+
+
+@dataclasses.dataclass
+class FeatureCacheConfig:
+    """The expression branch trained on cached trunk maps (`facemtl.training.feature_cache`)."""
+
+    enabled: bool = False
+    views: list[str] = dataclasses.field(default_factory=lambda: list(TRAIN_VIEWS))
+    label_smoothing: float = 0.1
+    map_shift: int = 2  # random shifts of the cached maps, in cells (0: off)
+    cutout: int = 0  # side of a zeroed square of the maps, in cells (0: off)
+    mixup: float = 0.0  # Beta(a, a) mixing of two faces' maps and labels (0: off)
+    probe_epochs: int = 0  # epochs with the branch's stages frozen (head only, Adam 1e-3) first
+    class_balance: float = 0.0  # loss weight per class ~ (1 / frequency) ** this (0: off, 1: fully balanced)
+    jitter_shift: float = 0.05  # pixel-level jitter views: shift (fraction), scale and rotation
+    jitter_scale: float = 0.08
+    jitter_rotation: float = 10.0  # degrees
+    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -209,6 +237,7 @@ class Recipe:
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    feature_cache: FeatureCacheConfig = dataclasses.field(default_factory=FeatureCacheConfig)
     output_dir: str = "runs"
     # Overrides (dotted key -> value) applied by `--smoke`: a tiny variant of
     # this recipe that runs in seconds.

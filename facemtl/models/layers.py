@@ -81,3 +81,28 @@ class CosineClassifier(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class FlipLeftRight(keras.layers.Layer):
+    """Mirror images: `[batch, h, w, c]` flipped along the width.
+
+    With `MeanOfHalves` after a branch fed the images and their mirrors in one
+    batch, a model averages its answers for a face and its mirror image
+    (test-time mirror averaging inside the exported graph).
+    """
+
+    def call(self, inputs):
+        return ops.flip(inputs, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class MeanOfHalves(keras.layers.Layer):
+    """`[2 * batch, ...]` -> `[batch, ...]`: the mean of the first and second halves of the batch."""
+
+    def call(self, inputs):
+        n = ops.shape(inputs)[0] // 2
+        return (inputs[:n] + inputs[n:]) / 2
+
+    def compute_output_shape(self, input_shape):
+        return (None if input_shape[0] is None else input_shape[0] // 2, *input_shape[1:])

@@ -213,6 +213,10 @@ def train(recipe, run_dir=None, log=print):
         >>> result = train(load_recipe("recipes/quickstart.yaml", smoke=True))
         >>> result.test_report["expression"]["accuracy"]
     """
+    if recipe.feature_cache.enabled:  # the expression branch on cached trunk maps (a CPU recipe)
+        from facemtl.training.feature_cache import train_on_cache
+
+        return train_on_cache(recipe, run_dir, log)
     start = time.time()
     loop = check_before_training(recipe, run_dir)
     # Created first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.

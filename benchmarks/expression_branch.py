@@ -1,0 +1,95 @@
+"""What each choice for the expression branch is worth, on one budget (a row per variant).
+
+Trains the branch of a recipe with `feature_cache.enabled` on the cached trunk
+maps (`facemtl.training.feature_cache`), once per variant, and appends the
+best validation scores (FER2013 train's held-out validation split, never the
+test split) to `runs/expression_branch/results.jsonl`; `--table` prints them
+as the markdown table in docs/expression.md.
+
+    python benchmarks/expression_branch.py recipes/release_cpu.yaml --variant base
+    python benchmarks/expression_branch.py recipes/release_cpu.yaml --variant ls0 --set feature_cache.label_smoothing=0
+    python benchmarks/expression_branch.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+OUT = os.path.join("runs", "expression_branch")
+RESULTS = os.path.join(OUT, "results.jsonl")
+
+
+def cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def table():
+    rows = [json.loads(line) for line in open(RESULTS, encoding="utf-8")]
+    print("| variant | overrides | epochs | best epoch | val plain | val plain, mirror-avg | val framed | "
+          "val framed, mirror-avg | val macro-F1 | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["scores"]
+        print(f"| {r['variant']} | {' '.join(r['overrides']) or '(recipe as is)'} | {r['epochs']} | {r['best_epoch']} | "
+              f"{s['plain']:.1%} | {s['plain_mirror_avg']:.1%} | {s['framed']:.1%} | {s['framed_mirror_avg']:.1%} | "
+              f"{r['macro_f1']:.3f} | {r['minutes']:.1f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?")
+    parser.add_argument("--variant", help="the row's name (its run folder: runs/expression_branch/VARIANT)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    parser.add_argument("--table", action="store_true", help="print the results as a markdown table")
+    args = parser.parse_args()
+    if args.table:
+        return table()
+    if not args.recipe or not args.variant:
+        parser.error("give a recipe and --variant (or --table)")
+
+    import numpy as np
+
+    from facemtl.config import load_recipe
+    from facemtl.evaluation import classification_report
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.training.feature_cache import predict_views, train_expression_branch, view_scores
+
+    recipe = load_recipe(args.recipe, overrides=args.set)
+    run_dir = os.path.join(OUT, args.variant)
+    start = time.time()
+    branch, history, record = train_expression_branch(recipe, run_dir)
+    from facemtl.training.feature_cache import prepare_caches
+
+    caches = prepare_caches(recipe, log=lambda *_: None)
+    probs = predict_views(branch, caches.val)
+    views = list(caches.val.views)
+    scores = view_scores(probs, caches.val.labels, views)
+    suffix = "_mirror_avg" if recipe.model.mirror_expression else ""
+    pred = np.concatenate([(probs[views.index("plain")] + (probs[views.index("plain_mirror")] if suffix else 0)),
+                           (probs[views.index("framed")] + (probs[views.index("framed_mirror")] if suffix else 0))])
+    report = classification_report(np.concatenate([caches.val.labels] * 2), pred.argmax(1), EXPRESSIONS)
+    row = {"variant": args.variant, "overrides": args.set, "epochs": recipe.train.epochs,
+           "best_epoch": record["epoch"], "scores": scores, "macro_f1": report["macro_f1"],
+           "per_class_recall": {n: round(c["recall"], 3) for n, c in report["per_class"].items()}, "minutes": (time.time() - start) / 60,
+           "val_faces": int(len(caches.val.labels)), "framing": caches.framing, "cpu": cpu_name(),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip()}
+    os.makedirs(OUT, exist_ok=True)
+    with open(RESULTS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()

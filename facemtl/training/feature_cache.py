@@ -1,0 +1,605 @@
+"""Trains the expression branch on a cache of the frozen trunk's output (a CPU recipe).
+
+With dlib's trunk frozen (stem and stages 1-2), every face goes through the
+same frozen layers at every epoch. This module runs them once, over a few
+views of each training face made at the pixel level, and trains only the
+expression branch (its stages and head) on the cached maps: an epoch costs
+seconds instead of minutes on a 2-core CPU, so long schedules fit.
+
+Views of each FER2013 face (at the model's input size):
+- `plain`: the crop resized as `serving_default` resizes a face crop;
+- `framed`: the crop framed like a served photo (`facemtl.data.photo_framing`:
+  the serving detector and alignment), what `analyze` and `analyze_photo` feed;
+- each mirrored, and one small random similarity jitter (shift, scale,
+  rotation, random mirror) of each.
+An epoch draws one view per face at random; the cached maps get random
+shifts of a few cells, cutout or mixup as asked.
+
+Checkpoints are chosen on a validation split carved from FER2013's train
+(never on the test split), scored on its plain and framed views, each
+averaged with its mirror image.
+
+Example:
+    >>> cache = build_trunk_cache(images, framed, trunk, "data/cache", "fer2013-train", views=TRAIN_VIEWS)
+    >>> branch = build_expression_branch(cache.shape[1:])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig
+from facemtl.files import temporary_name, write_json_atomically
+
+# Views cached for validation faces (no jitter: scored as served).
+EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
+CACHE_FORMAT = 1
+
+
+def view_images(images, framed, view, rng=None, cfg=None):
+    """One view of every face, `uint8 [n, size, size, 3]` (see the module docstring)."""
+    import cv2
+
+    from facemtl.preprocessing import resize_face
+
+    size = framed.shape[1]
+    base = framed if view.startswith("framed") else np.stack([resize_face(im, size) for im in images])
+    if view.endswith("_mirror"):
+        return base[:, :, ::-1].copy()
+    if not view.endswith("_jitter"):
+        return base
+    cfg = cfg or FeatureCacheConfig()
+    rng = rng or np.random.default_rng(0)
+    out = np.empty_like(base)
+    centre = (size / 2.0, size / 2.0)
+    for i, im in enumerate(base):
+        scale = 1.0 + rng.uniform(-cfg.jitter_scale, cfg.jitter_scale)
+        matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-cfg.jitter_rotation, cfg.jitter_rotation), scale)
+        matrix[:, 2] += rng.uniform(-cfg.jitter_shift, cfg.jitter_shift, 2) * size
+        im = cv2.warpAffine(im, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        out[i] = im[:, ::-1] if rng.random() < 0.5 else im
+    return out
+
+
+def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto"):
+    """The frozen shared part of `build_dlib_multitask`: normalisation, stem and stages `0..split_stage`."""
+    from facemtl.models.dlib_resnet import dlib_stages, load_dlib_weights
+    from facemtl.models.layers import ImageNormalization
+
+    inputs = keras.Input(shape=tuple(input_shape), name="backbone_input")
+    trunk = keras.Model(inputs, dlib_stages(ImageNormalization("dlib", name="normalize")(inputs), 0, split_stage),
+                        name="backbone")
+    if weights is not None:
+        load_dlib_weights(trunk, None if weights == "auto" else weights)
+    trunk.trainable = False
+    return trunk
+
+
+@dataclasses.dataclass
+class TrunkCache:
+    """Cached trunk maps: `features float16 [views, n, h, w, c]` (a memory map) and the labels."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    views: tuple
+
+
+def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAIN_VIEWS, cfg=None, batch_size=256,
+                      log=print):
+    """Runs the frozen trunk once over every view of every face; stores the maps in `cache_dir`.
+
+    The cache is keyed by the faces' pixels, the framed crops, the views, the
+    jitter settings and the trunk's weights; it is written under a temporary
+    name and renamed when complete, so an interrupted run never reuses half a cache.
+
+    Returns:
+        A `TrunkCache` over the stored file (memory-mapped).
+    """
+    cfg = cfg or FeatureCacheConfig()
+    h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views), cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotation,
+                                 cfg.seed]).encode())
+    for array in (images, framed, labels, *trunk.get_weights()):
+        h.update(np.ascontiguousarray(array).tobytes())
+    path = os.path.join(cache_dir, f"{name}-trunk-{h.hexdigest()[:16]}.npy")
+    if os.path.isfile(path):
+        log(f"{name}: trunk maps cached ({path})")
+        return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
+    os.makedirs(cache_dir, exist_ok=True)
+    run = tf.function(lambda x: trunk(x, training=False), jit_compile=False, reduce_retracing=True)
+    shape = tuple(trunk.output_shape[1:])
+    tmp = temporary_name(path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(views), len(images), *shape))
+        rng = np.random.default_rng(cfg.seed)
+        start = time.time()
+        for v, view in enumerate(views):
+            for s in range(0, len(images), 2048):
+                pixels = view_images(images[s:s + 2048], framed[s:s + 2048], view, rng, cfg)
+                for b in range(0, len(pixels), batch_size):
+                    out[v, s + b:s + b + len(pixels[b:b + batch_size])] = run(
+                        tf.constant(pixels[b:b + batch_size], tf.float32)).numpy().astype(np.float16)
+            log(f"{name}: trunk maps of view {view!r} done ({v + 1}/{len(views)}, {time.time() - start:.0f} s)")
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
+
+
+def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(512,), dropout=0.5,
+                            num_classes=7, weights="auto"):
+    """The expression branch of `build_dlib_multitask` as its own model: trunk maps in, probabilities out.
+
+    Its layers are named as in the multi-task model (`expression_stage3_...`,
+    `expression_dense1`, `expression`), so its weights copy over by name
+    (`copy_weights_by_name`).
+
+    Args:
+        input_shape: the trunk maps' shape, e.g. `(17, 17, 64)`.
+        split_stage, last_stage: the dlib stages `split_stage + 1 .. last_stage` it copies.
+        units, dropout: the head's dense layers.
+        num_classes: expression classes.
+        weights: `"auto"` (dlib's weights for the stages), a `.dat` path, or `None`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    from facemtl.models.dlib_resnet import dlib_stages, load_dlib_weights
+    from facemtl.models.heads import feature_stack
+
+    inputs = keras.Input(shape=tuple(input_shape), name="trunk_maps")
+    h = dlib_stages(inputs, split_stage + 1, last_stage, "expression_")
+    h = keras.layers.GlobalAveragePooling2D(name="expression_pool")(h)
+    h = feature_stack(h, list(units), activation="relu", dropout=dropout, name="expression")
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="expression")(h)
+    branch = keras.Model(inputs, outputs, name="expression_branch")
+    if weights is not None:
+        load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
+    return branch
+
+
+def copy_weights_by_name(source, target, prefix="expression"):
+    """Copies the weights of `source`'s layers named `prefix*` into `target`'s layers of the same names.
+
+    Returns:
+        The names of the layers copied.
+
+    Raises:
+        ValueError: a layer of `source` has no counterpart in `target`, or shapes differ.
+    """
+    names = [layer.name for layer in source.layers if layer.name.startswith(prefix) and layer.weights]
+    for name in names:
+        try:
+            dst = target.get_layer(name)
+        except ValueError:
+            raise ValueError(f"{target.name} has no layer {name!r} to copy into") from None
+        dst.set_weights(source.get_layer(name).get_weights())
+    return names
+
+
+def _shift_maps(x, shift, rng):
+    """Each map shifted by up to `shift` cells in each direction (edges padded with zeros)."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
+    return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+
+
+def _cutout(x, side, rng):
+    n, h, w, _ = x.shape
+    ys, xs = rng.integers(0, h - side + 1, n), rng.integers(0, w - side + 1, n)
+    for i in range(n):
+        x[i, ys[i]:ys[i] + side, xs[i]:xs[i] + side] = 0
+    return x
+
+
+def batches(cache, indices, batch_size, cfg, num_classes, rng, class_weights=None):
+    """One epoch of `(maps, one-hot targets[, weights])` batches: a random view per face, augmented maps."""
+    order = rng.permutation(indices)
+    views = [cache.views.index(v) for v in cfg.views]
+    for s in range(0, len(order), batch_size):
+        idx = np.sort(order[s:s + batch_size])
+        pick = rng.choice(views, len(idx))
+        x = np.empty((len(idx), *cache.features.shape[2:]), np.float32)
+        for v in np.unique(pick):
+            x[pick == v] = cache.features[v, idx[pick == v]]
+        y = np.eye(num_classes, dtype=np.float32)[cache.labels[idx]]
+        if cfg.map_shift:
+            x = _shift_maps(x, cfg.map_shift, rng)
+        if cfg.cutout:
+            x = _cutout(x, cfg.cutout, rng)
+        if cfg.mixup:
+            lam = rng.beta(cfg.mixup, cfg.mixup, (len(idx), 1)).astype(np.float32)
+            lam = np.maximum(lam, 1 - lam)
+            other = rng.permutation(len(idx))
+            x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[other]
+            y = lam * y + (1 - lam) * y[other]
+        if class_weights is not None:
+            yield x, y, class_weights[cache.labels[idx]]
+        else:
+            yield x, y
+
+
+def predict_views(branch, cache, indices=None, batch_size=512):
+    """The branch's probabilities per cached view: `float32 [views, n, classes]`."""
+    run = tf.function(lambda x: branch(x, training=False), reduce_retracing=True)
+    n = cache.features.shape[1] if indices is None else len(indices)
+    indices = np.arange(n) if indices is None else np.asarray(indices)
+    out = []
+    for v in range(len(cache.views)):
+        out.append(np.concatenate([run(tf.constant(cache.features[v, indices[s:s + batch_size]], tf.float32)).numpy()
+                                   for s in range(0, n, batch_size)]))
+    return np.stack(out)
+
+
+def view_scores(probs, labels, views):
+    """Accuracy per framing, single and mirror-averaged, from `predict_views`' output."""
+    scores = {}
+    for name in ("plain", "framed"):
+        if name in views and f"{name}_mirror" in views:
+            single = probs[views.index(name)]
+            mirrored = (single + probs[views.index(f"{name}_mirror")]) / 2
+            scores[name] = float((single.argmax(1) == labels).mean())
+            scores[f"{name}_mirror_avg"] = float((mirrored.argmax(1) == labels).mean())
+    return scores
+
+
+class ValidationScores(keras.callbacks.Callback):
+    """Scores the branch on the cached validation views after each epoch; logs `val_expression_accuracy`.
+
+    `val_expression_accuracy` is the mean over the plain and framed views of
+    the mirror-averaged accuracy when the model serves mirror averaging, else
+    of the single-view accuracy: the figure checkpoints are chosen on.
+    """
+
+    def __init__(self, cache, mirror=False, log=print):
+        super().__init__()
+        self.cache, self.mirror, self.log = cache, mirror, log
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = view_scores(predict_views(self.model, self.cache), self.cache.labels, list(self.cache.views))
+        suffix = "_mirror_avg" if self.mirror else ""
+        value = (scores[f"plain{suffix}"] + scores[f"framed{suffix}"]) / 2
+        if logs is not None:
+            logs["val_expression_accuracy"] = value
+            logs.update({f"val_{k}": v for k, v in scores.items()})
+        self.log(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+def class_weight_vector(labels, power, num_classes):
+    """Loss weights `(1 / frequency) ** power` per class, scaled to mean 1 over the samples."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    w = (counts.sum() / np.maximum(counts, 1)) ** power
+    w /= (w[labels]).mean()
+    return w.astype(np.float32)
+
+
+def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optimizer, run_dir, mirror=False,
+               log=print, verbose=2):
+    """Fits the branch on the cache with Keras `fit`, resumable, keeping the best validation checkpoint.
+
+    A run that stops is resumed by calling again with the same `run_dir`
+    (Keras' `BackupAndRestore`, at each epoch's end); the best weights are
+    written atomically to `run_dir/checkpoints/best.weights.h5`.
+
+    Args:
+        branch: from `build_expression_branch`.
+        train_cache, val_cache: `TrunkCache`s.
+        cfg: a `FeatureCacheConfig`.
+        epochs, batch_size: the schedule.
+        optimizer: a `keras.optimizers.Optimizer` (its schedule spans all epochs).
+        run_dir: where checkpoints, the backup and `history.json` go.
+        mirror: choose checkpoints on mirror-averaged validation accuracy.
+
+    Returns:
+        The Keras `History`'s dict.
+    """
+    from facemtl.training.callbacks import StopOnNaN
+
+    num_classes = branch.output_shape[-1]
+    rng = np.random.default_rng(cfg.seed)
+    indices = np.arange(len(train_cache.labels))
+    weights = class_weight_vector(train_cache.labels, cfg.class_balance, num_classes) if cfg.class_balance else None
+    steps = -(-len(indices) // batch_size)
+    spec = (tf.TensorSpec([None, *train_cache.features.shape[2:]], tf.float32),
+            tf.TensorSpec([None, num_classes], tf.float32))
+    if weights is not None:
+        spec = (*spec, tf.TensorSpec([None], tf.float32))
+
+    def endless():
+        while True:
+            yield from batches(train_cache, indices, batch_size, cfg, num_classes, rng, weights)
+
+    data = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    history = {}
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            record = best + ".json"
+            self.best = -1.0
+            if os.path.isfile(record) and os.path.isfile(best):
+                with open(record, encoding="utf-8") as f:
+                    self.best = json.load(f)["value"]
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_expression_accuracy", -1.0)
+            for k, v in (logs or {}).items():
+                history.setdefault(k, []).append(float(v))
+            if value > self.best:
+                self.best = value
+                tmp = temporary_name(best)  # keeps the .weights.h5 ending Keras asks for
+                try:
+                    self.model.save_weights(tmp)
+                    os.replace(tmp, best)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+                write_json_atomically(best + ".json", {"value": value, "epoch": epoch + 1})
+            write_json_atomically(os.path.join(run_dir, "history.json"), history)
+
+    def phase(first, last, trainable_stages, opt):
+        for layer in branch.layers:
+            if layer.name.startswith("expression_stage"):
+                layer.trainable = trainable_stages
+        branch.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
+        callbacks = [ValidationScores(val_cache, mirror, log), BestWeights(), StopOnNaN(),
+                     # "backup" is what `find_unfinished_run` looks for: the same command resumes the run.
+                     keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup" if trainable_stages else
+                                                                   "backup-probe"), delete_checkpoint=False)]
+        branch.fit(data, epochs=last, initial_epoch=first, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+
+    if cfg.probe_epochs:
+        phase(0, cfg.probe_epochs, False, keras.optimizers.Adam(1e-3))
+    phase(cfg.probe_epochs, epochs, True, optimizer)
+    write_json_atomically(os.path.join(run_dir, "history.json"), history)
+    return history
+
+
+@dataclasses.dataclass
+class CachedSplits:
+    """The expression source's trunk caches: `train` (all views) and `val` (`EVAL_VIEWS`), and what framing did."""
+
+    train: TrunkCache
+    val: TrunkCache
+    framing: dict
+    expression_names: list
+
+
+def expression_source(recipe):
+    """The recipe's one expression source (FER2013) and its index in `data.sources`."""
+    from facemtl.errors import RecipeError
+
+    found = [(k, s) for k, s in enumerate(recipe.data.sources) if s.format.startswith("fer2013")]
+    if len(found) != 1:
+        raise RecipeError(f"feature_cache.enabled needs exactly one FER2013 source in data.sources. "
+                          f"Received: {[s.format for s in recipe.data.sources]}")
+    return found[0]
+
+
+def prepare_caches(recipe, log=print):
+    """Reads the expression source, splits off validation as `facemtl train` does, frames and caches it.
+
+    Returns:
+        A `CachedSplits`.
+    """
+    from facemtl.data.catalog import holdout, read_source
+    from facemtl.data.materialize import materialize
+    from facemtl.data.photo_framing import cached_framing
+    from facemtl.labels import EXPRESSIONS
+
+    k, cfg = expression_source(recipe)
+    data, m = recipe.data, recipe.model
+    unknown = sorted(set(recipe.feature_cache.views) - set(TRAIN_VIEWS))
+    if unknown:
+        from facemtl.errors import RecipeError
+
+        raise RecipeError(f"Bad value for 'feature_cache.views': {unknown} are not views; expected some of "
+                          f"{list(TRAIN_VIEWS)}")
+    src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=m.height)
+    train_idx, val_idx = holdout(src, [cfg.val_fraction], seed=recipe.train.seed + k)
+    trunk = build_trunk((m.height, m.width, 3), m.split_stage, m.backbone_weights or "auto")
+    caches, framing = {}, {}
+    for part, idx, views in (("train", train_idx, tuple(TRAIN_VIEWS)), ("val", val_idx, EVAL_VIEWS)):
+        sub = src.subset(idx)
+        sub.split = f"{src.split or cfg.split}-{part}"
+        # FER2013's own 48 px: the photo it stands for is upscaled from the original crop, as in serving.
+        mat = materialize(sub, 48, margin=data.crop_margin, cache_dir=data.cache_dir)
+        framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", log=log, size=m.height,
+                                layout=m.crop_layout)
+        framing[part] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
+        caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
+                                         f"{src.name}-{sub.split}", views=views, cfg=recipe.feature_cache, log=log)
+    return CachedSplits(caches["train"], caches["val"], framing, list(EXPRESSIONS))
+
+
+def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
+    """Trains the recipe's expression branch on the trunk caches (resumable in `run_dir`).
+
+    Returns:
+        `(branch with the best validation weights, history dict, best record)`.
+    """
+    from facemtl.training.trainer import build_optimizer
+
+    caches = caches or prepare_caches(recipe, log)
+    m = recipe.model
+    branch = build_expression_branch(caches.train.features.shape[2:], split_stage=m.split_stage,
+                                     last_stage=m.expression_last_stage, units=m.expression_units, dropout=m.dropout,
+                                     num_classes=len(caches.expression_names), weights=m.backbone_weights or "auto")
+    steps = -(-len(caches.train.labels) // recipe.train.batch_size)
+    keras.utils.set_random_seed(recipe.train.seed)
+    history = fit_branch(branch, caches.train, caches.val, recipe.feature_cache, epochs=recipe.train.epochs,
+                         batch_size=recipe.train.batch_size, optimizer=build_optimizer(recipe, steps),
+                         run_dir=run_dir, mirror=m.mirror_expression, log=log, verbose=verbose)
+    best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    branch.load_weights(best)
+    with open(best + ".json", encoding="utf-8") as f:
+        record = json.load(f)
+    return branch, history, record
+
+
+def load_export_weights(model, saved_model_dir):
+    """Sets `model`'s weights from an export's variables, matched by name (`layer/weight`).
+
+    The export must come from the same architecture (a facemtl SavedModel of
+    the same builder); Keras' seed-generator states are not exported and are
+    left alone.
+
+    Returns:
+        How many weights were set.
+
+    Raises:
+        ValueError: a weight of `model` has no variable of that name and shape in the export.
+    """
+    loaded = tf.saved_model.load(saved_model_dir)
+    by_name = {v.name.rsplit(":", 1)[0]: v for v in loaded._all_variables}
+    count = 0
+    for variable in model.variables:
+        if "seed_generator" in variable.path:
+            continue
+        source = by_name.get(variable.path)
+        if source is None or tuple(source.shape) != tuple(variable.shape):
+            raise ValueError(f"{saved_model_dir}: no weight {variable.path!r} of shape {tuple(variable.shape)} "
+                             f"(the export is not of this architecture)")
+        variable.assign(source.numpy())
+        count += 1
+    return count
+
+
+def assemble_model(recipe, branch, log=print):
+    """The whole multi-task model: `model.init_from`'s trunk and identity, and the trained expression branch.
+
+    Returns:
+        `(keras model, the init export's metadata)`.
+    """
+    from facemtl.export import read_metadata
+    from facemtl.models import build_from_recipe
+
+    init = recipe.model.init_from
+    if not init:
+        from facemtl.errors import RecipeError
+
+        raise RecipeError("feature_cache.enabled needs model.init_from (an export whose trunk and identity "
+                          "branch to keep, e.g. release/1)")
+    path = resolve_pretrained(init)
+    meta = read_metadata(path)
+    model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]))
+    # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not.
+    log(f"facemtl: {load_export_weights(model, path)} weights from {path}")
+    target = model.get_layer("expression_branch") if recipe.model.mirror_expression else model
+    copied = copy_weights_by_name(branch, target)
+    log(f"facemtl: expression branch ({len(copied)} layers) from the trained branch")
+    return model, meta
+
+
+def resolve_pretrained(name):
+    """A SavedModel version folder from a path, or a shipped model's `NAME/VERSION` (e.g. `release/1`)."""
+    from facemtl.pretrained import PRETRAINED_DIR, resolve_model
+
+    shipped = os.path.join(PRETRAINED_DIR, name)
+    return resolve_model(shipped if not os.path.exists(name) and os.path.exists(shipped) else name)
+
+
+def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
+    """Scores the whole model on the expression source's test split, as a crop and as a photo.
+
+    `crop`: the test crop resized as `serving_default` resizes it. `photo`: the
+    crop upscaled to a small photo, then the serving detector and alignment
+    (`facemtl.data.photo_framing`); `photo_found` counts only the faces the
+    detector found (the others get no answer when served as photos).
+
+    Returns:
+        `{framing: classification report}`, also written to `run_dir/test/report.json`.
+    """
+    from facemtl.data.catalog import read_source
+    from facemtl.data.materialize import materialize
+    from facemtl.data.photo_framing import cached_framing
+    from facemtl.evaluation import classification_report
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.preprocessing import resize_face
+
+    _, cfg = expression_source(recipe)
+    data, m = recipe.data, recipe.model
+    test = read_source(cfg, cfg.test_split, data.cache_dir, log, m.crop_layout, m.height)
+    mat = materialize(test, 48, margin=data.crop_margin, cache_dir=data.cache_dir)
+    framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log, size=m.height,
+                            layout=m.crop_layout)
+    run = tf.function(lambda x: model(x, training=False)["expression"], reduce_retracing=True)
+
+    def predict(images):
+        return np.concatenate([run(tf.constant(images[s:s + batch_size], tf.float32)).numpy().argmax(1)
+                               for s in range(0, len(images), batch_size)])
+
+    crops = np.stack([resize_face(im, m.height) for im in mat.images])
+    answers = {"crop": predict(crops), "photo": predict(framed.crops)}
+    report = {"crop": classification_report(mat.expression, answers["crop"], EXPRESSIONS),
+              "photo": classification_report(mat.expression, answers["photo"], EXPRESSIONS),
+              "photo_found": classification_report(mat.expression[framed.found], answers["photo"][framed.found],
+                                                   EXPRESSIONS)}
+    report["photo"]["no_face_found"] = framed.fallback
+    write_json_atomically(os.path.join(run_dir, "test", "report.json"), report, indent=2)
+    for name, r in report.items():
+        log(f"facemtl: test expression ({name}): accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
+            f"({r['count']} faces)")
+    return report
+
+
+def train_on_cache(recipe, run_dir=None, log=print):
+    """`facemtl train` for a recipe with `feature_cache.enabled`: cache, train the branch, assemble, test, export.
+
+    The same command resumes an interrupted run (its run folder is found as
+    `facemtl train` finds any unfinished run of the same recipe).
+
+    Returns:
+        A `facemtl.training.trainer.TrainResult`.
+    """
+    from facemtl.export import export_saved_model
+    from facemtl.training.trainer import TrainResult, check_before_training, open_run
+
+    start = time.time()
+    check_before_training(recipe, run_dir)
+    keras.utils.set_random_seed(recipe.train.seed)
+    run_dir = open_run(recipe, run_dir, True, log)
+    caches = prepare_caches(recipe, log)
+    log(f"facemtl: expression branch on cached trunk maps: {len(caches.train.labels)} train faces x "
+        f"{len(recipe.feature_cache.views)} views, {len(caches.val.labels)} validation faces; framing: {caches.framing}")
+    branch, history, record = train_expression_branch(recipe, run_dir, caches, log)
+    log(f"facemtl: best validation epoch {record['epoch']} ({record['value']:.4f})")
+    model, meta = assemble_model(recipe, branch, log)
+    report = evaluate_framings(model, recipe, run_dir, log)
+    export_dir = None
+    if recipe.export.enabled:
+        keep = {k: meta[k] for k in ("verification", "identity_head") if k in meta}
+        export_dir = export_saved_model(
+            model, meta["identities"], caches.expression_names, base_dir=recipe.export.base_dir,
+            name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
+            extra_metadata={**keep, "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
+                            "backbone": recipe.model.backbone, "crop": {"layout": recipe.model.crop_layout},
+                            "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
+                                          "version": meta.get("version")},
+                            "mirror_expression": recipe.model.mirror_expression,
+                            "test_accuracy": {"identity": (meta.get("test_accuracy") or {}).get("identity"),
+                                              "expression": report["crop"]["accuracy"],
+                                              "expression_photo": report["photo"]["accuracy"]}})
+        log(f"facemtl: exported SavedModel to {export_dir}")
+    seconds = time.time() - start
+    summary = {"seconds": round(seconds, 1), "export_dir": export_dir, "best_epoch": record["epoch"],
+               "framing": caches.framing,
+               "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+                                       for k, r in report.items()}}}
+    write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
+    log(f"facemtl: done in {seconds:.0f} s")
+    return TrainResult(run_dir, model, history, report, export_dir, seconds)
