@@ -5,6 +5,13 @@ Three measurements, each optional (default: all), on ../shared/data:
 - `fer`: FER2013 PublicTest (3,589 faces, 48x48 gray), single crop, through the
   SavedModel exactly as a user calls it (`Predictor.run` on the 48x48 crops; the
   graph resizes), and the `fer` package's classifier on the same crops.
+- `photo`: the same FER2013 PublicTest faces as photos (each crop upscaled to
+  a 160-px photo, `facemtl.data.photo_framing.upscale_photo`), through the photo
+  path users call: `FaceAnalyzer.analyze` (BlazeFace, alignment onto the
+  model's crop layout, the SavedModel) and the SavedModel's `analyze_photo`
+  signature (detection and alignment inside the graph); the best-scoring face
+  answers, a photo where no face is found counts as wrong (and is counted). The
+  `fer` package on the same photos with its own face detector, side by side.
 - `identity`: people never seen in training (ORL, 40 people; the LFW subset, 12
   people), faces detected and aligned once (MTCNN, the model's crop layout), then
   embedded by the release SavedModel and by dlib's own network
@@ -96,6 +103,64 @@ def measure_fer(model):
     return result
 
 
+def photo_label(faces, expressions):
+    """The label of the best-scoring face of one analysed photo; -1 when none was found."""
+    if not faces:
+        return -1
+    best = max(faces, key=lambda f: f["score"])
+    return expressions.index(best["expression"]["label"])
+
+
+def measure_photo(model, batch=32):
+    import cv2
+    import tensorflow as tf
+
+    from facemtl.data.photo_framing import upscale_photo
+    from facemtl.evaluation import classification_report
+    from facemtl.inference import FaceAnalyzer
+    from facemtl.labels import EXPRESSIONS
+
+    images, labels = fer_crops()
+    photos = [upscale_photo(im) for im in images]
+    result = {"faces": len(labels), "photo_side": photos[0].shape[0]}
+
+    def report(pred):
+        r = classification_report(labels, np.where(pred < 0, (labels + 1) % len(EXPRESSIONS), pred), EXPRESSIONS)
+        r["no_face_found"] = int((pred < 0).sum())
+        found = pred >= 0
+        r["accuracy_on_found"] = float((pred[found] == labels[found]).mean())
+        return r
+
+    analyzer = FaceAnalyzer(model)
+    t0 = time.perf_counter()
+    pred = np.array([photo_label(r["faces"], EXPRESSIONS) for s in range(0, len(photos), batch)
+                     for r in analyzer.analyze(photos[s:s + batch])])
+    result["facemtl_analyze"] = report(pred)
+    result["facemtl_analyze_seconds"] = round(time.perf_counter() - t0, 1)
+
+    signature = tf.saved_model.load(model).signatures["analyze_photo"]
+    encoded = [cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes() for p in photos]
+    pred = []
+    for s in range(0, len(encoded), batch):
+        out = signature(images=tf.constant(encoded[s:s + batch]))
+        for count, scores, probs in zip(out["count"].numpy(), out["scores"].numpy(), out["expression_probs"].numpy()):
+            pred.append(int(np.argmax(probs[int(np.argmax(scores[:count]))])) if count else -1)
+    result["facemtl_analyze_photo"] = report(np.array(pred))
+    try:
+        import cv2 as _cv2
+
+        detector = peer_fer()
+        pred = []
+        for p in photos:
+            faces = detector.detect_emotions(_cv2.cvtColor(p, _cv2.COLOR_RGB2BGR))
+            best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
+            pred.append(EXPRESSIONS.index(max(best["emotions"], key=best["emotions"].get)) if best else -1)
+        result["fer_package"] = report(np.array(pred))
+    except ImportError as exc:
+        result["fer_package"] = f"not installed ({exc})"
+    return result
+
+
 def measure_identity(model):
     import dlib
     from openset import TEST_SETS, load_test_set, measure
@@ -178,7 +243,8 @@ def measure_speed(model, faces=64, rounds=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the release model installed with facemtl")
-    parser.add_argument("--only", nargs="*", choices=["fer", "identity", "speed"], default=["fer", "identity", "speed"])
+    parser.add_argument("--only", nargs="*", choices=["fer", "photo", "identity", "speed"],
+                        default=["fer", "photo", "identity", "speed"])
     parser.add_argument("--out", default="runs/release_model.json")
     args = parser.parse_args()
 
@@ -188,6 +254,8 @@ def main():
     results = {"model": model}
     if "fer" in args.only:
         results["fer2013_public_test"] = measure_fer(model)
+    if "photo" in args.only:
+        results["fer2013_public_test_photos"] = measure_photo(model)
     if "identity" in args.only:
         results["open_set_identity"] = measure_identity(model)
     if "speed" in args.only:

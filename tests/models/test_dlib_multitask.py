@@ -100,3 +100,22 @@ def test_imprinting_classifies_the_training_people(dlib_weights):
     assert imprint_identity_classifier(model, faces, np.where(np.arange(12) == 5, -1, labels)) == 3
     probs = np.asarray(model(faces.astype("float32"))["identity"])
     assert (probs.argmax(axis=1) == labels).all()
+
+
+def test_mirror_expression_averages_the_face_and_its_mirror_in_one_pass():
+    model = build_dlib_multitask(3, weights=None, expression_units=(8,), mirror_expression=True)
+    plain = build_dlib_multitask(3, weights=None, expression_units=(8,))
+    # The same weight names with or without the mirror: exports and checkpoints load into either.
+    def names(m):
+        return sorted(v.path for v in m.variables if "seed_generator" not in v.path)
+
+    assert names(model) == names(plain)
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (2, 150, 150, 3)).astype("float32")
+    out = model(faces, training=False)
+    trunk, branch = model.get_layer("backbone"), model.get_layer("expression_branch")
+    single = branch(trunk(faces), training=False).numpy()
+    mirrored = branch(trunk(faces[:, :, ::-1]), training=False).numpy()
+    np.testing.assert_allclose(out["expression"], (single + mirrored) / 2, atol=1e-6)
+    assert np.abs(single - mirrored).max() > 1e-5  # the mirror does change the answer
+    assert tuple(out["identity"].shape) == (2, 3) and tuple(out["embedding"].shape) == (2, 128)

