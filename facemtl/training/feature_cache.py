@@ -436,19 +436,32 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
 
     caches = caches or prepare_caches(recipe, log)
     m = recipe.model
-    branch = build_expression_branch(caches.train.features.shape[2:], split_stage=m.split_stage,
-                                     last_stage=m.expression_last_stage, units=m.expression_units, dropout=m.dropout,
-                                     num_classes=len(caches.expression_names), weights=m.backbone_weights or "auto")
+    # bfloat16 compute (float32 weights) is ~1.5x faster on CPUs with AVX-512 BF16 / AMX; the branch is
+    # exported in float32 either way (assemble_model builds the whole model under the float32 policy).
+    keras.mixed_precision.set_global_policy(recipe.train.precision)
+    try:
+        branch = _build_branch(recipe, caches)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     steps = -(-len(caches.train.labels) // recipe.train.batch_size)
     keras.utils.set_random_seed(recipe.train.seed)
     history = fit_branch(branch, caches.train, caches.val, recipe.feature_cache, epochs=recipe.train.epochs,
                          batch_size=recipe.train.batch_size, optimizer=build_optimizer(recipe, steps),
                          run_dir=run_dir, mirror=m.mirror_expression, log=log, verbose=verbose)
     best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    # The best weights into a float32 copy of the branch: what is assembled, scored and exported.
+    branch = _build_branch(recipe, caches)
     branch.load_weights(best)
     with open(best + ".json", encoding="utf-8") as f:
         record = json.load(f)
     return branch, history, record
+
+
+def _build_branch(recipe, caches):
+    m = recipe.model
+    return build_expression_branch(caches.train.features.shape[2:], split_stage=m.split_stage,
+                                     last_stage=m.expression_last_stage, units=m.expression_units, dropout=m.dropout,
+                                     num_classes=len(caches.expression_names), weights=m.backbone_weights or "auto")
 
 
 def load_export_weights(model, saved_model_dir):
