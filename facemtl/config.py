@@ -220,6 +220,9 @@ class ExportConfig:
     base_dir: str = "saved_models"
     version: Optional[int] = None  # defaults to the next free integer
     max_faces: int = 16  # the most faces the `analyze_photo` signature answers per photo
+    # feature_cache recipes: also write the model as a LiteRT (TFLite) file inside the export
+    # (assets.extra/model.tflite, which TF Serving ignores); `Predictor` uses it for one face per call.
+    tflite: Optional[Literal["float32", "float16", "int8"]] = None
 
 
 @dataclasses.dataclass

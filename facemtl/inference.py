@@ -17,6 +17,10 @@ class Predictor:
         saved_model_dir: a version folder, e.g. `saved_models/quickstart/1`;
             `None` for the release model shipped with facemtl.
         batch_size: most crops per forward pass.
+        backend: `"auto"` (the export's LiteRT copy, `assets.extra/model.tflite`,
+            for calls with one face, where it is faster on a CPU; the
+            SavedModel for batches), `"savedmodel"` (always the SavedModel) or
+            `"tflite"` (always the LiteRT copy, one face per invocation).
 
     Example:
         >>> predictor = Predictor("saved_models/quickstart/1")
@@ -24,10 +28,19 @@ class Predictor:
         'happy'
     """
 
-    def __init__(self, saved_model_dir=None, batch_size=64):
+    BACKENDS = ("auto", "savedmodel", "tflite")
+
+    def __init__(self, saved_model_dir=None, batch_size=64, backend="auto"):
+        import os
+
         import tensorflow as tf  # heavy; imported when a model is actually used
 
+        from facemtl.errors import ModelFormatError
         from facemtl.pretrained import resolve_model
+        from facemtl.tflite import EXPORT_FILE
+
+        if backend not in self.BACKENDS:
+            raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
 
         saved_model_dir = resolve_model(saved_model_dir)
         self.metadata = read_metadata(saved_model_dir)
@@ -38,6 +51,15 @@ class Predictor:
         self._serve = self._loaded.signatures["serving_default"]
         self.expressions = self.metadata["expressions"]
         self.identities = self.metadata["identities"]
+        lite = os.path.join(saved_model_dir, EXPORT_FILE)
+        self._lite = None
+        if backend == "tflite" and not os.path.isfile(lite):
+            raise ModelFormatError(f"{saved_model_dir}: no LiteRT copy ({EXPORT_FILE}) for backend='tflite'")
+        if backend != "savedmodel" and os.path.isfile(lite):
+            from facemtl.tflite import TFLitePredictor
+
+            self._lite = TFLitePredictor(lite)
+        self.backend = backend
 
     def run(self, images):
         """Runs the serving signature on uint8 RGB arrays; returns numpy outputs per crop.
@@ -64,9 +86,26 @@ class Predictor:
         return results
 
     def forward(self, batch):
-        """One call of `serving_default` on `uint8 [n, h, w, 3]`; numpy outputs `[n, ...]`."""
+        """One call of `serving_default` (or the LiteRT copy, see `backend`) on `uint8 [n, h, w, 3]`.
+
+        Returns:
+            numpy outputs `[n, ...]`, keyed as `serving_default`'s.
+        """
+        if self._lite is not None and (self.backend == "tflite" or len(batch) == 1):
+            return self._forward_lite(batch)
         out = self._serve(images=self._tf.constant(batch, dtype=self._tf.uint8))
         return {k: v.numpy() for k, v in out.items()}
+
+    def _forward_lite(self, batch):
+        rows = self._lite.run(list(batch))
+        out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        # The string outputs of serving_default, from the same names.
+        out["expression"] = np.array([self.expressions[i].encode() for i in out["expression_probs"].argmax(1)],
+                                     dtype=object)
+        if "identity_probs" in out:
+            out["identity"] = np.array([self.identities[i].encode() for i in out["identity_probs"].argmax(1)],
+                                       dtype=object)
+        return out
 
     def describe(self, raw):
         """Turns one crop's raw outputs into the JSON-able answer."""

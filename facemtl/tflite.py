@@ -170,6 +170,28 @@ def read_calibration_faces(folder, size, limit=500):
     return np.stack(faces)
 
 
+# Where an export keeps its LiteRT copy (TF Serving ignores assets.extra).
+EXPORT_FILE = os.path.join("assets.extra", "model.tflite")
+
+
+def write_into_export(export_dir, flat):
+    """Writes `.tflite` bytes as the export's LiteRT copy (`EXPORT_FILE`), atomically; returns its path."""
+    from facemtl.files import temporary_name
+
+    path = os.path.join(export_dir, EXPORT_FILE)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(flat)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 class TFLitePredictor:
     """Runs a facemtl `.tflite` on face crops (resized on the host with the SavedModel's own resize).
 

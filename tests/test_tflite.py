@@ -67,3 +67,30 @@ def test_bad_files_are_clear_errors(tmp_path):
         read_metadata(f"{MODEL_DIR}/face_detection_short_range.tflite")
     with pytest.raises(FacemtlError, match="no checkpoints"):
         export_tflite(str(tmp_path), str(tmp_path / "x.tflite"))
+
+
+def test_predictor_uses_the_exports_lite_copy_for_one_face(trained, crops, tmp_path):
+    import shutil
+
+    from facemtl.tflite import EXPORT_FILE, write_into_export
+
+    export = tmp_path / "model" / "1"
+    shutil.copytree(trained.export_dir, export)
+    with pytest.raises(ModelFormatError, match="no LiteRT copy"):
+        Predictor(str(export), backend="tflite")
+    write_into_export(str(export), open(export_tflite(trained.run_dir, str(tmp_path / "m.tflite")), "rb").read())
+    assert (export / EXPORT_FILE).is_file()
+    auto, saved = Predictor(str(export)), Predictor(str(export), backend="savedmodel")
+    assert auto._lite is not None and saved._lite is None
+    calls = []
+    run = auto._lite.run
+    auto._lite.run = lambda images: calls.append(len(images)) or run(images)
+    one, batch = auto.run(crops[:1]), auto.run(crops[:3])  # one face: LiteRT; three of one size: the SavedModel
+    assert calls == [1]
+    want = saved.run(crops[:3])
+    for got in (one[0], batch[0]):
+        for key in ("expression_probs", "identity_probs", "embedding"):
+            np.testing.assert_allclose(got[key], want[0][key], atol=1e-5)
+        assert got["expression"] == want[0]["expression"] and got["identity"] == want[0]["identity"]
+    described = auto.describe(one[0])
+    assert described["expression"]["label"] == saved.describe(want[0])["expression"]["label"]

@@ -377,6 +377,7 @@ class CachedSplits:
     val: TrunkCache
     framing: dict
     expression_names: list
+    calibration: np.ndarray = None  # a few training faces in both framings (int8 LiteRT calibration)
 
 
 def expression_source(recipe):
@@ -412,7 +413,7 @@ def prepare_caches(recipe, log=print):
     src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=m.height)
     train_idx, val_idx = holdout(src, [cfg.val_fraction], seed=recipe.train.seed + k)
     trunk = build_trunk((m.height, m.width, 3), m.split_stage, m.backbone_weights or "auto")
-    caches, framing = {}, {}
+    caches, framing, calibration = {}, {}, None
     for part, idx, views in (("train", train_idx, tuple(TRAIN_VIEWS)), ("val", val_idx, EVAL_VIEWS)):
         sub = src.subset(idx)
         sub.split = f"{src.split or cfg.split}-{part}"
@@ -423,7 +424,11 @@ def prepare_caches(recipe, log=print):
         framing[part] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
         caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
                                          f"{src.name}-{sub.split}", views=views, cfg=recipe.feature_cache, log=log)
-    return CachedSplits(caches["train"], caches["val"], framing, list(EXPRESSIONS))
+        if part == "train":
+            pick = np.linspace(0, len(mat.images) - 1, min(200, len(mat.images))).astype(int)
+            calibration = np.concatenate([view_images(mat.images[pick], framed.crops[pick], "plain"),
+                                          framed.crops[pick]])
+    return CachedSplits(caches["train"], caches["val"], framing, list(EXPRESSIONS), calibration)
 
 
 def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
@@ -570,6 +575,21 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     return report
 
 
+def write_lite_copy(model, export_dir, quantize, calibration, log=print):
+    """Converts the model to LiteRT and stores it inside the export (`facemtl.tflite.EXPORT_FILE`)."""
+    from facemtl.export import read_metadata, update_metadata
+    from facemtl.tflite import EXPORT_FILE, convert, write_into_export
+
+    meta = read_metadata(export_dir)
+    flat = convert(model, meta, quantize=None if quantize == "float32" else quantize,
+                   calibration=calibration if quantize == "int8" else None)
+    path = write_into_export(export_dir, flat)
+    update_metadata(export_dir, {"tflite": {"file": EXPORT_FILE, "quantize": quantize,
+                                            "bytes": os.path.getsize(path)}})
+    log(f"facemtl: LiteRT copy ({quantize}, {os.path.getsize(path) / 2**20:.1f} MB) at {path}")
+    return path
+
+
 def train_on_cache(recipe, run_dir=None, log=print):
     """`facemtl train` for a recipe with `feature_cache.enabled`: cache, train the branch, assemble, test, export.
 
@@ -608,6 +628,8 @@ def train_on_cache(recipe, run_dir=None, log=print):
                                               "expression": report["crop"]["accuracy"],
                                               "expression_photo": report["photo"]["accuracy"]}})
         log(f"facemtl: exported SavedModel to {export_dir}")
+        if recipe.export.tflite:
+            write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration, log)
     seconds = time.time() - start
     summary = {"seconds": round(seconds, 1), "export_dir": export_dir, "best_epoch": record["epoch"],
                "framing": caches.framing,
