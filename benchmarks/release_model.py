@@ -198,7 +198,8 @@ def measure_speed(model, faces=64, rounds=3):
     from facemtl.images import load_image
     from facemtl.inference import Predictor
 
-    predictor = Predictor(model)
+    predictor = Predictor(model)  # backend "auto": the export's LiteRT copy (if any) for one face per call
+    saved_only = Predictor(model, backend="savedmodel")
     layout = crop_layout(predictor.metadata)
     size = (predictor.metadata["input"]["height"], predictor.metadata["input"]["width"])
     mtcnn = get_detector("mtcnn")
@@ -213,11 +214,11 @@ def measure_speed(model, faces=64, rounds=3):
     fer_detector = peer_fer()
     bgr = [cv2.cvtColor(p[0], cv2.COLOR_RGB2BGR) for p in photos]
 
-    def ours(batch):
+    def ours(batch, runner=predictor):
         for start in range(0, len(photos), batch):
             chunk = photos[start:start + batch]
             crops = [align_face(img, lm, size, layout=layout)[0] for img, lm, _ in chunk]
-            predictor.run(crops)
+            runner.run(crops)
 
     def peers():
         for (img, _, (x, y, w, h)), b in zip(photos, bgr):
@@ -225,6 +226,7 @@ def measure_speed(model, faces=64, rounds=3):
             face_recognition.face_encodings(img, known_face_locations=[(y, x + w, y + h, x)])
 
     arms = {"facemtl, 1 face per call": lambda: ours(1), "facemtl, 32 faces per call": lambda: ours(32),
+            "facemtl, 1 face per call, SavedModel only": lambda: ours(1, saved_only),
             "fer + face_recognition": peers}
     for fn in arms.values():  # warm-up: graph tracing, model loading
         fn()

@@ -40,11 +40,13 @@ def main():
     parser.add_argument("--run", default=(sorted(glob.glob("runs/release_cpu/*/checkpoints/best.keras")) or [""])[-1]
                         .replace("/checkpoints/best.keras", ""))
     parser.add_argument("--like", default="facemtl/pretrained/release/1", help="the export whose metadata to keep")
+    parser.add_argument("--model", help="an export that records its model_config (release 2 on): rebuilt from it "
+                                        "instead of a run")
     parser.add_argument("--fer-limit", type=int, help="FER2013 crops to use (default: all)")
     parser.add_argument("--out", default="runs/benchmarks/tflite_vs_savedmodel.json")
     args = parser.parse_args()
-    if not args.run:
-        raise SystemExit("no release run found: pass --run")
+    if not args.run and not args.model:
+        raise SystemExit("no release run found: pass --run or --model")
 
     from openset import TEST_SETS, load_test_set, measure
     from release_model import fer_crops
@@ -53,7 +55,13 @@ def main():
     from facemtl.inference import Predictor
     from facemtl.tflite import TFLitePredictor, convert
 
-    model, metadata = load_run_model(args.run, args.like)
+    if args.model:
+        from facemtl.training.feature_cache import model_from_export
+
+        model, metadata = model_from_export(args.model)
+        args.like = args.model
+    else:
+        model, metadata = load_run_model(args.run, args.like)
     size, layout = metadata["input"]["height"], crop_layout(metadata)
     folder = tempfile.mkdtemp()
     files = {}
@@ -63,7 +71,7 @@ def main():
         with open(path, "wb") as f:
             f.write(convert(model, metadata, quantize=quantize, calibration=calibration))
         files[quantize or "float32"] = path
-    variants = {"savedmodel": Predictor(args.like), **{f"tflite {k}": TFLitePredictor(p) for k, p in files.items()}}
+    variants = {"savedmodel": Predictor(args.like, backend="savedmodel"), **{f"tflite {k}": TFLitePredictor(p) for k, p in files.items()}}
 
     fer_images, fer_labels = fer_crops(args.fer_limit)
     identity = {name: load_test_set(fmt, path, splits, size, layout) for name, (fmt, path, splits) in TEST_SETS.items()}

@@ -511,7 +511,7 @@ def assemble_model(recipe, branch, log=print):
         from facemtl.errors import RecipeError
 
         raise RecipeError("feature_cache.enabled needs model.init_from (an export whose trunk and identity "
-                          "branch to keep, e.g. release/1)")
+                          "branch to keep, e.g. release)")
     path = resolve_pretrained(init)
     meta = read_metadata(path)
     model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]))
@@ -520,6 +520,30 @@ def assemble_model(recipe, branch, log=print):
     target = model.get_layer("expression_branch") if recipe.model.mirror_expression else model
     copied = copy_weights_by_name(branch, target)
     log(f"facemtl: expression branch ({len(copied)} layers) from the trained branch")
+    return model, meta
+
+
+def model_from_export(saved_model_dir):
+    """The Keras model of an export whose metadata records its `model_config`, with the export's weights.
+
+    Returns:
+        `(keras model, metadata)`.
+
+    Raises:
+        ModelFormatError: the export does not record its model configuration.
+    """
+    from facemtl.config import ModelConfig, _from_dict
+    from facemtl.errors import ModelFormatError
+    from facemtl.export import read_metadata
+    from facemtl.models import build_from_recipe
+
+    meta = read_metadata(saved_model_dir)
+    if "model_config" not in meta:
+        raise ModelFormatError(f"{saved_model_dir}: the export does not record its model_config; rebuild it from "
+                               "its run folder (facemtl export RUN)")
+    config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
+    model = build_from_recipe(config, num_identities=len(meta["identities"]))
+    load_export_weights(model, saved_model_dir)
     return model, meta
 
 
@@ -568,6 +592,7 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
               "photo_found": classification_report(mat.expression[framed.found], answers["photo"][framed.found],
                                                    EXPRESSIONS)}
     report["photo"]["no_face_found"] = framed.fallback
+    os.makedirs(os.path.join(run_dir, "test"), exist_ok=True)
     write_json_atomically(os.path.join(run_dir, "test", "report.json"), report, indent=2)
     for name, r in report.items():
         log(f"facemtl: test expression ({name}): accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
@@ -624,6 +649,8 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
                                           "version": meta.get("version")},
                             "mirror_expression": recipe.model.mirror_expression,
+                            # What `model_from_export` rebuilds the Keras model from (no run folder needed).
+                            "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": {"identity": (meta.get("test_accuracy") or {}).get("identity"),
                                               "expression": report["crop"]["accuracy"],
                                               "expression_photo": report["photo"]["accuracy"]}})

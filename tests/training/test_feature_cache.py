@@ -139,3 +139,50 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
     probs = branch(maps, training=False).numpy()
     np.testing.assert_allclose(out["expression"], (probs[:3] + probs[3:]) / 2, atol=1e-5)
     assert not np.allclose(out["expression"], served["expression_probs"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
+    """`facemtl train` on a tiny FER2013 folder tree: frame, cache, train, assemble, test both framings, export."""
+    import json
+
+    from PIL import Image
+
+    from facemtl.config import load_recipe
+    from facemtl.export import export_saved_model, read_metadata
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.models.dlib_resnet import build_dlib_multitask
+    from facemtl.training.trainer import train
+
+    pytest.importorskip("face_recognition_models")
+    images, labels = _faces(48, seed=1)
+    for i, (im, y) in enumerate(zip(images, labels)):
+        split, name = ("test", "PublicTest") if i >= 40 else ("train", "Training")
+        folder = tmp_path / "fer" / split / ("happy" if y else "sad")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im[:, :, 0]).save(folder / f"{name}_{i}.jpg", quality=95)
+    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
+    init = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path / "init"), name="base",
+                              extra_metadata={"crop": {"layout": "dlib"}})
+    sources = (f"[{{format: fer2013_folders, path: '{tmp_path / 'fer'}', split: train, test_split: test, "
+               f"val_fraction: 0.25}}]")
+    overrides = ["model.height=112", "model.width=112", "model.expression_units=[8]", f"model.init_from={init}",
+                 f"data.sources={sources}", f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8",
+                 f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'models'}", "train.epochs=2"]
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
+                         overrides=overrides)
+    logs = []
+    result = train(recipe, log=logs.append)
+    assert any("framed by the fixed mapping" in line for line in logs)
+    summary = json.loads((tmp_path / "runs" / "release_cpu" / os.path.basename(result.run_dir) /
+                          "summary.json").read_text())
+    assert set(summary["test"]["expression"]) == {"crop", "photo", "photo_found"}
+    assert summary["framing"]["train"]["faces"] == 30 and summary["framing"]["val"]["faces"] == 10
+    meta = read_metadata(result.export_dir)
+    assert meta["identities"] == ["ann", "bob"] and meta["mirror_expression"] is True
+    assert meta["model_config"]["height"] == 112 and meta["init_from"]["name"] == "base"
+    # The export rebuilds into the same Keras model (no run folder needed).
+    rebuilt, _ = fc.model_from_export(result.export_dir)
+    faces = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3)).astype("float32")
+    for key in ("expression", "embedding"):
+        np.testing.assert_allclose(rebuilt(faces)[key], result.model(faces)[key], atol=1e-5)
