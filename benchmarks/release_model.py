@@ -137,6 +137,13 @@ def measure_photo(model, batch=32):
                      for r in analyzer.analyze(photos[s:s + batch])])
     result["facemtl_analyze"] = report(pred)
     result["facemtl_analyze_seconds"] = round(time.perf_counter() - t0, 1)
+    # The crop path on the very faces the photo path found: the framing gap, same faces both ways.
+    found = pred >= 0
+    crop = np.array([int(np.argmax(r["expression_probs"])) for r in analyzer.predictor.run(images)])
+    result["crop_path"] = {"accuracy": float((crop == labels).mean()),
+                           "accuracy_on_found": float((crop[found] == labels[found]).mean())}
+    result["gap_crop_minus_photo_on_found"] = round(
+        result["crop_path"]["accuracy_on_found"] - result["facemtl_analyze"]["accuracy_on_found"], 4)
 
     signature = tf.saved_model.load(model).signatures["analyze_photo"]
     encoded = [cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes() for p in photos]
