@@ -9,6 +9,7 @@ as the markdown table in docs/expression.md.
     python benchmarks/expression_branch.py recipes/release_cpu.yaml --variant base
     python benchmarks/expression_branch.py recipes/release_cpu.yaml --variant ls0 --set feature_cache.label_smoothing=0
     python benchmarks/expression_branch.py --table
+    python benchmarks/expression_branch.py --plot release30 docs/expression_training.png
 """
 
 from __future__ import annotations
@@ -46,15 +47,43 @@ def table():
               f"{r['macro_f1']:.3f} | {r['minutes']:.1f} |")
 
 
+def plot(variant, out):
+    """Validation accuracy per framing and the training loss, epoch by epoch, from the run's history.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(os.path.join(OUT, variant, "history.json"), encoding="utf-8") as f:
+        h = json.load(f)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("val_plain", "crop (plain)"), ("val_plain_mirror_avg", "crop, mirror-averaged"),
+                       ("val_framed", "photo (framed)"), ("val_framed_mirror_avg", "photo, mirror-averaged")):
+        a.plot(h["epoch"], h[key], label=label)
+    a.plot(h["epoch"], h["accuracy"], "k--", label="train (augmented)")
+    a.set(xlabel="epoch", ylabel="accuracy", title=f"{variant}: validation (10% of FER2013 train)")
+    a.grid(alpha=0.3)
+    a.legend(fontsize=8)
+    b.plot(h["epoch"], h["loss"], "k")
+    b.set(xlabel="epoch", ylabel="training loss (label smoothing 0.1)", title="training loss")
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?")
     parser.add_argument("--variant", help="the row's name (its run folder: runs/expression_branch/VARIANT)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
     parser.add_argument("--table", action="store_true", help="print the results as a markdown table")
+    parser.add_argument("--plot", nargs=2, metavar=("VARIANT", "PNG"), help="plot a variant's history")
     args = parser.parse_args()
     if args.table:
         return table()
+    if args.plot:
+        return plot(*args.plot)
     if not args.recipe or not args.variant:
         parser.error("give a recipe and --variant (or --table)")
 

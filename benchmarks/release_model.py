@@ -13,7 +13,7 @@ Three measurements, each optional (default: all), on ../shared/data:
   answers, a photo where no face is found counts as wrong (and is counted). The
   `fer` package on the same photos with its own face detector, side by side.
 - `identity`: people never seen in training (ORL, 40 people; the LFW subset, 12
-  people), faces detected and aligned once (MTCNN, the model's crop layout), then
+  people), faces detected and aligned once (BlazeFace, the model's crop layout), then
   embedded by the release SavedModel and by dlib's own network
   (`face_recognition_models` through dlib) on the *same* chips: rank-1 with one
   image enrolled (mean of 10 draws) and verification TAR at FAR 1e-2 / 1e-3.

@@ -2,12 +2,12 @@
 
 For each: size on disk, milliseconds per face at batch 1 (median of 200 calls on
 one 150x150 crop), FER2013 PublicTest accuracy (3,589 crops, single crop), and
-identity on people never seen in training (ORL and the LFW subset, MTCNN-aligned
+identity on people never seen in training (ORL and the LFW subset, BlazeFace-aligned
 onto the model's layout, one photo enrolled: rank-1 over 10 draws, TAR at FAR
 1e-3). int8 is calibrated on 400 real faces: 200 aligned LFW-subset training
 photos and 200 FER2013 training crops.
 
-    python benchmarks/tflite_vs_savedmodel.py [--run runs/release_cpu/<timestamp>]
+    python benchmarks/tflite_vs_savedmodel.py [--model facemtl/pretrained/release/2]   # or --run RUN --like EXPORT (release 1)
 """
 
 from __future__ import annotations
@@ -37,16 +37,13 @@ def calibration_faces(size, layout):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default=(sorted(glob.glob("runs/release_cpu/*/checkpoints/best.keras")) or [""])[-1]
-                        .replace("/checkpoints/best.keras", ""))
-    parser.add_argument("--like", default="facemtl/pretrained/release/1", help="the export whose metadata to keep")
-    parser.add_argument("--model", help="an export that records its model_config (release 2 on): rebuilt from it "
-                                        "instead of a run")
+    parser.add_argument("--run", help="a run folder with checkpoints/best.keras (release 1's recipe)")
+    parser.add_argument("--like", help="with --run: the export whose metadata to keep")
+    parser.add_argument("--model", default="facemtl/pretrained/release/2",
+                        help="an export that records its model_config (release 2 on; the default), rebuilt from it")
     parser.add_argument("--fer-limit", type=int, help="FER2013 crops to use (default: all)")
     parser.add_argument("--out", default="runs/benchmarks/tflite_vs_savedmodel.json")
     args = parser.parse_args()
-    if not args.run and not args.model:
-        raise SystemExit("no release run found: pass --run or --model")
 
     from openset import TEST_SETS, load_test_set, measure
     from release_model import fer_crops
@@ -55,7 +52,7 @@ def main():
     from facemtl.inference import Predictor
     from facemtl.tflite import TFLitePredictor, convert
 
-    if args.model:
+    if not args.run:
         from facemtl.training.feature_cache import model_from_export
 
         model, metadata = model_from_export(args.model)

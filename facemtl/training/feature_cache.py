@@ -324,7 +324,11 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    history_path = os.path.join(run_dir, "history.json")
     history = {}
+    if os.path.isfile(history_path):  # a resumed run keeps the epochs it already logged
+        with open(history_path, encoding="utf-8") as f:
+            history = json.load(f)
 
     class BestWeights(keras.callbacks.Callback):
         def __init__(self):
@@ -337,6 +341,11 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
 
         def on_epoch_end(self, epoch, logs=None):
             value = (logs or {}).get("val_expression_accuracy", -1.0)
+            # An epoch logged before an interruption and run again replaces its old entry.
+            keep = [i for i, e in enumerate(history.get("epoch", [])) if e < epoch + 1]
+            for k in list(history):
+                history[k] = [history[k][i] for i in keep]
+            history.setdefault("epoch", []).append(epoch + 1)
             for k, v in (logs or {}).items():
                 history.setdefault(k, []).append(float(v))
             if value > self.best:
@@ -349,7 +358,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
                     if os.path.exists(tmp):
                         os.remove(tmp)
                 write_json_atomically(best + ".json", {"value": value, "epoch": epoch + 1})
-            write_json_atomically(os.path.join(run_dir, "history.json"), history)
+            write_json_atomically(history_path, history)
 
     def phase(first, last, trainable_stages, opt):
         for layer in branch.layers:
@@ -365,7 +374,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
     if cfg.probe_epochs:
         phase(0, cfg.probe_epochs, False, keras.optimizers.Adam(1e-3))
     phase(cfg.probe_epochs, epochs, True, optimizer)
-    write_json_atomically(os.path.join(run_dir, "history.json"), history)
+    write_json_atomically(history_path, history)
     return history
 
 
@@ -548,7 +557,7 @@ def model_from_export(saved_model_dir):
 
 
 def resolve_pretrained(name):
-    """A SavedModel version folder from a path, or a shipped model's `NAME/VERSION` (e.g. `release/1`)."""
+    """A SavedModel version folder from a path, or a shipped model's `NAME` or `NAME/VERSION` (e.g. `release`)."""
     from facemtl.pretrained import PRETRAINED_DIR, resolve_model
 
     shipped = os.path.join(PRETRAINED_DIR, name)
