@@ -44,15 +44,20 @@ def temporary_name(path):
 
 
 def write_text_atomically(path, text):
-    """Writes `text` to a temporary file beside `path`, fsyncs it, then renames it over `path`.
+    """Writes `text` (UTF-8) atomically: see `write_bytes_atomically`."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path, data):
+    """Writes `data` to a temporary file beside `path`, fsyncs it, then renames it over `path`.
 
     A crash or an error mid-write leaves the previous file as it was (and no
     temporary file behind).
     """
     tmp = temporary_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -146,12 +146,9 @@ def export_tflite(run_dir, out_path, *, like=None, quantize=None, calibration=No
     if isinstance(calibration, (str, os.PathLike)):
         calibration = read_calibration_faces(calibration, model.input_shape[1:3])
     flat = convert(model, metadata, quantize=quantize, calibration=calibration)
-    tmp = f"{out_path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(flat)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_path)
+    from facemtl.files import write_bytes_atomically
+
+    write_bytes_atomically(out_path, flat)
     return out_path
 
 
@@ -176,19 +173,10 @@ EXPORT_FILE = os.path.join("assets.extra", "model.tflite")
 
 def write_into_export(export_dir, flat):
     """Writes `.tflite` bytes as the export's LiteRT copy (`EXPORT_FILE`), atomically; returns its path."""
-    from facemtl.files import temporary_name
+    from facemtl.files import write_bytes_atomically
 
     path = os.path.join(export_dir, EXPORT_FILE)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(flat)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_bytes_atomically(path, flat)
     return path
 
 

@@ -33,7 +33,7 @@ def test_float32_answers_equal_the_saved_model(trained, crops, tmp_path):
         exact = c.shape[:2] == (64, 64)  # else resized on the host and rounded to uint8: a little looser
         for key in ("expression_probs", "identity_probs", "embedding"):
             np.testing.assert_allclose(g[key], w[key], atol=1e-5 if exact else 2e-3)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".tmp*")) and not list(tmp_path.glob("*.tmp"))
 
 
 def test_cli_int8_needs_and_uses_real_calibration_faces(trained, crops, tmp_path):
