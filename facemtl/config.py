@@ -158,6 +158,7 @@ class FeatureCacheConfig:
     jitter_scale: float = 0.08
     jitter_rotation: float = 10.0  # degrees
     seed: int = 0
+    max_faces: Optional[int] = None  # train and validate on a random subset this large (smoke runs)
 
 
 @dataclasses.dataclass
@@ -255,11 +256,13 @@ _POSITIVE = {
     "data.synthetic.num_identities", "data.synthetic.train_per_pair", "data.synthetic.val_per_pair",
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
-    "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale",
+    "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale", "feature_cache.max_faces",
 }
 _NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
-                 "data.augment.contrast", "data.crop_margin", "data.grayscale_probability", "model.margin"}
+                 "data.augment.contrast", "data.crop_margin", "data.grayscale_probability", "model.margin",
+                 "feature_cache.label_smoothing", "feature_cache.map_shift", "feature_cache.cutout", "feature_cache.mixup",
+                 "feature_cache.probe_epochs", "feature_cache.class_balance"}
 
 
 def _check(value, tp, key):

@@ -421,6 +421,12 @@ def prepare_caches(recipe, log=print):
                           f"{list(TRAIN_VIEWS)}")
     src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=m.height)
     train_idx, val_idx = holdout(src, [cfg.val_fraction], seed=recipe.train.seed + k)
+    limit = recipe.feature_cache.max_faces
+    if limit and limit < len(train_idx) + len(val_idx):  # a smoke run: the same split, fewer faces
+        rng = np.random.default_rng(recipe.feature_cache.seed)
+        n_val = max(1, round(limit * len(val_idx) / (len(train_idx) + len(val_idx))))
+        train_idx = np.sort(rng.choice(train_idx, limit - n_val, replace=False))
+        val_idx = np.sort(rng.choice(val_idx, n_val, replace=False))
     trunk = build_trunk((m.height, m.width, 3), m.split_stage, m.backbone_weights or "auto")
     caches, framing, calibration = {}, {}, None
     for part, idx, views in (("train", train_idx, tuple(TRAIN_VIEWS)), ("val", val_idx, EVAL_VIEWS)):
