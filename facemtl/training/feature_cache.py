@@ -302,7 +302,9 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         mirror: choose checkpoints on mirror-averaged validation accuracy.
 
     Returns:
-        The Keras `History`'s dict.
+        The run's history (`epoch`, loss, accuracy and the validation scores per
+        epoch), kept across resumes in `run_dir/history.json`. A resumed run
+        draws its batches afresh (the generator's state is not saved).
     """
     from facemtl.training.callbacks import StopOnNaN
 
