@@ -92,15 +92,13 @@ def main():
     from facemtl.config import load_recipe
     from facemtl.evaluation import classification_report
     from facemtl.labels import EXPRESSIONS
-    from facemtl.training.feature_cache import predict_views, train_expression_branch, view_scores
+    from facemtl.training.feature_cache import prepare_caches, predict_views, train_expression_branch, view_scores
 
     recipe = load_recipe(args.recipe, overrides=args.set)
     run_dir = os.path.join(OUT, args.variant)
     start = time.time()
-    branch, history, record = train_expression_branch(recipe, run_dir)
-    from facemtl.training.feature_cache import prepare_caches
-
-    caches = prepare_caches(recipe, log=lambda *_: None)
+    caches = prepare_caches(recipe)
+    branch, history, record = train_expression_branch(recipe, run_dir, caches)
     probs = predict_views(branch, caches.val)
     views = list(caches.val.views)
     scores = view_scores(probs, caches.val.labels, views)

@@ -588,7 +588,6 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
     from facemtl.labels import EXPRESSIONS
-    from facemtl.preprocessing import resize_face
 
     _, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
@@ -602,8 +601,7 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
         return np.concatenate([run(tf.constant(images[s:s + batch_size], tf.float32)).numpy().argmax(1)
                                for s in range(0, len(images), batch_size)])
 
-    crops = np.stack([resize_face(im, m.height) for im in mat.images])
-    answers = {"crop": predict(crops), "photo": predict(framed.crops)}
+    answers = {"crop": predict(view_images(mat.images, framed.crops, "plain")), "photo": predict(framed.crops)}
     report = {"crop": classification_report(mat.expression, answers["crop"], EXPRESSIONS),
               "photo": classification_report(mat.expression, answers["photo"], EXPRESSIONS),
               "photo_found": classification_report(mat.expression[framed.found], answers["photo"][framed.found],
