@@ -63,6 +63,9 @@ class ModelConfig:
     # dlib_resnet only: the expression branch also answers for the mirror image and averages the two
     # (one forward pass, the face and its mirror in one batch).
     mirror_expression: bool = False
+    # dlib_resnet only: independently trained expression branches averaged inside the network (an ensemble in
+    # one forward pass; feature_cache.branches says how each is trained).
+    expression_branches: int = 1
     # dlib_resnet only: start from an export's weights (a SavedModel version folder, or "release" for the
     # shipped model), e.g. to keep its identity branch and classifier exactly.
     init_from: Optional[str] = None
@@ -159,6 +162,10 @@ class FeatureCacheConfig:
     jitter_rotation: float = 10.0  # degrees
     seed: int = 0
     max_faces: Optional[int] = None  # train and validate on a random subset this large (smoke runs)
+    # One entry per expression branch (model.expression_branches), each a mapping of this section's training
+    # settings that differ for that branch (e.g. {label_smoothing: 0, map_shift: 0}), or {keep: true}: the branch
+    # keeps model.init_from's weights and is not trained. Empty: every branch trains with the settings above.
+    branches: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -257,6 +264,7 @@ _POSITIVE = {
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
     "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale", "feature_cache.max_faces",
+    "model.expression_branches",
 }
 _NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
@@ -397,9 +405,55 @@ def recipe_from_dict(raw, overrides=(), smoke=False, source="<dict>"):
         key, value = parse_override(text)
         _apply_override(raw, key, value, "--set")
     try:
-        return _from_dict(Recipe, raw)
+        recipe = _from_dict(Recipe, raw)
+        branch_settings(recipe)
+        return recipe
     except RecipeError as exc:
         raise RecipeError(f"{source}: {exc}") from None
+
+
+def branch_settings(recipe):
+    """How each expression branch of a feature-cache recipe is trained.
+
+    Returns:
+        One entry per branch (`model.expression_branches`): `None` for a branch
+        kept from `model.init_from`, else the `FeatureCacheConfig` it trains with
+        (`feature_cache` with the branch's own entry of `feature_cache.branches` applied).
+
+    Raises:
+        RecipeError: an entry names an unknown setting, or the list's length is
+            not the number of branches.
+    """
+    fc, n = recipe.feature_cache, recipe.model.expression_branches
+    entries = fc.branches or [{}] * n
+    if len(entries) != n:
+        raise RecipeError(f"Bad value for 'feature_cache.branches': one entry per expression branch "
+                          f"(model.expression_branches={n}). Received: {len(entries)} entries")
+    allowed = [f.name for f in dataclasses.fields(FeatureCacheConfig)
+               if f.name not in ("enabled", "branches", "max_faces")]
+    out = []
+    for i, entry in enumerate(entries):
+        entry = dict(entry)
+        keep = entry.pop("keep", False)
+        if keep is not True and keep is not False:
+            raise RecipeError(f"Bad value for 'feature_cache.branches[{i}].keep': expected true or false. "
+                              f"Received: {keep!r}")
+        if keep:
+            if entry:
+                raise RecipeError(f"'feature_cache.branches[{i}]' keeps model.init_from's branch; it takes no "
+                                  f"training settings. Received: {sorted(entry)}")
+            if not recipe.model.init_from:
+                raise RecipeError(f"'feature_cache.branches[{i}].keep' needs model.init_from (the export whose "
+                                  "branch to keep)")
+            out.append(None)
+            continue
+        unknown = sorted(set(entry) - set(allowed))
+        if unknown:
+            raise RecipeError(f"Unknown recipe key 'feature_cache.branches[{i}].{unknown[0]}'. Valid keys here: "
+                              f"{['keep', *allowed]}")
+        merged = {**dataclasses.asdict(fc), **entry, "branches": []}
+        out.append(_from_dict(FeatureCacheConfig, merged, f"feature_cache.branches[{i}]"))
+    return out
 
 
 def load_recipe(path, overrides=(), smoke=False):

@@ -200,7 +200,7 @@ __all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_sta
 def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
                          expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
                          freeze_identity_branch=True, identity_scale=30.0, weights="auto",
-                         num_expressions=7, mirror_expression=False):
+                         num_expressions=7, mirror_expression=False, expression_branches=1):
     """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
 
     Stages `0..split_stage` (stem = 0) are shared. The identity branch is dlib's
@@ -230,6 +230,11 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
             its mirror image in one batch and averages the probabilities (the
             trunk runs on both; the identity branch only on the face). The
             branch is then the sub-model layer `expression_branch`.
+        expression_branches: independently trained copies of the expression
+            branch whose probabilities are averaged inside the network (an
+            ensemble in one forward pass). Branch 1's layers are named
+            `expression_*`, branch k's `expression{k}_*`. With more than one,
+            the branches form the sub-model layer `expression_branch`.
 
     Returns:
         A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`
@@ -252,6 +257,8 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
                          f"Received: expression_last_stage={expression_last_stage}")
     if num_identities < 1:
         raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
+    if expression_branches < 1:
+        raise ValueError(f"expression_branches must be >= 1. Received: expression_branches={expression_branches}")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
@@ -274,19 +281,26 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     identity = layers.Activation("softmax", dtype="float32", name="identity")(
         layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
 
-    def expression_branch(h):
-        h = dlib_stages(h, split_stage + 1, expression_last_stage, "expression_")
-        h = layers.GlobalAveragePooling2D(name="expression_pool")(h)
-        h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name="expression")
-        return layers.Dense(num_expressions, activation="softmax", dtype="float32", name="expression")(h)
+    def expression_branch(h, prefix="expression"):
+        h = dlib_stages(h, split_stage + 1, expression_last_stage, f"{prefix}_")
+        h = layers.GlobalAveragePooling2D(name=f"{prefix}_pool")(h)
+        h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name=prefix)
+        return layers.Dense(num_expressions, activation="softmax", dtype="float32", name=prefix)(h)
 
-    if mirror_expression:
+    prefixes = [expression_branch_prefix(k) for k in range(1, expression_branches + 1)]
+    branch = None
+    if mirror_expression or expression_branches > 1:
         branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
-        branch = keras.Model(branch_in, expression_branch(branch_in), name="expression_branch")
+        outs = [expression_branch(branch_in, p) for p in prefixes]
+        out = outs[0] if len(outs) == 1 else layers.Average(dtype="float32", name="expression_ensemble")(outs)
+        branch = keras.Model(branch_in, out, name="expression_branch")
+    if mirror_expression:
         mirrored = shared(FlipLeftRight(name="mirror_images")(x))
         both = layers.Concatenate(axis=0, name="face_and_mirror")([features, mirrored])
         expression = layers.Activation("linear", dtype="float32", name="expression")(
             MeanOfHalves(dtype="float32", name="mirror_average")(branch(both)))
+    elif branch is not None:
+        expression = layers.Activation("linear", dtype="float32", name="expression")(branch(features))
     else:
         expression = expression_branch(features)
 
@@ -297,10 +311,17 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
             weights = read_dlib_resnet(default_model_path() if weights == "auto" else weights)
         load_dlib_weights(shared, weights)
         load_dlib_weights(identity_net, weights, prefixes=("identity_",))
-        load_dlib_weights(model, weights, prefixes=("expression_",))
+        load_dlib_weights(branch or model, weights, prefixes=tuple(f"{p}_" for p in prefixes))
     shared.trainable = not freeze_shared
     identity_net.trainable = not freeze_identity_branch
     return model
+
+
+def expression_branch_prefix(k):
+    """The layer-name prefix of expression branch `k` (1-based): `expression`, `expression2`, ..."""
+    if k < 1:
+        raise ValueError(f"Branches are numbered from 1. Received: k={k}")
+    return "expression" if k == 1 else f"expression{k}"
 
 
 def imprint_identity_classifier(model, images, identity, batch_size=64):

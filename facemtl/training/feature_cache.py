@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig
+from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, branch_settings
 from facemtl.files import temporary_name, write_json_atomically
 
 # Views cached for validation faces (no jitter: scored as served).
@@ -168,8 +168,13 @@ def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(
     return branch
 
 
-def copy_weights_by_name(source, target, prefix="expression"):
+def copy_weights_by_name(source, target, prefix="expression", target_prefix=None):
     """Copies the weights of `source`'s layers named `prefix*` into `target`'s layers of the same names.
+
+    Args:
+        target_prefix: the target's layers are named with this prefix in place
+            of `prefix` (e.g. a branch trained as `expression_*` copied into
+            branch 2, `expression2_*`).
 
     Returns:
         The names of the layers copied.
@@ -177,14 +182,21 @@ def copy_weights_by_name(source, target, prefix="expression"):
     Raises:
         ValueError: a layer of `source` has no counterpart in `target`, or shapes differ.
     """
-    names = [layer.name for layer in source.layers if layer.name.startswith(prefix) and layer.weights]
+    names = [layer.name for layer in source.layers if named_under(layer.name, prefix) and layer.weights]
+    target_prefix = prefix if target_prefix is None else target_prefix
     for name in names:
+        dst_name = target_prefix + name[len(prefix):]
         try:
-            dst = target.get_layer(name)
+            dst = target.get_layer(dst_name)
         except ValueError:
-            raise ValueError(f"{target.name} has no layer {name!r} to copy into") from None
+            raise ValueError(f"{target.name} has no layer {dst_name!r} to copy into") from None
         dst.set_weights(source.get_layer(name).get_weights())
     return names
+
+
+def named_under(name, prefix):
+    """Whether layer `name` belongs to the layers named `prefix` or `prefix_*` (`expression` is not `expression2_*`)."""
+    return name == prefix or name.startswith(prefix + "_")
 
 
 def _shift_maps(x, shift, rng):
@@ -415,12 +427,19 @@ def prepare_caches(recipe, log=print):
 
     k, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
-    unknown = sorted(set(recipe.feature_cache.views) - set(TRAIN_VIEWS))
-    if unknown:
-        from facemtl.errors import RecipeError
+    wanted = set()
+    for i, settings in enumerate(branch_settings(recipe)):
+        if settings is None:
+            continue
+        unknown = sorted(set(settings.views) - set(TRAIN_VIEWS))
+        if unknown:
+            from facemtl.errors import RecipeError
 
-        raise RecipeError(f"Bad value for 'feature_cache.views': {unknown} are not views; expected some of "
-                          f"{list(TRAIN_VIEWS)}")
+            key = "feature_cache.views" if not recipe.feature_cache.branches else f"feature_cache.branches[{i}].views"
+            raise RecipeError(f"Bad value for '{key}': {unknown} are not views; expected some of {list(TRAIN_VIEWS)}")
+        wanted.update(settings.views)
+    # Only the views some trained branch draws from are cached (each view costs a pass of the trunk).
+    train_views = tuple(v for v in TRAIN_VIEWS if v in wanted)
     src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=m.height)
     train_idx, val_idx = holdout(src, [cfg.val_fraction], seed=recipe.train.seed + k)
     limit = recipe.feature_cache.max_faces
@@ -431,7 +450,7 @@ def prepare_caches(recipe, log=print):
         val_idx = np.sort(rng.choice(val_idx, n_val, replace=False))
     trunk = build_trunk((m.height, m.width, 3), m.split_stage, m.backbone_weights or "auto")
     caches, framing, calibration = {}, {}, None
-    for part, idx, views in (("train", train_idx, tuple(TRAIN_VIEWS)), ("val", val_idx, EVAL_VIEWS)):
+    for part, idx, views in (("train", train_idx, train_views), ("val", val_idx, EVAL_VIEWS)):
         sub = src.subset(idx)
         sub.split = f"{src.split or cfg.split}-{part}"
         # FER2013's own 48 px: the photo it stands for is upscaled from the original crop, as in serving.
@@ -448,8 +467,11 @@ def prepare_caches(recipe, log=print):
     return CachedSplits(caches["train"], caches["val"], framing, list(EXPRESSIONS), calibration)
 
 
-def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
-    """Trains the recipe's expression branch on the trunk caches (resumable in `run_dir`).
+def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, settings=None):
+    """Trains one expression branch of the recipe on the trunk caches (resumable in `run_dir`).
+
+    Args:
+        settings: the `FeatureCacheConfig` it trains with (default: the recipe's `feature_cache`).
 
     Returns:
         `(branch with the best validation weights, history dict, best record)`.
@@ -457,6 +479,7 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
     from facemtl.training.trainer import build_optimizer
 
     caches = caches or prepare_caches(recipe, log)
+    settings = settings or recipe.feature_cache
     m = recipe.model
     # bfloat16 compute (float32 weights) is ~1.5x faster on CPUs with AVX-512 BF16 / AMX; the branch is
     # exported in float32 either way (assemble_model builds the whole model under the float32 policy).
@@ -467,7 +490,7 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
         keras.mixed_precision.set_global_policy("float32")
     steps = -(-len(caches.train.labels) // recipe.train.batch_size)
     keras.utils.set_random_seed(recipe.train.seed)
-    history = fit_branch(branch, caches.train, caches.val, recipe.feature_cache, epochs=recipe.train.epochs,
+    history = fit_branch(branch, caches.train, caches.val, settings, epochs=recipe.train.epochs,
                          batch_size=recipe.train.batch_size, optimizer=build_optimizer(recipe, steps),
                          run_dir=run_dir, mirror=m.mirror_expression, log=log, verbose=verbose)
     best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
@@ -479,19 +502,24 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2):
     return branch, history, record
 
 
-def _build_branch(recipe, caches):
+def _build_branch(recipe, caches, weights="auto"):
     m = recipe.model
+    weights = weights and (m.backbone_weights or weights)
     return build_expression_branch(caches.train.features.shape[2:], split_stage=m.split_stage,
                                      last_stage=m.expression_last_stage, units=m.expression_units, dropout=m.dropout,
-                                     num_classes=len(caches.expression_names), weights=m.backbone_weights or "auto")
+                                     num_classes=len(caches.expression_names), weights=weights)
 
 
-def load_export_weights(model, saved_model_dir):
+def load_export_weights(model, saved_model_dir, skip=()):
     """Sets `model`'s weights from an export's variables, matched by name (`layer/weight`).
 
     The export must come from the same architecture (a facemtl SavedModel of
     the same builder); Keras' seed-generator states are not exported and are
     left alone.
+
+    Args:
+        skip: layer-name prefixes (`named_under`) whose weights are left alone
+            (e.g. expression branches the export does not have, trained afresh).
 
     Returns:
         How many weights were set.
@@ -503,7 +531,7 @@ def load_export_weights(model, saved_model_dir):
     by_name = {v.name.rsplit(":", 1)[0]: v for v in loaded._all_variables}
     count = 0
     for variable in model.variables:
-        if "seed_generator" in variable.path:
+        if "seed_generator" in variable.path or any(named_under(variable.path.split("/")[0], p) for p in skip):
             continue
         source = by_name.get(variable.path)
         if source is None or tuple(source.shape) != tuple(variable.shape):
@@ -514,14 +542,23 @@ def load_export_weights(model, saved_model_dir):
     return count
 
 
-def assemble_model(recipe, branch, log=print):
-    """The whole multi-task model: `model.init_from`'s trunk and identity, and the trained expression branch.
+def assemble_model(recipe, branches, log=print):
+    """The whole multi-task model: `model.init_from`'s trunk and identity, and the trained expression branches.
+
+    Args:
+        branches: one entry per expression branch: a trained branch model, or
+            `None` for a branch kept from `model.init_from` (a single model
+            stands for `[model]`).
 
     Returns:
         `(keras model, the init export's metadata)`.
     """
     from facemtl.export import read_metadata
     from facemtl.models import build_from_recipe
+    from facemtl.models.dlib_resnet import expression_branch_prefix
+
+    if not isinstance(branches, (list, tuple)):
+        branches = [branches]
 
     init = recipe.model.init_from
     if not init:
@@ -532,12 +569,42 @@ def assemble_model(recipe, branch, log=print):
     path = resolve_pretrained(init)
     meta = read_metadata(path)
     model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]))
+    trained = [(expression_branch_prefix(k), b) for k, b in enumerate(branches, 1) if b is not None]
     # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not.
-    log(f"facemtl: {load_export_weights(model, path)} weights from {path}")
-    target = model.get_layer("expression_branch") if recipe.model.mirror_expression else model
-    copied = copy_weights_by_name(branch, target)
-    log(f"facemtl: expression branch ({len(copied)} layers) from the trained branch")
+    log(f"facemtl: {load_export_weights(model, path, skip=[p for p, _ in trained])} weights from {path}")
+    target = branch_model(model)
+    for prefix, branch in trained:
+        copied = copy_weights_by_name(branch, target, target_prefix=prefix)
+        log(f"facemtl: expression branch {prefix!r} ({len(copied)} layers) from its trained weights")
     return model, meta
+
+
+def branch_validation(model, recipe, caches):
+    """Each expression branch's and the ensemble's accuracy on the cached validation views.
+
+    Returns:
+        `{"branch1": scores, ..., "ensemble": scores}` (`view_scores`' keys);
+        `"ensemble"` only with more than one branch.
+    """
+    from facemtl.models.dlib_resnet import expression_branch_prefix
+
+    target, probs, out = branch_model(model), [], {}
+    for k in range(1, recipe.model.expression_branches + 1):
+        branch = _build_branch(recipe, caches, weights=None)
+        copy_weights_by_name(target, branch, prefix=expression_branch_prefix(k), target_prefix="expression")
+        probs.append(predict_views(branch, caches.val))
+        out[f"branch{k}"] = view_scores(probs[-1], caches.val.labels, list(caches.val.views))
+    if len(probs) > 1:
+        out["ensemble"] = view_scores(np.mean(probs, axis=0), caches.val.labels, list(caches.val.views))
+    return out
+
+
+def branch_model(model):
+    """The model (or sub-model) that holds the expression branches' layers."""
+    try:
+        return model.get_layer("expression_branch")
+    except ValueError:
+        return model
 
 
 def model_from_export(saved_model_dir):
@@ -647,11 +714,25 @@ def train_on_cache(recipe, run_dir=None, log=print):
     keras.utils.set_random_seed(recipe.train.seed)
     run_dir = open_run(recipe, run_dir, True, log)
     caches = prepare_caches(recipe, log)
-    log(f"facemtl: expression branch on cached trunk maps: {len(caches.train.labels)} train faces x "
-        f"{len(recipe.feature_cache.views)} views, {len(caches.val.labels)} validation faces; framing: {caches.framing}")
-    branch, history, record = train_expression_branch(recipe, run_dir, caches, log)
-    log(f"facemtl: best validation epoch {record['epoch']} ({record['value']:.4f})")
-    model, meta = assemble_model(recipe, branch, log)
+    log(f"facemtl: expression branches on cached trunk maps: {len(caches.train.labels)} train faces x "
+        f"{len(caches.train.views)} views, {len(caches.val.labels)} validation faces; framing: {caches.framing}")
+    settings = branch_settings(recipe)
+    branches, history, records = [], {}, {}
+    for k, cfg in enumerate(settings, 1):
+        if cfg is None:
+            log(f"facemtl: expression branch {k}: kept from {recipe.model.init_from}")
+            branches.append(None)
+            continue
+        # One branch keeps the run folder's own layout; several train each in branch<k>/.
+        branch_dir = run_dir if len(settings) == 1 else os.path.join(run_dir, f"branch{k}")
+        branch, history[k], records[k] = train_expression_branch(recipe, branch_dir, caches, log, settings=cfg)
+        log(f"facemtl: expression branch {k}: best validation epoch {records[k]['epoch']} "
+            f"({records[k]['value']:.4f})")
+        branches.append(branch)
+    model, meta = assemble_model(recipe, branches, log)
+    validation = branch_validation(model, recipe, caches)
+    log("facemtl: validation (mirror-averaged where served so): " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) for name, scores in validation.items()))
     report = evaluate_framings(model, recipe, run_dir, log)
     export_dir = None
     if recipe.export.enabled:
@@ -673,10 +754,12 @@ def train_on_cache(recipe, run_dir=None, log=print):
         if recipe.export.tflite:
             write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration, log)
     seconds = time.time() - start
-    summary = {"seconds": round(seconds, 1), "export_dir": export_dir, "best_epoch": record["epoch"],
+    summary = {"seconds": round(seconds, 1), "export_dir": export_dir,
+               "best_epoch": {k: r["epoch"] for k, r in records.items()}, "validation": validation,
                "framing": caches.framing,
                "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
                                        for k, r in report.items()}}}
     write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
     log(f"facemtl: done in {seconds:.0f} s")
-    return TrainResult(run_dir, model, history, report, export_dir, seconds)
+    return TrainResult(run_dir, model, history[min(history)] if len(history) == 1 else history, report, export_dir,
+                       seconds)

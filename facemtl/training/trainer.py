@@ -158,7 +158,10 @@ def find_unfinished_run(recipe):
     wanted = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     for name in sorted(os.listdir(base), reverse=True):
         run = os.path.join(base, name)
-        if not os.path.isdir(os.path.join(run, "backup")) or os.path.exists(os.path.join(run, "summary.json")):
+        # A feature-cache run with several expression branches backs each up in its own branch<k>/ folder.
+        backed_up = os.path.isdir(os.path.join(run, "backup")) or any(
+            os.path.isdir(os.path.join(run, d, "backup")) for d in os.listdir(run) if d.startswith("branch"))
+        if not backed_up or os.path.exists(os.path.join(run, "summary.json")):
             continue
         try:
             with open(os.path.join(run, "recipe.yaml"), encoding="utf-8") as f:
