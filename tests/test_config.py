@@ -31,6 +31,12 @@ def test_smoke_variant_applies_before_overrides():
         ({}, ["train.epoch=3"], "'train.epoch'"),
         ({}, ["train.epochs"], "KEY=VALUE"),
         ({"model": "resnet18"}, [], "expected a mapping"),
+        ({"model": {"expression_branches": 2}, "feature_cache": {"branches": [{}]}}, [], "one entry per expression branch"),
+        ({"feature_cache": {"branches": [{"label_smothing": 0}]}}, [], "'feature_cache.branches[0].label_smothing'"),
+        ({"feature_cache": {"branches": [{"map_shift": "two"}]}}, [], "feature_cache.branches[0].map_shift='two'"),
+        ({"feature_cache": {"branches": [{"keep": True}]}}, [], "needs model.init_from"),
+        ({"model": {"init_from": "release"}, "feature_cache": {"branches": [{"keep": True, "map_shift": 0}]}}, [],
+         "takes no training settings"),
     ],
 )
 def test_bad_recipes_name_the_key(raw, overrides, message):
@@ -65,3 +71,16 @@ def test_learning_rate_scales_linearly_with_the_global_batch():
     assert learning_rate(recipe, steps_per_epoch=10) == pytest.approx(0.4)
     recipe = recipe_from_dict({"optimizer": {"learning_rate": 0.1}, "train": {"batch_size": 1024}})
     assert learning_rate(recipe, steps_per_epoch=10) == pytest.approx(0.1)
+
+
+def test_branch_settings_apply_each_branchs_overrides_to_the_shared_section():
+    from facemtl.config import branch_settings
+
+    recipe = recipe_from_dict({"model": {"expression_branches": 3, "init_from": "release"},
+                               "feature_cache": {"label_smoothing": 0.1, "map_shift": 2, "branches": [
+                                   {"keep": True}, {}, {"map_shift": 0, "views": ["plain"]}]}})
+    kept, same, own = branch_settings(recipe)
+    assert kept is None
+    assert (same.label_smoothing, same.map_shift) == (0.1, 2)
+    assert (own.label_smoothing, own.map_shift, own.views) == (0.1, 0, ["plain"])
+    assert len(branch_settings(recipe_from_dict({}))) == 1  # no list: one branch, the section's settings

