@@ -17,22 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 OUT = os.path.join("runs", "expression_branch")
 RESULTS = os.path.join(OUT, "results.jsonl")
-
-
-def cpu_name():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def table():
@@ -88,6 +78,7 @@ def main():
         parser.error("give a recipe and --variant (or --table)")
 
     import numpy as np
+    from _runs import cpu_name, git_commit
 
     from facemtl.config import load_recipe
     from facemtl.evaluation import classification_report
@@ -110,8 +101,7 @@ def main():
            "best_epoch": record["epoch"], "scores": scores, "macro_f1": report["macro_f1"],
            "per_class_recall": {n: round(c["recall"], 3) for n, c in report["per_class"].items()}, "minutes": (time.time() - start) / 60,
            "val_faces": int(len(caches.val.labels)), "framing": caches.framing, "cpu": cpu_name(),
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()}
+           "commit": git_commit()}
     os.makedirs(OUT, exist_ok=True)
     with open(RESULTS, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")

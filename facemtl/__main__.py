@@ -1,5 +1,3 @@
-import sys
+from facemtl.cli import run
 
-from facemtl.cli import main
-
-sys.exit(main())
+run()

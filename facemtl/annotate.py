@@ -31,8 +31,9 @@ def annotate(image, faces):
         p_expr = face["expression"]["probabilities"][expr]
         if "match" in face:  # a gallery's answer names open-set people; the softmax only training ones
             who = f"{face['match']['name']} {face['match']['score']:.2f}"
-        else:
-            who = f"{face['identity']['label']} {face['identity']['probability']:.2f}"
+        else:  # the API's own open-set answer: a trained name, or "unknown"
+            ident = face["identity"]
+            who = ident["label"] + (f" {ident['similarity']:.2f}" if "similarity" in ident else "")
         text = f"{expr} {p_expr:.2f} | {who}"
         bbox = draw.textbbox((x, y), text)
         ty = y - (bbox[3] - bbox[1]) - 4 if y > (bbox[3] - bbox[1]) + 4 else y + h + 2

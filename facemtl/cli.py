@@ -14,8 +14,10 @@ import sys
 import time
 
 from facemtl.errors import FacemtlError
+from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.faces.detect import DETECTORS as DETECTOR_NAMES
+from facemtl.quiet import VERBOSE_HELP, route_native_logs
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of user output
 
 
 def _train(args):
@@ -42,7 +44,7 @@ def _predict(args):
                 failures += 1
                 print(f"facemtl: skipping {answer['error']}", file=sys.stderr)
             elif not args.embedding:
-                answer.pop("embedding")
+                answer.pop("embedding", None)
             print(json.dumps({"path": path, **answer}))
     return 1 if failures else 0
 
@@ -67,10 +69,10 @@ def _analyze(args):
     if args.annotate:
         os.makedirs(args.annotate, exist_ok=True)
     names = AnnotationNames()
-    failures, photos, frames, faces_found, interrupted = [], 0, 0, 0, False
+    failures, ignored, photos, frames, faces_found, interrupted = [], [], 0, 0, 0, False
     start = time.perf_counter()
     records = analyze_files(analyzer, args.paths, every=args.every, batch_photos=args.batch_photos,
-                            max_frames=args.max_frames)
+                            max_frames=args.max_frames, ignored=ignored)
     try:
         for record, image in records:
             if "error" in record:
@@ -99,9 +101,10 @@ def _analyze(args):
                 "found no face" if args.fallback else "")
     unit = "frames/s" if frames else "photos/s"
     print(f"facemtl: analysed {photos} photo(s)/frame(s) in {seconds:.1f} s ({photos / max(seconds, 1e-9):.1f} "
-          f"{unit}, decoding included), found {faces_found} face(s){fallback}, {len(failures)} file(s) skipped"
-          + (f": {', '.join(failures[:5])}" if failures else "") + (" (interrupted)" if interrupted else ""),
-          file=sys.stderr)
+          f"{unit}, decoding included), found {faces_found} face(s){fallback}, {len(failures)} unreadable file(s)"
+          + (f": {', '.join(failures[:5])}" if failures else "")
+          + (f", {len(ignored)} file(s) in folders ignored (not images or videos by name)" if ignored else "")
+          + (" (interrupted)" if interrupted else ""), file=sys.stderr)
     return 130 if interrupted else (1 if failures else 0)
 
 
@@ -300,7 +303,7 @@ def _serve(args):
     return 0
 
 
-DETECTORS = ["blazeface", "mtcnn", "haar"]
+DETECTORS = sorted(DETECTOR_NAMES, key=lambda n: n != DEFAULT_DETECTOR)  # the default first
 DETECTOR_HELP = "face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"
 MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
 
@@ -331,7 +334,7 @@ def build_parser():
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
-    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
     p.add_argument("--fallback", choices=DETECTORS, help="run this detector on photos where --detector finds no "
                                                           "face (e.g. mtcnn); counted in the summary")
     p.add_argument("--every", type=int, default=10, help="analyse every N-th video frame (default 10)")
@@ -352,7 +355,7 @@ def build_parser():
     p.add_argument("dst", help="output folder for the aligned crops (existing crops are reused)")
     p.add_argument("--size", type=int, default=112, help="crop side in pixels")
     p.add_argument("--face-scale", type=float, default=1.0, help="< 1 leaves more context around the face")
-    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
     p.add_argument("--max-side", type=int, default=2048)
     p.set_defaults(func=_align)
 
@@ -366,7 +369,7 @@ def build_parser():
 
     def photo_options(p):
         p.add_argument("--crops", action="store_true", help="inputs are aligned face crops: skip detection")
-        p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
+        p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
 
     p = sub.add_parser("verify", help="are two photos the same person? score and threshold")
     p.add_argument("a", help="first photo")
@@ -437,7 +440,7 @@ def build_parser():
     p.add_argument("--name", help="the model name in /v1/models/<name> (default: the export's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
-    p.add_argument("--detector", choices=DETECTORS, default="blazeface", help=DETECTOR_HELP)
+    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
     p.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: most crops per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "
@@ -452,8 +455,25 @@ def build_parser():
     return parser
 
 
+def _add_verbose(parser):
+    """`--verbose` on every (sub)command, so it can follow the command's own arguments."""
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child)
+
+
+def run():
+    """The `facemtl` console script: native libraries' log lines go to a file unless `--verbose`."""
+    route_native_logs(verbose="--verbose" in sys.argv[1:])
+    sys.exit(main())
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except FacemtlError as exc:

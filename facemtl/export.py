@@ -9,8 +9,12 @@ signatures are the public contract:
     outputs: expression_probs float32 [batch, 7]   FER2013 order
              expression       string  [batch]
              identity_probs   float32 [batch, N]
-             identity         string  [batch]
+             identity         string  [batch]      a trained name, or "unknown" (the open-set rule,
+                                                   `facemtl.recognition.open_set`, when the export has one)
+             identity_closest string  [batch]      the closest trained name, whatever its similarity
+             identity_similarity float32 [batch]   cosine to that person's direction
              embedding        float32 [batch, D]   L2-normalised
+             (identity_closest and identity_similarity only in exports with an open-set rule)
 
 `serving_bytes` (what stock TF Serving's `{"b64": ...}` JSON values feed):
     inputs:  images           string  [batch]  encoded JPEG/PNG/BMP/GIF crops, any size each
@@ -38,11 +42,13 @@ import shutil
 import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from facemtl.errors import ModelFormatError
 from facemtl.files import write_json_atomically
 from facemtl.preprocessing import prepare_images
+from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
 METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
 FORMAT_VERSION = 1
@@ -57,6 +63,9 @@ def next_version(model_base):
 
 
 SIGNATURES = ("serving_default", "serving_bytes", "analyze_photo")
+# Metadata that each export writes for itself; a re-export takes the rest over from the earlier export.
+OWN_METADATA = ("format_version", "name", "version", "created", "input", "expressions", "identities", "tasks",
+                "embedding_dim", "signatures", "analyze_photo", "open_set", "tflite")
 # analyze_photo's defaults: the most faces answered per photo, and the longest photo side analysed
 # (larger photos are downscaled first, as `FaceAnalyzer(max_side=2048)` does).
 MAX_FACES = 16
@@ -64,7 +73,7 @@ MAX_PHOTO_SIDE = 2048
 
 
 def make_serving_fns(model, identity_names, expression_names, *, layout="arcface", max_faces=MAX_FACES,
-                     max_side=MAX_PHOTO_SIDE):
+                     max_side=MAX_PHOTO_SIDE, rule=None):
     """The functions that the SavedModel serves, by signature name.
 
     `serving_default` takes uint8 images; `serving_bytes` takes encoded images
@@ -72,6 +81,8 @@ def make_serving_fns(model, identity_names, expression_names, *, layout="arcface
     model. `analyze_photo` finds, aligns (crop `layout`) and answers up to
     `max_faces` faces per photo. A single-task model (used by the benchmarks'
     baselines) serves only its own task's outputs and has no `analyze_photo`.
+    With an `OpenSetRule`, `identity` is a name or "unknown" and the closest
+    name and its similarity are outputs of their own.
     """
     height, width, channels = model.input_shape[1:]
     id_names = tf.constant(list(identity_names) or [""])
@@ -97,6 +108,8 @@ def make_serving_fns(model, identity_names, expression_names, *, layout="arcface
             result["identity_probs"] = out["identity"]
             result["identity"] = tf.gather(id_names, tf.argmax(out["identity"], axis=-1))
             result["embedding"] = out["embedding"]
+            if rule is not None:
+                result.update(rule.tf_outputs(out["embedding"]))
         return result
 
     fns = {"serving_default": serve, "serving_bytes": serve_bytes}
@@ -158,7 +171,7 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
 
 
 def export_saved_model(model, identity_names, expression_names, *, base_dir="saved_models", name="facemtl",
-                       version=None, extra_metadata=None, max_faces=MAX_FACES):
+                       version=None, extra_metadata=None, max_faces=MAX_FACES, open_set=None):
     """Writes `model` to `base_dir/name/version/`, atomically.
 
     The export is written to a hidden temporary folder beside the target and
@@ -177,6 +190,10 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         extra_metadata: more JSON-able facts for `assets.extra/facemtl.json`
             (its `crop.layout` is the crop template `analyze_photo` aligns to).
         max_faces: the most faces `analyze_photo` answers per photo.
+        open_set: the open-set identity rule (`facemtl.recognition.open_set`):
+            `{"directions": [N, D], "threshold": float, ...}` (the other keys
+            describe the calibration and go into the metadata's `open_set`);
+            `None`: `identity` is the classifier's top name for every face.
 
     Returns:
         The path of the new version folder.
@@ -206,7 +223,11 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         archive = keras.export.ExportArchive()
         archive.track(model)
         layout = crop_layout(extra_metadata or {})
-        fns = make_serving_fns(model, identity_names, expression_names, layout=layout, max_faces=int(max_faces))
+        rule = None
+        if open_set is not None and "identity" in tasks:
+            rule = OpenSetRule(open_set["directions"], identity_names, open_set.get("threshold"))
+        fns = make_serving_fns(model, identity_names, expression_names, layout=layout, max_faces=int(max_faces),
+                               rule=rule)
         archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
         for signature in ("serving_bytes", "analyze_photo"):
@@ -238,6 +259,10 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             **(extra_metadata or {}),
         }
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        if rule is not None:
+            np.save(os.path.join(tmp, DIRECTIONS_FILE), rule.directions)
+            metadata["open_set"] = {k: v for k, v in open_set.items() if k != "directions"}
+            metadata["open_set"]["threshold"] = rule.threshold
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
         os.rename(tmp, target)
@@ -358,9 +383,9 @@ def export_run(run_dir, *, like=None, base_dir="saved_models", name=None, versio
         >>> export_run("runs/release_cpu/20261128-102036", base_dir="/tmp/models")
     """
     model, metadata = load_run_model(run_dir, like)
-    keep = {k: v for k, v in metadata.items() if k not in ("format_version", "name", "version", "created",
-                                                              "input", "expressions", "identities", "tasks",
-                                                              "embedding_dim", "signatures", "analyze_photo")}
+    like = like or run_export(run_dir)
+    keep = {k: v for k, v in metadata.items() if k not in OWN_METADATA}
     return export_saved_model(model, metadata["identities"], metadata["expressions"], base_dir=base_dir,
                               name=name or metadata["name"], version=version, max_faces=max_faces,
-                              extra_metadata={**keep, "exported_from": os.path.basename(os.path.normpath(run_dir))})
+                              extra_metadata={**keep, "exported_from": os.path.basename(os.path.normpath(run_dir))},
+                              open_set=export_open_set(like, metadata))

@@ -11,10 +11,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from facemtl.errors import ImageError, ImageTooLarge
 from facemtl.files import unreadable_reason
 
-# Decoding a huge photo at full size can exhaust memory; PIL's own guard raises
-# beyond this many pixels. Callers that can work on a downscaled copy pass
-# `max_side` instead, and JPEGs are then decoded at reduced size directly.
-Image.MAX_IMAGE_PIXELS = 500_000_000
 # What one photo may hold once decoded (after JPEG's reduced-size decoding): 100 megapixels,
 # 300 MB as RGB. Formats that cannot decode at reduced size (PNG, TIFF, 16-bit) are refused
 # above it from their header, before anything is decoded.
@@ -95,6 +91,48 @@ def _png_rows_missing(source):
     return got < expected
 
 
+def open_image(fp):
+    """`PIL.Image.open`, except that PIL's own decompression-bomb guard does not stop a large header.
+
+    PIL refuses images claiming over twice `Image.MAX_IMAGE_PIXELS` when it
+    opens them, before a JPEG could be set to decode at reduced size. facemtl
+    leaves that module-wide setting alone (importing facemtl changes no other
+    library's state) and decides itself, from the size (`check_pixels`, after
+    `draft`): such a file is opened again the way `Image.open` opens it, by its
+    format's plugin, without the guard.
+
+    Args:
+        fp: a path or a binary file object.
+
+    Returns:
+        An open `PIL.Image.Image` (use it as a context manager).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except Image.DecompressionBombError:
+            pass
+    if isinstance(fp, (str, os.PathLike)):
+        with open(fp, "rb") as f:
+            fp = io.BytesIO(f.read())
+    fp.seek(0)
+    prefix = fp.read(16)
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(prefix):
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def check_pixels(width, height, name, max_pixels=MAX_DECODE_PIXELS):
     """Refuses an empty image (`ImageError`) or one over `max_pixels` (`ImageTooLarge`), from its size alone."""
     if width * height == 0:
@@ -117,7 +155,7 @@ def image_size(data, name=None, max_pixels=MAX_DECODE_PIXELS):
     if not data:
         raise ImageError(f"{name}: empty image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             width, height = image.size
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{name}: over facemtl's limit of {max_pixels} pixels ({exc})") from None
@@ -175,7 +213,7 @@ def load_image(source, max_side=None, max_pixels=MAX_DECODE_PIXELS):
         else:
             raise ImageError(f"{name}: expected a path, bytes, PIL image or numpy array")
         try:
-            with Image.open(opener) as opened:  # closed here: no file left open for the garbage collector
+            with open_image(opener) as opened:  # closed here: no file left open for the garbage collector
                 if max_side is not None:
                     opened.draft("RGB", (max_side, max_side))  # JPEG: decode at reduced size
                 check_pixels(opened.width, opened.height, name, max_pixels)

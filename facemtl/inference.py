@@ -7,7 +7,9 @@ import time
 import numpy as np
 
 from facemtl.export import crop_layout, read_metadata
+from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
+from facemtl.recognition.open_set import rule_for_export
 
 
 class Predictor:
@@ -51,6 +53,9 @@ class Predictor:
         self._serve = self._loaded.signatures["serving_default"]
         self.expressions = self.metadata["expressions"]
         self.identities = self.metadata["identities"]
+        # The export's open-set rule (None for exports without one): the LiteRT copy's answers go through it here,
+        # the SavedModel's inside its graph.
+        self.open_set = rule_for_export(saved_model_dir, self.metadata)
         lite = os.path.join(saved_model_dir, EXPORT_FILE)
         self._lite = None
         if backend == "tflite" and not os.path.isfile(lite):
@@ -102,25 +107,42 @@ class Predictor:
         # The string outputs of serving_default, from the same names.
         out["expression"] = np.array([self.expressions[i].encode() for i in out["expression_probs"].argmax(1)],
                                      dtype=object)
-        if "identity_probs" in out:
+        if "identity_probs" in out and self.open_set is not None:
+            decided = self.open_set.decide(out["embedding"])
+            out["identity"] = np.array([d["label"].encode() for d in decided], dtype=object)
+            out["identity_closest"] = np.array([d["closest"].encode() for d in decided], dtype=object)
+            out["identity_similarity"] = np.array([d["similarity"] for d in decided], np.float32)
+        elif "identity_probs" in out:
             out["identity"] = np.array([self.identities[i].encode() for i in out["identity_probs"].argmax(1)],
                                        dtype=object)
         return out
 
     def describe(self, raw):
-        """Turns one crop's raw outputs into the JSON-able answer."""
-        probs = raw["expression_probs"]
-        ident = raw["identity_probs"]
-        top = int(np.argmax(ident))
-        return {
-            "expression": {
+        """Turns one crop's raw outputs into the JSON-able answer.
+
+        `identity.label` is a trained name or "unknown" (the export's open-set
+        rule, `facemtl.recognition.open_set`); `closest` is the nearest trained
+        name whatever its score, `similarity` its cosine (exports with the
+        rule) and `probability` the identity head's probability for it.
+        """
+        answer = {}
+        if "expression_probs" in raw:
+            answer["expression"] = {
                 "label": raw["expression"].decode(),
-                "probabilities": {name: round(float(p), 6) for name, p in zip(self.expressions, probs)},
-            },
-            "identity": {"label": raw["identity"].decode(), "probability": round(float(ident[top]), 6)},
-            "embedding_size": int(raw["embedding"].shape[-1]),
-            "embedding": raw["embedding"].astype(float).round(6).tolist(),
-        }
+                "probabilities": {name: round(float(p), 6) for name, p in zip(self.expressions,
+                                                                               raw["expression_probs"])},
+            }
+        if "identity_probs" in raw:
+            ident = raw["identity_probs"]
+            closest = raw["identity_closest"].decode() if "identity_closest" in raw else \
+                self.identities[int(np.argmax(ident))]
+            answer["identity"] = {"label": raw["identity"].decode(), "closest": closest,
+                                  "probability": round(float(ident[self.identities.index(closest)]), 6)}
+            if "identity_similarity" in raw:
+                answer["identity"]["similarity"] = round(float(raw["identity_similarity"]), 6)
+            answer["embedding_size"] = int(raw["embedding"].shape[-1])
+            answer["embedding"] = raw["embedding"].astype(float).round(6).tolist()
+        return answer
 
     # Crops are decoded at most this long (the graph resizes them to the model's size anyway), so
     # memory stays bounded whatever a file claims; JPEGs are decoded at reduced size directly.
@@ -146,9 +168,6 @@ class Predictor:
                 chunk[i] = self.describe(raw)
             results.extend(chunk)
         return results
-
-
-DEFAULT_DETECTOR = "blazeface"
 
 
 def _make_detector(detector, min_score, min_face_size):
@@ -297,7 +316,7 @@ class FaceAnalyzer:
         return results
 
 
-def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True):
+def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True, ignored=None):
     """Analyses photos, folders (walked recursively), videos and cameras; yields one record per photo or frame.
 
     Photos and frames are analysed `batch_photos` at a time (their faces in one
@@ -312,7 +331,11 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         batch_photos: photos (or frames) per batch.
         max_frames: analyse at most this many frames of each video or camera
             (default: a video to its end; a camera until the caller stops).
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr; it counts photos and frames
+            analysed (not merely decoded).
+        ignored: a list to collect the files of walked folders that are
+            neither images nor videos by name (skipped, not errors); `None`
+            keeps every file (each non-image gets an error record).
 
     Yields:
         `(record, image)`: `record` is `{"path", "frame" (videos), "size", "faces"}`
@@ -330,7 +353,7 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         raise ValueError(f"every must be a positive number of frames. Received: every={every}")
     if batch_photos < 1:
         raise ValueError(f"batch_photos must be positive. Received: batch_photos={batch_photos}")
-    files = expand_paths(paths)
+    files = expand_paths(paths, ignored)
     bar = None
     if progress:
         def expected(path):  # frames to analyse, for the progress bar (a camera's is unknown: max_frames or 1)
@@ -343,6 +366,8 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
 
     def flush():
         results = analyzer.analyze_images([img for _, _, img in batch]) if batch else []
+        if bar:
+            bar.update(len(batch))
         for (path, frame, img), faces in zip(batch, results):
             record = {"path": path, **({"frame": frame} if frame is not None else {})}
             yield {**record, "size": list(img.shape[:2]), "faces": faces}, img
@@ -359,8 +384,6 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
                 try:
                     for frame, img in video_frames(path, every, analyzer.max_side, max_frames):
                         batch.append((path, frame, img))
-                        if bar:
-                            bar.update()
                         if len(batch) >= batch_photos:
                             yield from flush()
                 except FacemtlError as exc:
@@ -372,8 +395,8 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
             except FacemtlError as exc:
                 yield from flush()  # records stay in input order
                 yield {"path": path, "error": str(exc)}, None
-            if bar:
-                bar.update()
+                if bar:
+                    bar.update()
             if len(batch) >= batch_photos:
                 yield from flush()
         yield from flush()

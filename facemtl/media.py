@@ -21,11 +21,28 @@ def is_camera(path):
     return bool(_CAMERA.fullmatch(os.fspath(path)))
 
 
-def expand_paths(paths):
+def media_extensions():
+    """File-name endings of the images Pillow reads and of videos (lower case, with the dot)."""
+    global _MEDIA_EXTENSIONS
+    if _MEDIA_EXTENSIONS is None:
+        from PIL import Image
+
+        Image.init()
+        _MEDIA_EXTENSIONS = frozenset(Image.registered_extensions()) | VIDEO_EXTENSIONS
+    return _MEDIA_EXTENSIONS
+
+
+_MEDIA_EXTENSIONS = None
+
+
+def expand_paths(paths, ignored=None):
     """Files named by `paths`, folders walked recursively (sorted, hidden files skipped).
 
     Every regular file in a folder is kept, whatever its extension, so that a
-    file that is not a photo gets reported rather than silently passed over.
+    file that is not a photo gets reported rather than silently passed over;
+    unless `ignored` is a list: then a folder's files that are neither images
+    nor videos by name (a `.txt` or `.tem` beside each photo) go into it
+    instead. Files named explicitly are always kept.
 
     Returns:
         A list of `(path, error)`; `error` is None or a message naming the path
@@ -45,6 +62,9 @@ def expand_paths(paths):
                 for f in sorted(files):
                     if not f.startswith("."):
                         full = os.path.join(root, f)
+                        if ignored is not None and os.path.splitext(f)[1].lower() not in media_extensions():
+                            ignored.append(full)
+                            continue
                         reason = unreadable_reason(full)
                         out.append((full, f"{full}: {reason}" if reason else None))
         else:

@@ -94,8 +94,16 @@ def test_cli_analyze_on_the_corpus_folder(trained, items, tmp_path):
     # Every file of the folder has its record (missing.jpg does not exist; folder.jpg is a folder, walked into).
     files = [name for name, source in items if isinstance(source, str) and source.startswith(folder)
              and name not in ("missing.jpg", "folder.jpg")]
-    for name in files:
+    from facemtl.media import media_extensions
+
+    # Files that are images or videos by name each get a record; the others are ignored and counted.
+    media = [name for name in files if os.path.splitext(name)[1].lower() in media_extensions()]
+    for name in media:
         assert name in by_name, name
+    others = set(files) - set(media)
+    assert not others & set(by_name)
+    if others:
+        assert f"{len(others)} file(s) in folders ignored" in r.stderr, r.stderr[-1000:]
     assert "named pipe" in by_name["pipe.jpg"]["error"] and "over facemtl's limit" in by_name["bomb_25000.png"]["error"]
     assert len(by_name["exif_1.jpg"]["faces"]) == 1
     assert "Traceback" not in r.stderr

@@ -1,4 +1,5 @@
-"""Face detectors: MTCNN (default, with 5 landmarks) and OpenCV's Haar cascade (light fallback)."""
+"""Face detectors by name: BlazeFace (the default, `facemtl.faces.blazeface`), MTCNN (5 landmarks) and OpenCV's
+Haar cascade (no landmarks). Landmark names are the subject's sides under every detector."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import numpy as np
 
 from facemtl.faces.align import landmarks_from_box
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+# The 5 landmarks in image order (the eye on the image's left first), named after the *subject's* sides,
+# as BlazeFace's keypoints are: the eye on the image's left is the subject's right eye.
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")
+# The `mtcnn` package's names for the same points (it names them after the image's sides).
+_MTCNN_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+# FaceAnalyzer, the CLI and the server use this detector unless told otherwise.
+DEFAULT_DETECTOR = "blazeface"
 
 
 @dataclasses.dataclass
@@ -82,7 +89,7 @@ class MTCNNDetector:
                 continue
             kp = f["keypoints"]
             out.append(Detection(tuple(float(v) for v in f["box"]), float(f["confidence"]),
-                                 np.array([kp[n] for n in LANDMARK_NAMES], dtype=np.float64)))
+                                 np.array([kp[n] for n in _MTCNN_NAMES], dtype=np.float64)))
         return sorted(out, key=lambda d: -d.score)
 
 
@@ -133,8 +140,8 @@ def _blazeface(**kwargs):
 DETECTORS = {"mtcnn": MTCNNDetector, "haar": HaarDetector, "blazeface": _blazeface}
 
 
-def get_detector(name="mtcnn", **kwargs):
-    """Builds a detector by name (`"blazeface"`, `"mtcnn"` or `"haar"`).
+def get_detector(name=DEFAULT_DETECTOR, **kwargs):
+    """Builds a detector by name (`"blazeface"`, the default, `"mtcnn"` or `"haar"`).
 
     Example:
         >>> detector = get_detector("haar")

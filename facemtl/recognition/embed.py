@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.errors import FacemtlError
 
 
@@ -34,7 +35,7 @@ class Embedder:
         [(128,)]
     """
 
-    def __init__(self, model_dir, *, crops=False, detector="blazeface", **analyzer_kwargs):
+    def __init__(self, model_dir, *, crops=False, detector=DEFAULT_DETECTOR, **analyzer_kwargs):
         from facemtl.inference import FaceAnalyzer, Predictor
 
         self.crops = crops

@@ -25,9 +25,9 @@ import numpy as np
 
 from facemtl.errors import FacemtlError
 from facemtl.recognition.metrics import normalize
+from facemtl.recognition.open_set import UNKNOWN
 
 FORMAT_VERSION = 1
-UNKNOWN = "unknown"
 _GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -221,6 +221,11 @@ class Gallery:
     def threshold_for(self, metadata, override=None):
         """Checks that an export made this gallery's embeddings; returns the match threshold to use.
 
+        The threshold is `override`, else the export's 1:N threshold for a
+        gallery of this many people (`open_set.gallery_thresholds`: a search
+        over more people needs a higher one for the same false-positive
+        identification rate), else its 1:1 verification threshold.
+
         Args:
             metadata: the export's metadata (`read_metadata`).
             override: an explicit threshold (else the export's calibrated one).
@@ -229,8 +234,12 @@ class Gallery:
             GalleryError: another model. FacemtlError: no threshold at all.
         """
         from facemtl.recognition.metrics import model_threshold
+        from facemtl.recognition.open_set import gallery_threshold
 
         self.check_model(model_info(metadata))
+        table = (metadata.get("open_set") or {}).get("gallery_thresholds")
+        if override is None and table:
+            return gallery_threshold(table, max(len(self.people()), 1))
         return model_threshold(metadata, override)[0]
 
     def people(self):

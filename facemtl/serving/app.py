@@ -38,6 +38,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.errors import FacemtlError
 from facemtl.serving import rest
 from facemtl.serving.rest import RequestError
@@ -248,7 +249,7 @@ def _check_photo_results(results):
     return results
 
 
-def create_app(model=None, *, name=None, detector="blazeface", max_batch_size=32, max_wait_ms=0.0, api_key=None,
+def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_size=32, max_wait_ms=0.0, api_key=None,
                gallery_store=None, max_body_bytes=20 * 2**20, max_instances=256, max_pixels=40_000_000,
                max_photos=16, analyze_workers=1, cors_origins=()):
     """The ASGI application of `facemtl serve`.
