@@ -236,7 +236,9 @@ def resolve_evaluation(target, recipe=None, split="test", out=None):
         target: a SavedModel version folder, or a finished run folder (its export is used).
         recipe: the recipe to take the data from (default: the export's run's, or the run's own).
         split: `test` or `val`.
-        out: the report folder (default: `eval-<split>` inside the target).
+        out: the report folder (default: for a SavedModel, `eval-<version>-<split>`
+            beside its version folder, never inside it: TF Serving watches those;
+            for a run folder, `eval-<split>` inside the run).
 
     Returns:
         `(saved_model_dir, recipe_path, out_dir)`.
@@ -250,6 +252,8 @@ def resolve_evaluation(target, recipe=None, split="test", out=None):
     if os.path.isfile(os.path.join(target, "saved_model.pb")):
         recipe = recipe or os.path.join(read_metadata(target).get("run_dir", ""), "recipe.yaml")
         model = target
+        version = os.path.abspath(target)
+        out = out or os.path.join(os.path.dirname(version), f"eval-{os.path.basename(version)}-{split}")
     elif os.path.isfile(os.path.join(target, "recipe.yaml")):  # a run folder: use its export
         model = run_export(target)
         if not model:

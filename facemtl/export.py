@@ -309,6 +309,20 @@ def update_metadata(saved_model_dir, updates):
     return metadata
 
 
+def run_relative(run_dir, path):
+    """`path` as a run records it: relative to the run folder, so the record holds from any working directory."""
+    return None if path is None else os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
+
+
+def resolve_run_path(run_dir, recorded):
+    """A path a run recorded (`run_relative`), as a usable path; absolute and older cwd-relative records kept."""
+    if not recorded or os.path.isabs(recorded):
+        return recorded
+    in_run = os.path.normpath(os.path.join(run_dir, recorded))
+    # Runs before run-relative records wrote paths relative to the directory training ran in.
+    return recorded if not os.path.exists(in_run) and os.path.exists(recorded) else in_run
+
+
 def run_export(run_dir):
     """The export a finished run recorded in its `summary.json` (`None` when it exported nothing).
 
@@ -318,7 +332,7 @@ def run_export(run_dir):
     path = os.path.join(run_dir, "summary.json")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f).get("export_dir")
+            return resolve_run_path(run_dir, json.load(f).get("export_dir"))
     except FileNotFoundError:
         raise ModelFormatError(f"{run_dir}: the run has no summary.json (it did not finish); use its export "
                                "folder, or train it to the end first") from None

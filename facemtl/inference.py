@@ -347,7 +347,7 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         ...     print(record["path"], len(record.get("faces", [])))
     """
     from facemtl.errors import FacemtlError
-    from facemtl.media import Progress, expand_paths, is_video, video_frame_count, video_frames
+    from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
 
     if every < 1:
         raise ValueError(f"every must be a positive number of frames. Received: every={every}")
@@ -382,9 +382,11 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
                 continue
             if is_video(path):
                 try:
+                    # A camera's frames are answered one by one, as they come; a file's in batches.
+                    size = 1 if is_camera(path) else batch_photos
                     for frame, img in video_frames(path, every, analyzer.max_side, max_frames):
                         batch.append((path, frame, img))
-                        if len(batch) >= batch_photos:
+                        if len(batch) >= size:
                             yield from flush()
                 except FacemtlError as exc:
                     yield from flush()  # the frames read before the error keep their answers

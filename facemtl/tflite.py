@@ -190,15 +190,28 @@ class TFLitePredictor:
     """
 
     def __init__(self, path, threads=2):
-        from ai_edge_litert.interpreter import Interpreter
+        import threading
 
         self.metadata = read_metadata(path)
-        try:
-            self._interpreter = Interpreter(model_path=os.fspath(path), num_threads=threads)
-            self._runner = self._interpreter.get_signature_runner("serving_default")
-        except (ValueError, RuntimeError) as exc:
-            raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
+        # One interpreter per thread (a LiteRT interpreter must not be shared between threads); this one checks
+        # the file now and serves the thread that made the predictor.
+        self._path, self._threads, self._local = os.fspath(path), threads, threading.local()
+        self._runner  # noqa: B018
         self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
+
+    @property
+    def _runner(self):
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            try:
+                interpreter = Interpreter(model_path=self._path, num_threads=self._threads)
+                runner = interpreter.get_signature_runner("serving_default")
+            except (ValueError, RuntimeError) as exc:
+                raise ModelFormatError(f"{self._path}: not a loadable TFLite model ({exc})") from None
+            self._local.interpreter, self._local.runner = interpreter, runner
+        return runner
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""

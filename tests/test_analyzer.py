@@ -130,6 +130,23 @@ def test_a_camera_is_read_like_a_video_until_max_frames(trained, tmp_path, monke
     assert "frames/s" in r.stderr
     r = run_cli_here("analyze", "camera:7", "--model", trained.export_dir, "--detector", "haar")
     assert r.returncode == 1 and "camera:7: not a readable camera" in r.stderr
+    # Each camera frame is answered before the next one is read (a file's frames go in batches).
+    from facemtl.inference import FaceAnalyzer, analyze_files
+
+    reads = []
+    real_read = real.read
+
+    class Counting(real):
+        def read(self, *args):
+            reads.append(1)
+            return real_read(self, *args)
+
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *a: Counting(clip if source == 0 else source, *a))
+    records = analyze_files(FaceAnalyzer(trained.export_dir, detector="haar"), ["camera:0"], every=1,
+                            max_frames=5, progress=False)
+    next(records)
+    assert len(reads) == 1
+    records.close()
 
 
 class _FindsNothing:

@@ -97,6 +97,13 @@ def test_evaluate_a_run_and_a_saved_model(trained, tmp_path):
     assert (tmp_path / "eval" / "confusion_expression.png").is_file()
     r = run_cli("evaluate", trained.export_dir, "--out", tmp_path / "eval2")
     assert r.returncode == 0, r.stderr
+    # No --out, from another directory: the report goes beside the version folder, never into it.
+    export = os.path.abspath(trained.export_dir)
+    r = run_cli("evaluate", export, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    beside = os.path.join(os.path.dirname(export), f"eval-{os.path.basename(export)}-test")
+    assert os.path.isfile(os.path.join(beside, "report.json"))
+    assert not [name for name in os.listdir(export) if name.startswith("eval")]
     r = run_cli("evaluate", tmp_path)
     assert r.returncode == 2 and "neither a SavedModel" in r.stderr
 
@@ -105,3 +112,31 @@ def test_evaluate_an_unfinished_run_is_a_clear_error(tmp_path):
     (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run folder whose training never finished
     r = run_cli("evaluate", tmp_path)
     assert r.returncode == 2 and "no summary.json (it did not finish)" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_analyze_is_quiet_ignores_non_images_in_folders_and_succeeds(tmp_path):
+    """The shipped model on a real photo beside a non-image file, as a new user runs it (no TF_CPP_* set)."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
+    (tmp_path / "astronaut.txt").write_text("notes beside the photo\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    env["FACEMTL_NATIVE_LOG"] = str(tmp_path / "native.log")
+
+    def analyze(*extra):
+        return subprocess.run([sys.executable, "-m", "facemtl", "analyze", str(tmp_path), *extra],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+    r = analyze()
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    # Only facemtl's own lines: its progress bar and its summary, nothing from TensorFlow, absl, oneDNN or LiteRT.
+    assert lines and all(line.startswith(("facemtl:", "analyze [")) for line in lines), lines
+    assert "1 file(s) in folders ignored" in r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [os.path.basename(rec["path"]) for rec in records] == ["astronaut.jpg"]
+    assert records[0]["faces"][0]["identity"]["label"] == "unknown"  # a stranger to the 12 trained people
+    verbose = analyze("--verbose")
+    assert verbose.returncode == 0 and len(verbose.stderr.splitlines()) > len(lines)

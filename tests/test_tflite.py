@@ -1,6 +1,7 @@
 """TFLite export: the same answers as the SavedModel, class names inside the file, int8 and bad files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -45,8 +46,9 @@ def test_cli_int8_needs_and_uses_real_calibration_faces(trained, crops, tmp_path
     faces.mkdir()
     for i, c in enumerate(crops):
         Image.fromarray(c).save(faces / f"{i}.png")
-    r = run_cli("export", trained.run_dir, "--format", "tflite", "--quantize", "int8", "--calibration", faces,
-                "--out", tmp_path / "q.tflite")
+    # From another working directory: the run's recorded paths resolve relative to the run.
+    r = run_cli("export", os.path.abspath(trained.run_dir), "--format", "tflite", "--quantize", "int8",
+                "--calibration", faces, "--out", tmp_path / "q.tflite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["quantize"] == "int8"
     int8 = TFLitePredictor(tmp_path / "q.tflite")

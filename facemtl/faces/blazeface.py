@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 
 import numpy as np
 
@@ -169,7 +170,8 @@ class BlazeFaceDetector:
         self.spec = spec
         self.min_score = spec.min_score if min_score is None else float(min_score)
         self.min_face_size = min_face_size
-        self._interpreter = _interpreter(path, threads)
+        # One interpreter per thread: a LiteRT interpreter must not be shared between threads (a server's pool).
+        self._path, self._threads, self._local = path, threads, threading.local()
         inputs = self._interpreter.get_input_details()
         if len(inputs) != 1 or list(inputs[0]["shape"]) != [1, spec.size, spec.size, 3]:
             raise DetectorModelError(f"{path}: expected one input [1, {spec.size}, {spec.size}, 3]. "
@@ -194,6 +196,13 @@ class BlazeFaceDetector:
         top, left = (size - nh) // 2, (size - nw) // 2
         canvas[top:top + nh, left:left + nw] = resized
         return canvas / 127.5 - 1.0, scale, left, top
+
+    @property
+    def _interpreter(self):
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            interpreter = self._local.interpreter = _interpreter(self._path, self._threads)
+        return interpreter
 
     def detect(self, image):
         """Finds faces in one `uint8 [h, w, 3]` RGB photo; returns a list of `Detection`, best first."""

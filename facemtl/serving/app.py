@@ -409,7 +409,7 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
                       threshold: float | None = Query(None, ge=-1, le=1), top_k: int = Query(3, ge=1, le=50)):
         state.require_model()
         photos = await _photos(request, state)
-        found = open_gallery(gallery) if gallery else None
+        found = await in_pool(open_gallery, gallery) if gallery else None
         results = await in_pool(_analyze_photos, state, photos, found, threshold, top_k)
         return {"model": state.model.name, "version": state.model.version, "photos": _check_photo_results(results)}
 
@@ -419,14 +419,14 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
 
     @app.get("/v1/galleries/{gallery}", tags=["galleries"], summary="The people of a gallery")
     async def gallery_people(gallery: str):
-        found = Gallery.load(gallery_path(gallery, state.gallery_store))
+        found = await in_pool(Gallery.load, gallery_path(gallery, state.gallery_store))
         return {"gallery": gallery, "people": found.people()}
 
     @app.post("/v1/galleries/{gallery}:identify", tags=["galleries"], summary="Who is in these photos?")
     async def identify(gallery: str, request: Request, threshold: float | None = Query(None, ge=-1, le=1),
                        top_k: int = Query(3, ge=1, le=50)):
         state.require_model()
-        found = open_gallery(gallery)
+        found = await in_pool(open_gallery, gallery)
         photos = await _photos(request, state)
         results = await in_pool(_analyze_photos, state, photos, found, threshold, top_k)
         return {"gallery": gallery, "photos": _check_photo_results(results)}
@@ -470,6 +470,10 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
                 summary="Remove a person (needs the API key)")
     async def remove(gallery: str, person: str, request: Request):
         state.check_api_key(request)
+        return await in_pool(remove_person, gallery, person)
+
+    def remove_person(gallery, person):
+        # The file lock blocks while another process writes: never on the event loop.
         with state.gallery_lock, gallery_lock(gallery, state.gallery_store):
             found = Gallery.load(gallery_path(gallery, state.gallery_store))
             removed = found.remove(person)

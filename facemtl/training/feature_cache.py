@@ -706,7 +706,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
     Returns:
         A `facemtl.training.trainer.TrainResult`.
     """
-    from facemtl.export import export_saved_model
+    from facemtl.export import export_saved_model, run_relative
     from facemtl.training.trainer import TrainResult, check_before_training, open_run
 
     start = time.time()
@@ -754,7 +754,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
         if recipe.export.tflite:
             write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration, log)
     seconds = time.time() - start
-    summary = {"seconds": round(seconds, 1), "export_dir": export_dir,
+    summary = {"seconds": round(seconds, 1), "export_dir": run_relative(run_dir, export_dir),
                "best_epoch": {k: r["epoch"] for k, r in records.items()}, "validation": validation,
                "framing": caches.framing,
                "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}

@@ -20,7 +20,7 @@ from facemtl.config import save_recipe
 from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, split_size
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
-from facemtl.export import export_saved_model
+from facemtl.export import export_saved_model, run_relative
 from facemtl.files import write_json_atomically
 from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
 from facemtl.models.heads import COSINE_LAYER
@@ -457,7 +457,7 @@ def finish_run(recipe, data, run_dir, model, checkpoint, start, log):
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
     seconds = time.time() - start
-    summary = {"seconds": round(seconds, 1), "export_dir": export_dir,
+    summary = {"seconds": round(seconds, 1), "export_dir": run_relative(run_dir, export_dir),
                "test": {t: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for t, r in report.items()}}
     write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
     log(f"facemtl: done in {seconds:.0f} s")

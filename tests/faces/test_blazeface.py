@@ -100,3 +100,16 @@ def test_auto_finds_a_face_that_fills_the_frame(astronaut):
     faces = BlazeFaceDetector("auto").detect(close_up)
     assert len(faces) == 1 and faces[0].box[2] > 60
     assert BlazeFaceDetector("full").detect(close_up) == []  # what the second, padded pass is for
+
+
+def test_each_thread_runs_its_own_interpreter():
+    import threading
+
+    from facemtl.faces.blazeface import BlazeFaceDetector
+
+    detector = BlazeFaceDetector()
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(detector._interpreter))
+    thread.start()
+    thread.join()
+    assert seen[0] is not detector._interpreter and detector._interpreter is detector._interpreter

@@ -84,3 +84,16 @@ def test_mtcnn_finds_faces_in_real_in_the_wild_photos(mtcnn):
     assert len(paths) == 30
     found = sum(1 for p in paths if mtcnn.detect(load_image(p)))
     assert found >= 24, f"faces found in only {found}/30 photos"
+
+
+def test_landmark_names_are_the_subjects_sides_under_every_detector(astronaut, mtcnn):
+    from facemtl.faces.detect import DEFAULT_DETECTOR
+
+    assert get_detector().__class__ is get_detector(DEFAULT_DETECTOR).__class__
+    for detector in (mtcnn, get_detector("blazeface"), get_detector("haar")):
+        points = detector.detect(astronaut)[0].to_dict()["landmarks"]
+        # A frontal face: the subject's right eye is on the image's left.
+        assert points["right_eye"][0] < points["left_eye"][0], (detector, points)
+        if "mouth_right" in points:
+            assert points["mouth_right"][0] < points["mouth_left"][0]
+        assert "nose_tip" in points
