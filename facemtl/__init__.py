@@ -6,11 +6,15 @@ from facemtl.labels import EXPRESSIONS  # noqa: E402
 
 
 def __getattr__(name):
-    # FaceAnalyzer pulls in TensorFlow: import it only when asked for.
-    if name == "FaceAnalyzer":
-        from facemtl.inference import FaceAnalyzer
+    # These pull in TensorFlow: imported only when asked for.
+    if name in ("FaceAnalyzer", "Predictor"):
+        import facemtl.inference
 
-        return FaceAnalyzer
+        return getattr(facemtl.inference, name)
+    if name == "Gallery":
+        from facemtl.recognition.gallery import Gallery
+
+        return Gallery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["EXPRESSIONS", "FaceAnalyzer", "__version__"]
+__all__ = ["EXPRESSIONS", "FaceAnalyzer", "Gallery", "Predictor", "__version__"]

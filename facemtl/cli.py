@@ -430,7 +430,8 @@ def build_parser():
                    help="saved_model: the most faces the analyze_photo signature answers per photo")
     p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
                    help="tflite: one .tflite file, crops at the model's size in, both answers out")
-    p.add_argument("--quantize", choices=["float16", "int8"], help="tflite only (default: float32)")
+    p.add_argument("--quantize", choices=["float16", "dynamic", "int8"],
+                   help="tflite only (default: float32); dynamic: int8 weights, float activations")
     p.add_argument("--calibration", help="tflite int8: a folder of real face crops to calibrate on")
     p.add_argument("--out", help="tflite: the file to write (default: <run name>.tflite)")
     p.set_defaults(func=_export)

@@ -230,7 +230,7 @@ class ExportConfig:
     max_faces: int = 16  # the most faces the `analyze_photo` signature answers per photo
     # feature_cache recipes: also write the model as a LiteRT (TFLite) file inside the export
     # (assets.extra/model.tflite, which TF Serving ignores); `Predictor` uses it for one face per call.
-    tflite: Optional[Literal["float32", "float16", "int8"]] = None
+    tflite: Optional[Literal["float32", "float16", "dynamic", "int8"]] = None
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from facemtl.errors import FacemtlError, ModelFormatError
 
 METADATA_NAME = "facemtl"
-QUANTIZATIONS = (None, "float16", "int8")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 
 def _serving_function(model):
@@ -47,9 +47,10 @@ def convert(model, metadata, *, quantize=None, calibration=None):
     Args:
         model: the Keras model (see `facemtl.export.load_run_model`).
         metadata: the export metadata to embed (class names, input, layout...).
-        quantize: `None` (float32), `"float16"` (weights) or `"int8"` (weights
-            and activations, calibrated on `calibration`; inputs and outputs stay
-            uint8 / float32).
+        quantize: `None` (float32), `"float16"` (weights), `"dynamic"` (int8
+            weights, float activations: no calibration needed) or `"int8"`
+            (weights and activations, calibrated on `calibration`; inputs and
+            outputs stay uint8 / float32).
         calibration: for int8, `uint8 [n, H, W, 3]` real face crops at the model's size.
 
     Returns:
@@ -82,6 +83,8 @@ def _convert(converter, quantize, calibration):
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantize == "int8":
         if calibration is None or not len(calibration):
             raise FacemtlError("int8 quantization needs calibration faces (real face crops)")
