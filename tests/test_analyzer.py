@@ -70,9 +70,11 @@ def test_cli_analyze_folder_with_bad_files(trained, photos, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     records = {os.path.basename(rec["path"]): rec for rec in map(json.loads, out.read_text().splitlines())}
-    for bad in ("readme.txt", "truncated.jpg", "empty.png", "missing.jpg"):
+    for bad in ("truncated.jpg", "empty.png", "missing.jpg"):
         assert "error" in records[bad], bad
         assert bad in r.stderr
+    # A file of a walked folder that is not an image by name is ignored and counted, not an error.
+    assert "readme.txt" not in records and "1 file(s) in folders ignored" in r.stderr
     assert len(records["astronaut.jpg"]["faces"]) == 1
     assert records["coffee.jpg"]["faces"] == []
     assert "embedding" not in records["astronaut.jpg"]["faces"][0]

@@ -120,13 +120,15 @@ def test_analyze_is_quiet_ignores_non_images_in_folders_and_succeeds(tmp_path):
     from PIL import Image
     from skimage import data
 
-    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
-    (tmp_path / "astronaut.txt").write_text("notes beside the photo\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()).save(photos / "astronaut.jpg", quality=95)
+    (photos / "astronaut.txt").write_text("notes beside the photo\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
     env["FACEMTL_NATIVE_LOG"] = str(tmp_path / "native.log")
 
     def analyze(*extra):
-        return subprocess.run([sys.executable, "-m", "facemtl", "analyze", str(tmp_path), *extra],
+        return subprocess.run([sys.executable, "-m", "facemtl", "analyze", str(photos), *extra],
                               capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
     r = analyze()

@@ -1,5 +1,6 @@
 """The SavedModel contract, checked on a real export loaded in a fresh process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -166,3 +167,23 @@ def test_read_metadata_errors(tmp_path, trained):
         read_metadata(str(tmp_path / "missing"))
     with pytest.raises(ModelFormatError, match="did you mean"):
         read_metadata(os.path.dirname(trained.export_dir))
+
+
+def test_predict_answers_from_a_single_task_export(tmp_path):
+    """An expression-only export (as the benchmarks' baselines make): Predictor and the CLI answer its one task."""
+    from facemtl.inference import Predictor
+    from facemtl.models.multitask import build_multitask_model
+    from tests.models.test_multitask import TINY_MODEL
+    from tests.test_cli import run_cli_here
+
+    model = build_multitask_model(3, input_shape=(64, 64, 3), tasks=("expression",), **TINY_MODEL)
+    path = export_saved_model(model, [], EXPRESSIONS, base_dir=str(tmp_path), name="expr")
+    face = np.random.default_rng(0).integers(0, 256, (80, 70, 3), dtype=np.uint8)
+    answer = Predictor(path).predict([face])[0]
+    assert set(answer) == {"expression"} and answer["expression"]["label"] in EXPRESSIONS
+    from PIL import Image
+
+    Image.fromarray(face).save(tmp_path / "face.png")
+    r = run_cli_here("predict", "--model", path, tmp_path / "face.png")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == {"path", "expression"}
