@@ -3,7 +3,7 @@
 Faces: the LFW subset's test photos and the first CelebA photos, detected and aligned
 by BlazeFace onto the old model's crop layout, then embedded by both SavedModels.
 
-    python benchmarks/identity_unchanged.py --old RELEASE_1_DIR [--new facemtl/pretrained/release/2]
+    python benchmarks/identity_unchanged.py --old RELEASE_1_DIR [--new facemtl/pretrained/release/3]
 """
 
 from __future__ import annotations
