@@ -183,6 +183,34 @@ def write_into_export(export_dir, flat):
     return path
 
 
+class PerThread:
+    """One object per thread, made by `factory` on a thread's first `get()`.
+
+    A LiteRT interpreter must not be shared between threads (a server's pool
+    calls from several). A plain dict keyed by thread id, owned by its user, so
+    the interpreters are freed with it in reference order (a `threading.local`
+    leaves them to the cyclic garbage collector, which freed a LiteRT runner's
+    parts in an order that crashed the process). A dead thread's id may be
+    reused by a new thread, which then takes over its object: never two at once.
+    """
+
+    def __init__(self, factory):
+        import threading
+
+        self._factory, self._objects, self._lock = factory, {}, threading.Lock()
+
+    def get(self):
+        import threading
+
+        key = threading.get_ident()
+        obj = self._objects.get(key)
+        if obj is None:
+            obj = self._factory()
+            with self._lock:
+                self._objects[key] = obj
+        return obj
+
+
 class TFLitePredictor:
     """Runs a facemtl `.tflite` on face crops (resized on the host with the SavedModel's own resize).
 
@@ -193,28 +221,24 @@ class TFLitePredictor:
     """
 
     def __init__(self, path, threads=2):
-        import threading
-
         self.metadata = read_metadata(path)
-        # One interpreter per thread (a LiteRT interpreter must not be shared between threads); this one checks
-        # the file now and serves the thread that made the predictor.
-        self._path, self._threads, self._local = os.fspath(path), threads, threading.local()
-        self._runner  # noqa: B018
+        path = os.fspath(path)
+
+        def load():  # no reference to self: the predictor and its interpreters form no cycle
+            from ai_edge_litert.interpreter import Interpreter
+
+            try:
+                return Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+            except (ValueError, RuntimeError) as exc:
+                raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
+
+        self._runners = PerThread(load)
+        self._runners.get()  # checks the file now, and serves the thread that made the predictor
         self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
 
     @property
     def _runner(self):
-        runner = getattr(self._local, "runner", None)
-        if runner is None:
-            from ai_edge_litert.interpreter import Interpreter
-
-            try:
-                interpreter = Interpreter(model_path=self._path, num_threads=self._threads)
-                runner = interpreter.get_signature_runner("serving_default")
-            except (ValueError, RuntimeError) as exc:
-                raise ModelFormatError(f"{self._path}: not a loadable TFLite model ({exc})") from None
-            self._local.interpreter, self._local.runner = interpreter, runner
-        return runner
+        return self._runners.get()
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.tflite import PerThread
 
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
@@ -171,7 +171,7 @@ class BlazeFaceDetector:
         self.min_score = spec.min_score if min_score is None else float(min_score)
         self.min_face_size = min_face_size
         # One interpreter per thread: a LiteRT interpreter must not be shared between threads (a server's pool).
-        self._path, self._threads, self._local = path, threads, threading.local()
+        self._interpreters = PerThread(lambda: _interpreter(path, threads))
         inputs = self._interpreter.get_input_details()
         if len(inputs) != 1 or list(inputs[0]["shape"]) != [1, spec.size, spec.size, 3]:
             raise DetectorModelError(f"{path}: expected one input [1, {spec.size}, {spec.size}, 3]. "
@@ -199,10 +199,7 @@ class BlazeFaceDetector:
 
     @property
     def _interpreter(self):
-        interpreter = getattr(self._local, "interpreter", None)
-        if interpreter is None:
-            interpreter = self._local.interpreter = _interpreter(self._path, self._threads)
-        return interpreter
+        return self._interpreters.get()
 
     def detect(self, image):
         """Finds faces in one `uint8 [h, w, 3]` RGB photo; returns a list of `Detection`, best first."""
