@@ -136,14 +136,19 @@ def test_a_camera_is_read_like_a_video_until_max_frames(trained, tmp_path, monke
     from facemtl.inference import FaceAnalyzer, analyze_files
 
     reads = []
-    real_read = real.read
 
-    class Counting(real):
+    class Counting:  # wraps (never subclasses) OpenCV's capture: a Python subclass of it crashed the collector
+        def __init__(self, source, *args):
+            self._capture = real(clip if source == 0 else source, *args)
+
         def read(self, *args):
             reads.append(1)
-            return real_read(self, *args)
+            return self._capture.read(*args)
 
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source, *a: Counting(clip if source == 0 else source, *a))
+        def __getattr__(self, name):
+            return getattr(self._capture, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Counting)
     records = analyze_files(FaceAnalyzer(trained.export_dir, detector="haar"), ["camera:0"], every=1,
                             max_frames=5, progress=False)
     next(records)
