@@ -201,8 +201,9 @@ def export_with_rule(path, meta, directions, threshold, table, args, results):
     chosen = results["directions"]["class means of LFW training photos"]
     open_set = {"directions": directions, "threshold": threshold, "target_fpir": args.fpir,
                 "directions_from": "mean embedding of each person's LFW-subset training photos (BlazeFace-aligned)",
-                "calibrated_on": f"half of the strangers (ORL + CelebA subset, {len(set(results['strangers']))} sets, "
-                                 f"{results['strangers']['calibration_half']['people']} people), seed {args.seed}",
+                "calibrated_on": f"half of the strangers by person (ORL + CelebA subset: "
+                                 f"{results['strangers']['calibration_half']['people']} of "
+                                 f"{results['strangers']['people']} people), seed {args.seed}",
                 "fpir_held_out_half": chosen["fpir_held_out_half"],
                 "lfw_test_named_correctly": chosen["lfw_test_named_correctly"],
                 "gallery_thresholds": table, "measured_by": "benchmarks/strangers.py"}
