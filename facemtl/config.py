@@ -18,6 +18,7 @@ from typing import Literal, Optional
 import yaml
 
 from facemtl.errors import RecipeError
+from facemtl.faces.detect import DEFAULT_DETECTOR
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
 
@@ -114,7 +115,7 @@ class SourceConfig:
     # and FaceAnalyzer give the model byte-identical crops of the same photo.
     align: bool = False
     align_size: Optional[int] = None  # crop side; default: the model's input side
-    align_detector: Literal["blazeface", "mtcnn", "haar"] = "blazeface"  # FaceAnalyzer's default
+    align_detector: Literal["blazeface", "mtcnn", "haar"] = DEFAULT_DETECTOR  # FaceAnalyzer's default
     val_fraction: float = 0.05  # held out of `split` (stratified by label) for validation
     test_split: Optional[str] = None  # a separate split for the test report (FER2013's PublicTest)...
     test_fraction: float = 0.0  # ...or this fraction of `split` held out (identity: held-out photos)

@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.files import temporary_name
 
 # The photo side a crop is upscaled to before detection (BlazeFace finds a face in ~99% of FER2013's crops at 160).
@@ -68,7 +69,7 @@ def upscale_photo(crop, side=UPSCALE):
     return resize_face(crop, side)
 
 
-def frame_like_photos(images, *, size=150, layout="dlib", detector="blazeface", upscale=UPSCALE, face_scale=1.0,
+def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETECTOR, upscale=UPSCALE, face_scale=1.0,
                       progress=None):
     """Detects and aligns each face crop like a served photo.
 
@@ -138,7 +139,7 @@ def cached_framing(images, cache_dir, name, log=print, **settings):
     """
     from facemtl.media import Progress
 
-    settings = {"size": 150, "layout": "dlib", "detector": "blazeface", "upscale": UPSCALE, "face_scale": 1.0,
+    settings = {"size": 150, "layout": "dlib", "detector": DEFAULT_DETECTOR, "upscale": UPSCALE, "face_scale": 1.0,
                 **settings}
     path = os.path.join(cache_dir, f"{name}-framed-{settings['detector']}-{settings['layout']}-{settings['size']}px-"
                                    f"{framing_key(images, **settings)}.npz")
