@@ -49,13 +49,6 @@ def faces(path, fmt, split, layout, size):
     return images, np.array([names[k] for k in labels])
 
 
-def embed(predictor, images):
-    out = []
-    for s in range(0, len(images), 256):
-        out += [r["embedding"] for r in predictor.run(list(images[s:s + 256]))]
-    return np.asarray(out, np.float32)
-
-
 def head_directions(saved_model_dir):
     """The cosine classifier's class weights (`identity_similarity/kernel`, `[D, N]`) as directions `[N, D]`."""
     import tensorflow as tf
@@ -111,6 +104,7 @@ def main():
     from facemtl.export import crop_layout
     from facemtl.inference import Predictor
     from facemtl.pretrained import resolve_model
+    from facemtl.recognition.embed import embed_arrays
     from facemtl.recognition.metrics import model_threshold
     from facemtl.recognition.open_set import (OpenSetRule, class_directions, stranger_fpir, threshold_for_fpir,
                                               unit_rows)
@@ -127,7 +121,7 @@ def main():
     emb, people = {}, {}
     for name, (root, fmt, split) in sets.items():
         images, people[name] = faces(root, fmt, split, layout, size)
-        emb[name] = embed(predictor, images)
+        emb[name] = embed_arrays(predictor, images)
         print(f"{name}: {len(images)} faces of {len(np.unique(people[name]))} people", flush=True)
     overlap = set(known) & (set(people["orl"]) | set(people["celeba"]))
     assert not overlap, f"strangers must not be known people: {overlap}"

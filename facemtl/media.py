@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -21,18 +22,13 @@ def is_camera(path):
     return bool(_CAMERA.fullmatch(os.fspath(path)))
 
 
+@functools.cache
 def media_extensions():
     """File-name endings of the images Pillow reads and of videos (lower case, with the dot)."""
-    global _MEDIA_EXTENSIONS
-    if _MEDIA_EXTENSIONS is None:
-        from PIL import Image
+    from PIL import Image
 
-        Image.init()
-        _MEDIA_EXTENSIONS = frozenset(Image.registered_extensions()) | VIDEO_EXTENSIONS
-    return _MEDIA_EXTENSIONS
-
-
-_MEDIA_EXTENSIONS = None
+    Image.init()
+    return frozenset(Image.registered_extensions()) | VIDEO_EXTENSIONS
 
 
 def expand_paths(paths, ignored=None):
