@@ -67,6 +67,10 @@ class ModelConfig:
     # dlib_resnet only: independently trained expression branches averaged inside the network (an ensemble in
     # one forward pass; feature_cache.branches says how each is trained).
     expression_branches: int = 1
+    # dlib_resnet only: how the expression branch pools stage maps ("average", or "spatial": a 1x1 convolution and
+    # the flattened map), and whether its stages' Affine scales and shifts train (dlib's folded batch norm).
+    expression_pool: Literal["average", "spatial"] = "average"
+    learnable_affine: bool = False
     # dlib_resnet only: start from an export's weights (a SavedModel version folder, or "release" for the
     # shipped model), e.g. to keep its identity branch and classifier exactly.
     init_from: Optional[str] = None
@@ -157,6 +161,7 @@ class FeatureCacheConfig:
     cutout: int = 0  # side of a zeroed square of the maps, in cells (0: off)
     mixup: float = 0.0  # Beta(a, a) mixing of two faces' maps and labels (0: off)
     probe_epochs: int = 0  # epochs with the branch's stages frozen (head only, Adam 1e-3) first
+    average_last: int = 0  # weight averaging (SWA): also score the mean of the last N epochs' weights (0: off)
     class_balance: float = 0.0  # loss weight per class ~ (1 / frequency) ** this (0: off, 1: fully balanced)
     jitter_shift: float = 0.05  # pixel-level jitter views: shift (fraction), scale and rotation
     jitter_scale: float = 0.08

@@ -30,12 +30,23 @@ NUM_STAGES = len(STAGES)  # stage 0 is the stem; stages 1..5 are residual
 
 @keras.saving.register_keras_serializable(package="facemtl")
 class Affine(layers.Layer):
-    """dlib's `affine_` layer: `x * scale + shift` per channel, not trained."""
+    """dlib's `affine_` layer: `x * scale + shift` per channel (dlib's folded batch norm).
+
+    Args:
+        learnable: train the scale and shift too (by default they stay dlib's).
+    """
+
+    def __init__(self, learnable=False, **kwargs):
+        super().__init__(**kwargs)
+        self.learnable = bool(learnable)
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.scale = self.add_weight(shape=(channels,), initializer="ones", trainable=False, name="scale")
-        self.shift = self.add_weight(shape=(channels,), initializer="zeros", trainable=False, name="shift")
+        self.scale = self.add_weight(shape=(channels,), initializer="ones", trainable=self.learnable, name="scale")
+        self.shift = self.add_weight(shape=(channels,), initializer="zeros", trainable=self.learnable, name="shift")
+
+    def get_config(self):
+        return {**super().get_config(), "learnable": self.learnable}
 
     def call(self, inputs):
         return inputs * ops.cast(self.scale, inputs.dtype) + ops.cast(self.shift, inputs.dtype)
@@ -82,7 +93,7 @@ def conv_names(stages=range(NUM_STAGES + 1)):
     return names
 
 
-def dlib_stages(x, first, last, prefix=""):
+def dlib_stages(x, first, last, prefix="", learnable_affine=False):
     """Applies dlib's stages `first..last` (0 = stem and max-pool, 1..5 residual) to `x`.
 
     Args:
@@ -90,6 +101,7 @@ def dlib_stages(x, first, last, prefix=""):
             of stage `first - 1`.
         first, last: the stages to build, `0 <= first <= last <= 5`.
         prefix: layer-name prefix (e.g. `"expression_"` for a task's copy).
+        learnable_affine: train the residual stages' `Affine` scales and shifts.
 
     Returns:
         The output tensor of stage `last`.
@@ -108,9 +120,9 @@ def dlib_stages(x, first, last, prefix=""):
             name = f"{prefix}stage{s}_block{b + 1}"
             stride = 2 if (down and b == 0) else 1
             y = _conv(x, filters, 3, stride, f"{name}_1_conv")
-            y = layers.ReLU(name=f"{name}_1_relu")(Affine(name=f"{name}_1_affine")(y))
+            y = layers.ReLU(name=f"{name}_1_relu")(Affine(learnable_affine, name=f"{name}_1_affine")(y))
             y = _conv(y, filters, 3, 1, f"{name}_2_conv")
-            y = Affine(name=f"{name}_2_affine")(y)
+            y = Affine(learnable_affine, name=f"{name}_2_affine")(y)
             shortcut = layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}_pool")(x) if stride == 2 else x
             x = layers.ReLU(name=f"{name}_out")(PadAdd(name=f"{name}_add")([y, shortcut]))
     return x
@@ -200,7 +212,8 @@ __all__ = ["Affine", "PadAdd", "build_dlib_resnet", "descriptor_head", "dlib_sta
 def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
                          expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
                          freeze_identity_branch=True, identity_scale=30.0, weights="auto",
-                         num_expressions=7, mirror_expression=False, expression_branches=1):
+                         num_expressions=7, mirror_expression=False, expression_branches=1,
+                         expression_pool="average", learnable_affine=False):
     """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
 
     Stages `0..split_stage` (stem = 0) are shared. The identity branch is dlib's
@@ -235,6 +248,7 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
             ensemble in one forward pass). Branch 1's layers are named
             `expression_*`, branch k's `expression{k}_*`. With more than one,
             the branches form the sub-model layer `expression_branch`.
+        expression_pool, learnable_affine: see `expression_branch`.
 
     Returns:
         A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`
@@ -245,7 +259,6 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         >>> sorted(model.output_names)
         ['embedding', 'expression', 'identity']
     """
-    from facemtl.models.heads import feature_stack
     from facemtl.models.layers import CosineClassifier, ImageNormalization, FlipLeftRight, MeanOfHalves
 
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or min(input_shape[:2]) < 64:
@@ -281,17 +294,16 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     identity = layers.Activation("softmax", dtype="float32", name="identity")(
         layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
 
-    def expression_branch(h, prefix="expression"):
-        h = dlib_stages(h, split_stage + 1, expression_last_stage, f"{prefix}_")
-        h = layers.GlobalAveragePooling2D(name=f"{prefix}_pool")(h)
-        h = feature_stack(h, list(expression_units), activation="relu", dropout=dropout, name=prefix)
-        return layers.Dense(num_expressions, activation="softmax", dtype="float32", name=prefix)(h)
+    def branch_of(h, prefix):
+        return expression_branch(h, split_stage=split_stage, last_stage=expression_last_stage,
+                                 units=expression_units, dropout=dropout, num_classes=num_expressions,
+                                 prefix=prefix, pool=expression_pool, learnable_affine=learnable_affine)
 
     prefixes = [expression_branch_prefix(k) for k in range(1, expression_branches + 1)]
     branch = None
     if mirror_expression or expression_branches > 1:
         branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
-        outs = [expression_branch(branch_in, p) for p in prefixes]
+        outs = [branch_of(branch_in, p) for p in prefixes]
         out = outs[0] if len(outs) == 1 else layers.Average(dtype="float32", name="expression_ensemble")(outs)
         branch = keras.Model(branch_in, out, name="expression_branch")
     if mirror_expression:
@@ -302,7 +314,7 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     elif branch is not None:
         expression = layers.Activation("linear", dtype="float32", name="expression")(branch(features))
     else:
-        expression = expression_branch(features)
+        expression = branch_of(features, "expression")
 
     model = keras.Model(inputs, {"identity": identity, "expression": expression, "embedding": embedding},
                         name="facemtl")
@@ -315,6 +327,50 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
     shared.trainable = not freeze_shared
     identity_net.trainable = not freeze_identity_branch
     return model
+
+
+EXPRESSION_POOLS = ("average", "spatial")
+
+
+def expression_branch(h, *, split_stage, last_stage, units, dropout, num_classes, prefix="expression",
+                      pool="average", learnable_affine=False):
+    """One expression branch on the trunk's maps: dlib's stages `split_stage + 1 .. last_stage`, a head, softmax.
+
+    The one definition of the branch, used by the multi-task model and by the
+    branch trained alone on cached maps (`facemtl.training.feature_cache`), so
+    their weights copy over by layer name.
+
+    Args:
+        h: the trunk's output (stage `split_stage`).
+        split_stage, last_stage: the dlib stages the branch copies.
+        units, dropout: the head's dense layers (`heads.feature_stack`).
+        num_classes: expression classes.
+        prefix: layer-name prefix: `expression`, `expression2`, ...
+        pool: `"average"` (global average pooling) or `"spatial"` (a 1x1
+            convolution to 32 channels, then the flattened map: keeps where a
+            feature is, e.g. brows vs mouth).
+        learnable_affine: train the stages' `Affine` scales and shifts.
+
+    Returns:
+        The probabilities (float32).
+
+    Example:
+        >>> x = keras.Input((17, 17, 64))
+        >>> expression_branch(x, split_stage=2, last_stage=4, units=[8], dropout=0.0, num_classes=7).shape
+        (None, 7)
+    """
+    from facemtl.models.heads import feature_stack
+
+    if pool not in EXPRESSION_POOLS:
+        raise ValueError(f"pool must be one of {EXPRESSION_POOLS}. Received: pool={pool!r}")
+    h = dlib_stages(h, split_stage + 1, last_stage, f"{prefix}_", learnable_affine=learnable_affine)
+    if pool == "spatial":
+        h = layers.Conv2D(32, 1, activation="relu", name=f"{prefix}_reduce")(h)
+        h = layers.Flatten(name=f"{prefix}_flatten")(h)
+    else:
+        h = layers.GlobalAveragePooling2D(name=f"{prefix}_pool")(h)
+    h = feature_stack(h, list(units), activation="relu", dropout=dropout, name=prefix)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=prefix)(h)
 
 
 def expression_branch_prefix(k):

@@ -99,7 +99,8 @@ def build_from_recipe(model_config, num_identities, tasks=TASKS):
             expression_last_stage=c.expression_last_stage, expression_units=c.expression_units, dropout=c.dropout,
             freeze_shared=c.freeze_backbone, freeze_identity_branch=c.freeze_identity_branch,
             identity_scale=c.margin_scale, weights=c.backbone_weights or "auto",
-            mirror_expression=c.mirror_expression, expression_branches=c.expression_branches)
+            mirror_expression=c.mirror_expression, expression_branches=c.expression_branches,
+            expression_pool=c.expression_pool, learnable_affine=c.learnable_affine)
     return build_multitask_model(
         num_identities, input_shape=(c.height, c.width, c.channels), backbone=c.backbone,
         stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,

@@ -137,7 +137,7 @@ def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAI
 
 
 def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(512,), dropout=0.5,
-                            num_classes=7, weights="auto"):
+                            num_classes=7, weights="auto", pool="average", learnable_affine=False):
     """The expression branch of `build_dlib_multitask` as its own model: trunk maps in, probabilities out.
 
     Its layers are named as in the multi-task model (`expression_stage3_...`,
@@ -150,18 +150,17 @@ def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(
         units, dropout: the head's dense layers.
         num_classes: expression classes.
         weights: `"auto"` (dlib's weights for the stages), a `.dat` path, or `None`.
+        pool, learnable_affine: see `facemtl.models.dlib_resnet.expression_branch`.
 
     Returns:
         A `keras.Model`.
     """
-    from facemtl.models.dlib_resnet import dlib_stages, load_dlib_weights
-    from facemtl.models.heads import feature_stack
+    from facemtl.models.dlib_resnet import expression_branch, load_dlib_weights
 
     inputs = keras.Input(shape=tuple(input_shape), name="trunk_maps")
-    h = dlib_stages(inputs, split_stage + 1, last_stage, "expression_")
-    h = keras.layers.GlobalAveragePooling2D(name="expression_pool")(h)
-    h = feature_stack(h, list(units), activation="relu", dropout=dropout, name="expression")
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="expression")(h)
+    outputs = expression_branch(inputs, split_stage=split_stage, last_stage=last_stage, units=units,
+                                dropout=dropout, num_classes=num_classes, pool=pool,
+                                learnable_affine=learnable_affine)
     branch = keras.Model(inputs, outputs, name="expression_branch")
     if weights is not None:
         load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
@@ -364,13 +363,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
                 history.setdefault(k, []).append(float(v))
             if value > self.best:
                 self.best = value
-                tmp = temporary_name(best)  # keeps the .weights.h5 ending Keras asks for
-                try:
-                    self.model.save_weights(tmp)
-                    os.replace(tmp, best)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
+                save_weights_atomically(self.model, best)
                 write_json_atomically(best + ".json", {"value": value, "epoch": epoch + 1})
             write_json_atomically(history_path, history)
 
@@ -383,13 +376,62 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
                      # "backup" is what `find_unfinished_run` looks for: the same command resumes the run.
                      keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup" if trainable_stages else
                                                                    "backup-probe"), delete_checkpoint=False)]
+        if cfg.average_last:
+            callbacks.append(KeepForAverage())
         branch.fit(data, epochs=last, initial_epoch=first, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+
+    averaged = os.path.join(run_dir, "average")
+
+    class KeepForAverage(keras.callbacks.Callback):
+        """Keeps the weights at the end of each of the last `cfg.average_last` epochs (files, so resumes keep them)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 > epochs - cfg.average_last:
+                os.makedirs(averaged, exist_ok=True)
+                save_weights_atomically(self.model, os.path.join(averaged, f"epoch{epoch + 1}.weights.h5"))
 
     if cfg.probe_epochs:
         phase(0, cfg.probe_epochs, False, keras.optimizers.Adam(1e-3))
     phase(cfg.probe_epochs, epochs, True, optimizer)
+    if cfg.average_last:
+        _score_average(branch, averaged, val_cache, mirror, best, history, log)
     write_json_atomically(history_path, history)
     return history
+
+
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` through a temporary file beside it: a crash never leaves half a file at `path`."""
+    tmp = temporary_name(path)  # keeps the .weights.h5 ending Keras asks for
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _score_average(branch, folder, val_cache, mirror, best, history, log):
+    """SWA: sets the branch to the mean of the kept epochs' weights, scores it, and keeps it if it beats the best."""
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".weights.h5"))
+    total = None
+    for name in files:
+        branch.load_weights(os.path.join(folder, name))
+        w = branch.get_weights()
+        total = w if total is None else [t + x for t, x in zip(total, w)]
+    branch.set_weights([t / len(files) for t in total])
+    scorer = ValidationScores(val_cache, mirror, log)
+    scorer.set_model(branch)
+    logs = {}
+    scorer.on_epoch_end(-1, logs)
+    history["average"] = {"epochs": [f[len("epoch"):-len(".weights.h5")] for f in files], **logs}
+    with open(best + ".json", encoding="utf-8") as f:
+        record = json.load(f)
+    log(f"weight average of {len(files)} epochs: {logs['val_expression_accuracy']:.4f} "
+        f"(best single epoch {record['value']:.4f}, epoch {record['epoch']})")
+    if logs["val_expression_accuracy"] > record["value"]:
+        save_weights_atomically(branch, best)
+        write_json_atomically(best + ".json", {"value": logs["val_expression_accuracy"],
+                                               "epoch": f"average of {len(files)}"})
 
 
 @dataclasses.dataclass
@@ -507,7 +549,8 @@ def _build_branch(recipe, caches, weights="auto"):
     weights = weights and (m.backbone_weights or weights)
     return build_expression_branch(caches.train.features.shape[2:], split_stage=m.split_stage,
                                      last_stage=m.expression_last_stage, units=m.expression_units, dropout=m.dropout,
-                                     num_classes=len(caches.expression_names), weights=weights)
+                                     num_classes=len(caches.expression_names), weights=weights,
+                                     pool=m.expression_pool, learnable_affine=m.learnable_affine)
 
 
 def load_export_weights(model, saved_model_dir, skip=()):

@@ -104,6 +104,46 @@ def test_fit_keeps_the_best_checkpoint_and_resumes(tiny_caches, tmp_path):
     assert len(history["val_expression_accuracy"]) == 3
 
 
+@pytest.mark.slow
+def test_weight_average_of_the_last_epochs_is_scored_and_kept_only_if_better(tiny_caches, tmp_path):
+    import keras
+
+    _, _, _, train, val = tiny_caches
+    cfg = FeatureCacheConfig(map_shift=0, average_last=2)
+    branch = fc.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
+    logs = []
+    history = fc.fit_branch(branch, train, val, cfg, epochs=3, batch_size=16,
+                            optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
+    kept = sorted(p.name for p in (tmp_path / "average").iterdir())
+    assert kept == ["epoch2.weights.h5", "epoch3.weights.h5"]
+    assert history["average"]["epochs"] == ["2", "3"]
+    # The average is the mean of the two kept epochs' weights, and it is what was scored.
+    means = []
+    for name in kept:
+        branch.load_weights(str(tmp_path / "average" / name))
+        means.append(branch.get_weights())
+    record = __import__("json").loads((tmp_path / "checkpoints" / "best.weights.h5.json").read_text())
+    single = max(history["val_expression_accuracy"])
+    assert record["value"] == max(single, history["average"]["val_expression_accuracy"])
+    if str(record["epoch"]).startswith("average"):
+        branch.load_weights(str(tmp_path / "checkpoints" / "best.weights.h5"))
+        for w, a, b in zip(branch.get_weights(), *means):
+            np.testing.assert_allclose(w, (a + b) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_spatial_pool_and_learnable_affine_change_what_the_branch_trains():
+    shape = (17, 17, 64)
+    plain = fc.build_expression_branch(shape, units=(8,), weights=None)
+    spatial = fc.build_expression_branch(shape, units=(8,), weights=None, pool="spatial", learnable_affine=True)
+    names = {w.path.split("/")[0] for w in spatial.trainable_weights}
+    assert "expression_reduce" in names and "expression_pool" not in [l.name for l in spatial.layers]
+    affine = [w for w in spatial.trainable_weights if "affine" in w.path]
+    assert affine and not [w for w in plain.trainable_weights if "affine" in w.path]
+    assert spatial.output_shape == plain.output_shape == (None, 7)
+    with pytest.raises(ValueError, match="pool"):
+        fc.build_expression_branch(shape, units=(8,), weights=None, pool="max")
+
+
 def _random_export_and_recipe(tmp_path, seed, *overrides):
     """A 112-px dlib multi-task model with random weights, exported, and the release recipe starting from it.
 
