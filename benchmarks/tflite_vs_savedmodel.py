@@ -7,7 +7,7 @@ onto the model's layout, one photo enrolled: rank-1 over 10 draws, TAR at FAR
 1e-3). int8 is calibrated on 400 real faces: 200 aligned LFW-subset training
 photos and 200 FER2013 training crops.
 
-    python benchmarks/tflite_vs_savedmodel.py [--model facemtl/pretrained/release/3]   # or --run RUN --like EXPORT (release 1)
+    python benchmarks/tflite_vs_savedmodel.py [--model SAVED_MODEL (default: the installed release)]   # or --run RUN --like EXPORT (release 1)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a run folder with checkpoints/best.keras (release 1's recipe)")
     parser.add_argument("--like", help="with --run: the export whose metadata to keep")
-    parser.add_argument("--model", default="facemtl/pretrained/release/3",
+    parser.add_argument("--model", default=None,
                         help="an export that records its model_config (release 2 on; the default), rebuilt from it")
     parser.add_argument("--fer-limit", type=int, help="FER2013 crops to use (default: all)")
     parser.add_argument("--out", default="runs/benchmarks/tflite_vs_savedmodel.json")
@@ -53,8 +53,10 @@ def main():
     from facemtl.tflite import TFLitePredictor, convert
 
     if not args.run:
+        from facemtl.pretrained import resolve_model
         from facemtl.training.feature_cache import model_from_export
 
+        args.model = resolve_model(args.model)
         model, metadata = model_from_export(args.model)
         args.like = args.model
     else:

@@ -175,13 +175,12 @@ def _installed_model_of(gallery):
     The model path recorded in a gallery file is never loaded: the file may come from
     someone else, and loading a SavedModel runs its graph.
     """
-    from facemtl.export import read_metadata
-    from facemtl.pretrained import installed_models
+    from facemtl.pretrained import installed_models, resolve_model
 
     wanted = gallery.model.get("model_id")
     for m in installed_models():
-        if read_metadata(m["path"]).get("model_id") == wanted:
-            return m["path"]
+        if m["model_id"] == wanted:
+            return resolve_model(m["path"])
     raise FacemtlError(f"{gallery.path} was made with the model at {gallery.model.get('path')!r}, which is not one "
                        "installed with facemtl; pass --model with that model's folder (facemtl does not load a "
                        "model path read from a gallery file)")
@@ -266,6 +265,9 @@ def _export(args):
     if args.format == "tflite":
         from facemtl.tflite import export_tflite
 
+        if not os.path.isdir(args.run):
+            raise FacemtlError(f"--format tflite exports a run folder; a preset's SavedModel carries its LiteRT copy "
+                               f"(assets.extra/model.tflite): facemtl export {args.run}")
         if args.quantize == "int8" and not args.calibration:
             raise FacemtlError("--quantize int8 needs --calibration FOLDER (real face crops to calibrate on)")
         out = args.out or f"{os.path.basename(os.path.normpath(args.run))}.tflite"
@@ -273,7 +275,13 @@ def _export(args):
         print(json.dumps({"tflite": path, "bytes": os.path.getsize(path), "quantize": args.quantize or "float32"}))
         return 0
     from facemtl.export import export_run
+    from facemtl.models.presets import export_preset, preset_dir
 
+    if not os.path.isdir(args.run):
+        preset_dir(args.run)  # not a folder: a preset's name, or one clear error that lists them
+        path = export_preset(args.run, args.base_dir, version=args.version)
+        print(json.dumps({"export_dir": path}))
+        return 0
     path = export_run(args.run, like=args.like, base_dir=args.base_dir, name=args.name, version=args.version,
                       max_faces=args.max_faces)
     print(json.dumps({"export_dir": path}))
@@ -418,14 +426,14 @@ def build_parser():
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
     p.set_defaults(func=_models)
 
-    p = sub.add_parser("export", help="export a run's best checkpoint again: a SavedModel (keeps its metadata) or "
-                                      "a .tflite")
-    p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000")
+    p = sub.add_parser("export", help="export a run's best checkpoint again, or a preset (facemtl export release): "
+                                      "a SavedModel (keeps its metadata) or a .tflite")
+    p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000, or a preset: release, release/3")
     p.add_argument("--like", help="the earlier export whose class names, calibration and model id to keep "
                                   "(default: the run's own export)")
     p.add_argument("--base-dir", default="saved_models")
     p.add_argument("--name", help="default: the earlier export's name")
-    p.add_argument("--version", type=int, help="default: the next free version")
+    p.add_argument("--version", type=int, help="default: the next free version (a preset: its own version)")
     p.add_argument("--max-faces", type=int, default=16,
                    help="saved_model: the most faces the analyze_photo signature answers per photo")
     p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",

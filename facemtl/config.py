@@ -106,7 +106,9 @@ class AugmentConfig:
 class SourceConfig:
     """One real dataset in the training mix (`data.source: mixed`)."""
 
-    format: Literal["fer2013_folders", "fer2013_csv", "vggface2", "celeba", "identity_folders"] = "identity_folders"
+    # expression_folders: root[/split]/<class>/*: your own expression classes (fine-tuning; feature-cache recipes)
+    format: Literal["fer2013_folders", "fer2013_csv", "vggface2", "celeba", "identity_folders",
+                    "expression_folders"] = "identity_folders"
     path: str = ""
     name: Optional[str] = None  # identity namespace; defaults to the format's dataset name
     split: str = "train"  # folder split, or the CSV's Usage (Training, PublicTest, PrivateTest)
@@ -162,6 +164,9 @@ class FeatureCacheConfig:
     mixup: float = 0.0  # Beta(a, a) mixing of two faces' maps and labels (0: off)
     probe_epochs: int = 0  # epochs with the branch's stages frozen (head only, Adam 1e-3) first
     average_last: int = 0  # weight averaging (SWA): also score the mean of the last N epochs' weights (0: off)
+    # Where a trained branch starts: "dlib" (dlib's stages 3-4, a new head) or "init_from" (model.init_from's
+    # expression branch 1: fine-tuning; its class layer is new when the classes differ).
+    start: Literal["dlib", "init_from"] = "dlib"
     class_balance: float = 0.0  # loss weight per class ~ (1 / frequency) ** this (0: off, 1: fully balanced)
     jitter_shift: float = 0.05  # pixel-level jitter views: shift (fraction), scale and rotation
     jitter_scale: float = 0.08
@@ -357,6 +362,17 @@ def _apply_override(raw, dotted, value, source):
     parts = dotted.split(".")
     node, cls = raw, Recipe
     for i, part in enumerate(parts):
+        if isinstance(node, list):  # an entry of a list of sections: data.sources.0.path
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"Cannot set '{dotted}' from {source}: '{'.'.join(parts[:i])}' has {len(node)} "
+                                  f"entries; '{part}' is not the index of one")
+            if i == len(parts) - 1:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            if not isinstance(node, dict):
+                raise RecipeError(f"Cannot set '{dotted}' from {source}: '{'.'.join(parts[: i + 1])}' is not a mapping")
+            continue
         fields = {f.name: f for f in dataclasses.fields(cls)} if cls else None
         if fields is not None and part not in fields:
             raise RecipeError(f"Unknown recipe key '{'.'.join(parts[: i + 1])}' in {source}. Valid keys here: {list(fields)}")
@@ -364,6 +380,10 @@ def _apply_override(raw, dotted, value, source):
             node[part] = value
             return
         hint = typing.get_type_hints(cls)[part] if cls else None
+        item = typing.get_args(hint)[0] if typing.get_origin(hint) is list and typing.get_args(hint) else None
+        if item is not None and dataclasses.is_dataclass(item) and isinstance(node.get(part), list):
+            node, cls = node[part], item
+            continue
         cls = hint if hint is not None and dataclasses.is_dataclass(hint) else None
         child = node.get(part)
         if child is None:

@@ -37,11 +37,19 @@ def test_smoke_variant_applies_before_overrides():
         ({"feature_cache": {"branches": [{"keep": True}]}}, [], "needs model.init_from"),
         ({"model": {"init_from": "release"}, "feature_cache": {"branches": [{"keep": True, "map_shift": 0}]}}, [],
          "takes no training settings"),
+        ({"data": {"sources": [{"path": "a"}]}}, ["data.sources.1.path=b"], "has 1 entries; '1'"),
+        ({"data": {"sources": [{"path": "a"}]}}, ["data.sources.0.pth=b"], "'data.sources.0.pth'"),
     ],
 )
 def test_bad_recipes_name_the_key(raw, overrides, message):
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.").replace("(", r"\(")):
         recipe_from_dict(raw, overrides, source="r.yaml")
+
+
+def test_an_override_can_set_a_key_of_one_list_entry():
+    recipe = recipe_from_dict({"data": {"source": "mixed", "sources": [{"path": "a"}, {"path": "b"}]}},
+                              ["data.sources.1.path=mine", "data.sources.0.val_fraction=0.2"])
+    assert [s.path for s in recipe.data.sources] == ["a", "mine"] and recipe.data.sources[0].val_fraction == 0.2
 
 
 def test_missing_recipe_file(tmp_path):

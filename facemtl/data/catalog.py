@@ -9,7 +9,7 @@ import numpy as np
 
 from facemtl.data.celeba import read_celeba
 from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
-from facemtl.data.folders import read_identity_folders
+from facemtl.data.folders import read_expression_folders, read_identity_folders
 from facemtl.data.materialize import materialize
 from facemtl.data.mixing import expression_class_weights, merge_identity_spaces, shift_identities
 from facemtl.data.streaming import SkipLog, StreamedSource, StreamedSplit, part_labels
@@ -74,6 +74,10 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcf
         src = read_fer2013_csv(cfg.path, usage=split)
     elif cfg.format == "vggface2":
         src = read_vggface2(cfg.path, split)
+    elif cfg.format == "expression_folders":
+        # Another split answers in the training split's classes, in its label order.
+        classes = None if split == cfg.split else read_expression_folders(cfg.path, cfg.split).expression_names
+        src = read_expression_folders(cfg.path, split, classes)
     elif cfg.format == "celeba":
         images = cfg.images
         if cfg.align:

@@ -50,3 +50,53 @@ def read_identity_folders(root, name=None, min_images=1):
         raise FacemtlError(f"{root}: no identity folders with at least {min_images} image(s)")
     return FaceSource(name=name or os.path.basename(os.path.normpath(root)), paths=paths,
                       identity=np.array(labels, np.int32), expression=no_labels(len(paths)), identity_names=names)
+
+
+def read_expression_folders(root, split="train", classes=None):
+    """Reads `root/<split>/<class>/<image>` (or `root/<class>/<image>`): any expression classes, any number.
+
+    For fine-tuning on your own classes ("pain", "confused", ...): each folder is
+    a class, named as the model will answer. The images are face crops (run
+    `facemtl align` on photos first).
+
+    Args:
+        root: the dataset folder.
+        split: its sub-folder (`train`, `test`); a `root` without split folders is read whole for `train`.
+        classes: the class names in label order (a test split must use the training split's);
+            default: the class folders in sorted order.
+
+    Returns:
+        A `FaceSource` of paths with `expression_names` set.
+
+    Raises:
+        FacemtlError: a missing folder, fewer than two classes, an empty class folder, or
+            (with `classes`) a class folder that is not one of them.
+
+    Example:
+        >>> src = read_expression_folders("my_faces", "train")
+        >>> src.expression_names
+        ['calm', 'confused', 'pain']
+    """
+    folder = os.path.join(root, split)
+    if not os.path.isdir(folder):
+        splits = [s for s in ("train", "test", "val", "validation") if os.path.isdir(os.path.join(root, s))]
+        if split != "train" or splits or not os.path.isdir(root):
+            raise FacemtlError(f"{folder}: no such split folder")
+        folder = root
+    found = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)) and not n.startswith("."))
+    names = list(classes) if classes is not None else found
+    if len(names) < 2:
+        raise FacemtlError(f"{folder}: expression classes need at least two class folders. Received: {found}")
+    paths, labels = [], []
+    for name in found:
+        if name not in names:
+            raise FacemtlError(f"{os.path.join(folder, name)}: class {name!r} is not one of the training classes "
+                               f"{names}")
+        class_dir = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise FacemtlError(f"{class_dir}: empty class folder")
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [names.index(name)] * len(files)
+    return FaceSource(name=os.path.basename(os.path.normpath(root)), paths=paths, identity=no_labels(len(paths)),
+                      expression=np.array(labels, np.int32), split=split, expression_names=names)

@@ -28,10 +28,12 @@ class FaceSource:
         paths: image files, or None when `pixels` holds the images.
         pixels: `uint8 [n, h, w]` or `[n, h, w, 3]` images (FER2013 CSV).
         identity: `int32 [n]` indices into `identity_names`, or -1.
-        expression: `int32 [n]` FER2013 expression indices, or -1.
+        expression: `int32 [n]` expression indices (into `expression_names`), or -1.
         identity_names: this source's identities, in label order.
         boxes: `float32 [n, 4]` face boxes `(x, y, w, h)` in image pixels, NaN where unknown.
         split: which split these are (`train`, `test`, `PublicTest`...).
+        expression_names: the expression classes, in label order; `None`: FER2013's
+            (`facemtl.labels.EXPRESSIONS`).
     """
 
     name: str
@@ -42,6 +44,7 @@ class FaceSource:
     identity_names: list = dataclasses.field(default_factory=list)
     boxes: Optional[np.ndarray] = None
     split: str = ""
+    expression_names: Optional[list] = None
 
     def __post_init__(self):
         n = len(self.paths) if self.paths is not None else len(self.pixels)

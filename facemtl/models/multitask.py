@@ -83,8 +83,8 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
     return keras.Model(inputs, outputs, name="facemtl")
 
 
-def build_from_recipe(model_config, num_identities, tasks=TASKS):
-    """Builds the model described by a recipe's `model` section."""
+def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions=7):
+    """Builds the model described by a recipe's `model` section (`num_expressions` classes: FER2013's 7 by default)."""
     c = model_config
     if c.backbone == "dlib_resnet":
         from facemtl.models.dlib_resnet import build_dlib_multitask
@@ -100,14 +100,14 @@ def build_from_recipe(model_config, num_identities, tasks=TASKS):
             freeze_shared=c.freeze_backbone, freeze_identity_branch=c.freeze_identity_branch,
             identity_scale=c.margin_scale, weights=c.backbone_weights or "auto",
             mirror_expression=c.mirror_expression, expression_branches=c.expression_branches,
-            expression_pool=c.expression_pool, learnable_affine=c.learnable_affine)
+            expression_pool=c.expression_pool, learnable_affine=c.learnable_affine, num_expressions=num_expressions)
     return build_multitask_model(
         num_identities, input_shape=(c.height, c.width, c.channels), backbone=c.backbone,
         stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,
         identity_units=c.identity_units, expression_units=c.expression_units, activation=c.activation,
         dropout=c.dropout, embedding_dim=c.embedding_dim, backbone_weights=c.backbone_weights,
         normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks, sync_bn=c.sync_batchnorm,
-        identity_head=c.identity_head, margin_scale=c.margin_scale)
+        identity_head=c.identity_head, margin_scale=c.margin_scale, num_expressions=num_expressions)
 
 
 def set_backbone_trainable(model, trainable):

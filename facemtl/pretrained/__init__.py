@@ -1,9 +1,12 @@
 """The models that ship inside the facemtl package, and how a command picks one.
 
-Each shipped model is a plain SavedModel in TF Serving's layout,
-`facemtl/pretrained/<name>/<version>/`, with the same contract as every export
-(see `facemtl.export`). Commands and `FaceAnalyzer` use the release model when
-no model folder is given.
+Each shipped model is a preset (`facemtl.models.presets`):
+`facemtl/pretrained/<name>/<version>/` holds its metadata, LiteRT copy and the
+weights that are not dlib's. Its SavedModel, in TF Serving's layout and with
+the same contract as every export (see `facemtl.export`), is written from the
+preset the first time a command needs it (`~/.cache/facemtl/pretrained/...`,
+or `$FACEMTL_HOME`). Commands and `FaceAnalyzer` use the release model when no
+model folder is given.
 """
 
 from __future__ import annotations
@@ -16,17 +19,38 @@ PRETRAINED_DIR = os.path.dirname(os.path.abspath(__file__))
 RELEASE = "release"
 
 
+def _is_model(folder):
+    from facemtl.models.presets import is_preset
+
+    return os.path.isfile(os.path.join(folder, "saved_model.pb")) or is_preset(folder)
+
+
 def _versions(base):
-    return sorted((d for d in os.listdir(base) if d.isdigit()
-                   and os.path.isfile(os.path.join(base, d, "saved_model.pb"))), key=int)
+    return sorted((d for d in os.listdir(base) if d.isdigit() and _is_model(os.path.join(base, d))), key=int)
+
+
+def _loadable(folder):
+    """A SavedModel folder for `folder`: itself, or for a preset its SavedModel (written on first use)."""
+    if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return folder
+    from facemtl.models.presets import is_preset, saved_model_for
+
+    if is_preset(folder):
+        import sys
+
+        return saved_model_for(folder, log=lambda m: print(m, file=sys.stderr))
+    return folder
 
 
 def installed_models(root=PRETRAINED_DIR):
     """The SavedModels installed with the package.
 
     Returns:
-        A list of dicts: `name`, `version`, `path` and the headline metrics and
-        crop layout recorded in the model's metadata.
+        A list of dicts: `name`, `version`, `path` (the shipped folder),
+        `preset` (the name `facemtl.models.from_preset` takes, or `None` for a
+        plain SavedModel), `saved_model` (where its SavedModel is, or will be
+        written on first use) and the headline metrics and crop layout recorded
+        in the model's metadata.
 
     Example:
         >>> [m["name"] for m in installed_models()]
@@ -41,8 +65,17 @@ def installed_models(root=PRETRAINED_DIR):
             continue
         for version in _versions(base):
             path = os.path.join(base, version)
-            meta = read_metadata(path)
-            models.append({"name": name, "version": int(version), "path": path,
+            saved_model = path
+            if os.path.isfile(os.path.join(path, "saved_model.pb")):
+                meta = read_metadata(path)
+            else:
+                from facemtl.models.presets import cache_root, read_preset_metadata
+
+                meta = read_preset_metadata(path)
+                saved_model = os.path.join(cache_root(), meta.get("name", name), version)
+            models.append({"name": name, "version": int(version), "path": path, "saved_model": saved_model,
+                           "preset": f"{name}/{version}" if saved_model != path else None,
+                           "model_id": meta.get("model_id"),
                            "metrics": meta.get("metrics") or {"test_accuracy": meta.get("test_accuracy")}, "crop": meta.get("crop", {}),
                            "identities": len(meta.get("identities", [])), "embedding_dim": meta.get("embedding_dim")})
     return models
@@ -59,7 +92,7 @@ def default_model(root=PRETRAINED_DIR):
     if not versions:
         raise ModelFormatError(f"No release model is installed in {base}: pass --model (a SavedModel version "
                                "folder), or reinstall facemtl")
-    return os.path.join(base, versions[-1])
+    return _loadable(os.path.join(base, versions[-1]))
 
 
 def resolve_model(path=None):
@@ -80,5 +113,5 @@ def resolve_model(path=None):
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         versions = _versions(path)
         if versions:
-            return os.path.join(path, versions[-1])
-    return path
+            return _loadable(os.path.join(path, versions[-1]))
+    return _loadable(path)

@@ -445,15 +445,30 @@ class CachedSplits:
     calibration: np.ndarray = None  # a few training faces in both framings (int8 LiteRT calibration)
 
 
+EXPRESSION_FORMATS = ("fer2013_folders", "fer2013_csv", "expression_folders")
+
+
 def expression_source(recipe):
-    """The recipe's one expression source (FER2013) and its index in `data.sources`."""
+    """The recipe's one expression source (FER2013, or your own class folders) and its index in `data.sources`."""
     from facemtl.errors import RecipeError
 
-    found = [(k, s) for k, s in enumerate(recipe.data.sources) if s.format.startswith("fer2013")]
+    found = [(k, s) for k, s in enumerate(recipe.data.sources) if s.format in EXPRESSION_FORMATS]
     if len(found) != 1:
-        raise RecipeError(f"feature_cache.enabled needs exactly one FER2013 source in data.sources. "
-                          f"Received: {[s.format for s in recipe.data.sources]}")
+        raise RecipeError(f"feature_cache.enabled needs exactly one expression source ({', '.join(EXPRESSION_FORMATS)})"
+                          f" in data.sources. Received: {[s.format for s in recipe.data.sources]}")
     return found[0]
+
+
+def crop_side(cfg):
+    """The side the expression source's crops are decoded at before framing: FER2013's own 48 px, else 96."""
+    return 48 if cfg.format.startswith("fer2013") else 96
+
+
+def class_names(src):
+    """The expression classes of a source, in label order."""
+    from facemtl.labels import EXPRESSIONS
+
+    return list(src.expression_names or EXPRESSIONS)
 
 
 def prepare_caches(recipe, log=print):
@@ -465,7 +480,6 @@ def prepare_caches(recipe, log=print):
     from facemtl.data.catalog import holdout, read_source
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
-    from facemtl.labels import EXPRESSIONS
 
     k, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
@@ -496,7 +510,7 @@ def prepare_caches(recipe, log=print):
         sub = src.subset(idx)
         sub.split = f"{src.split or cfg.split}-{part}"
         # FER2013's own 48 px: the photo it stands for is upscaled from the original crop, as in serving.
-        mat = materialize(sub, 48, margin=data.crop_margin, cache_dir=data.cache_dir)
+        mat = materialize(sub, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
         framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", log=log, size=m.height,
                                 layout=m.crop_layout)
         framing[part] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
@@ -506,7 +520,7 @@ def prepare_caches(recipe, log=print):
             pick = np.linspace(0, len(mat.images) - 1, min(200, len(mat.images))).astype(int)
             calibration = np.concatenate([view_images(mat.images[pick], framed.crops[pick], "plain"),
                                           framed.crops[pick]])
-    return CachedSplits(caches["train"], caches["val"], framing, list(EXPRESSIONS), calibration)
+    return CachedSplits(caches["train"], caches["val"], framing, class_names(src), calibration)
 
 
 def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, settings=None):
@@ -530,6 +544,8 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
         branch = _build_branch(recipe, caches)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if settings.start == "init_from" and not os.path.isfile(os.path.join(run_dir, "checkpoints", "best.weights.h5")):
+        start_from_init(branch, recipe, log)
     steps = -(-len(caches.train.labels) // recipe.train.batch_size)
     keras.utils.set_random_seed(recipe.train.seed)
     history = fit_branch(branch, caches.train, caches.val, settings, epochs=recipe.train.epochs,
@@ -544,6 +560,24 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     return branch, history, record
 
 
+def start_from_init(branch, recipe, log=print):
+    """Sets a branch to `model.init_from`'s expression branch 1 (fine-tuning); a class layer of another size stays new.
+
+    Returns:
+        The names of the layers copied.
+    """
+    from facemtl.errors import RecipeError
+
+    if not recipe.model.init_from:
+        raise RecipeError("feature_cache.start: init_from needs model.init_from (e.g. release)")
+    copied = {name.split("/")[0] for name in load_export_weights(branch, resolve_pretrained(recipe.model.init_from),
+                                                                  partial=True)}
+    layers = {layer.name for layer in branch.layers if layer.weights}
+    log(f"facemtl: expression branch starts from {recipe.model.init_from}'s ({len(copied)} layers; new: "
+        f"{sorted(layers - copied)})")
+    return sorted(copied)
+
+
 def _build_branch(recipe, caches, weights="auto"):
     m = recipe.model
     weights = weights and (m.backbone_weights or weights)
@@ -553,7 +587,7 @@ def _build_branch(recipe, caches, weights="auto"):
                                      pool=m.expression_pool, learnable_affine=m.learnable_affine)
 
 
-def load_export_weights(model, saved_model_dir, skip=()):
+def load_export_weights(model, saved_model_dir, skip=(), partial=False):
     """Sets `model`'s weights from an export's variables, matched by name (`layer/weight`).
 
     The export must come from the same architecture (a facemtl SavedModel of
@@ -563,35 +597,40 @@ def load_export_weights(model, saved_model_dir, skip=()):
     Args:
         skip: layer-name prefixes (`named_under`) whose weights are left alone
             (e.g. expression branches the export does not have, trained afresh).
+        partial: leave weights the export lacks, or has in another shape, alone
+            (e.g. a class layer for other classes) instead of raising.
 
     Returns:
-        How many weights were set.
+        How many weights were set (`partial`: the list of their names).
 
     Raises:
         ValueError: a weight of `model` has no variable of that name and shape in the export.
     """
     loaded = tf.saved_model.load(saved_model_dir)
     by_name = {v.name.rsplit(":", 1)[0]: v for v in loaded._all_variables}
-    count = 0
+    done = []
     for variable in model.variables:
         if "seed_generator" in variable.path or any(named_under(variable.path.split("/")[0], p) for p in skip):
             continue
         source = by_name.get(variable.path)
         if source is None or tuple(source.shape) != tuple(variable.shape):
+            if partial:
+                continue
             raise ValueError(f"{saved_model_dir}: no weight {variable.path!r} of shape {tuple(variable.shape)} "
                              f"(the export is not of this architecture)")
         variable.assign(source.numpy())
-        count += 1
-    return count
+        done.append(variable.path)
+    return done if partial else len(done)
 
 
-def assemble_model(recipe, branches, log=print):
+def assemble_model(recipe, branches, log=print, num_expressions=None):
     """The whole multi-task model: `model.init_from`'s trunk and identity, and the trained expression branches.
 
     Args:
         branches: one entry per expression branch: a trained branch model, or
             `None` for a branch kept from `model.init_from` (a single model
             stands for `[model]`).
+        num_expressions: expression classes (default: the init export's).
 
     Returns:
         `(keras model, the init export's metadata)`.
@@ -611,7 +650,8 @@ def assemble_model(recipe, branches, log=print):
                           "branch to keep, e.g. release)")
     path = resolve_pretrained(init)
     meta = read_metadata(path)
-    model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]))
+    model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]),
+                              num_expressions=num_expressions or len(meta["expressions"]))
     trained = [(expression_branch_prefix(k), b) for k, b in enumerate(branches, 1) if b is not None]
     # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not.
     log(f"facemtl: {load_export_weights(model, path, skip=[p for p, _ in trained])} weights from {path}")
@@ -669,7 +709,7 @@ def model_from_export(saved_model_dir):
         raise ModelFormatError(f"{saved_model_dir}: the export does not record its model_config; rebuild it from "
                                "its run folder (facemtl export RUN)")
     config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
-    model = build_from_recipe(config, num_identities=len(meta["identities"]))
+    model = build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]))
     load_export_weights(model, saved_model_dir)
     return model, meta
 
@@ -697,12 +737,12 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
-    from facemtl.labels import EXPRESSIONS
 
     _, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
     test = read_source(cfg, cfg.test_split, data.cache_dir, log, m.crop_layout, m.height)
-    mat = materialize(test, 48, margin=data.crop_margin, cache_dir=data.cache_dir)
+    names = class_names(test)
+    mat = materialize(test, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
     framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log, size=m.height,
                             layout=m.crop_layout)
     run = tf.function(lambda x: model(x, training=False)["expression"], reduce_retracing=True)
@@ -712,10 +752,10 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
                                for s in range(0, len(images), batch_size)])
 
     answers = {"crop": predict(view_images(mat.images, framed.crops, "plain")), "photo": predict(framed.crops)}
-    report = {"crop": classification_report(mat.expression, answers["crop"], EXPRESSIONS),
-              "photo": classification_report(mat.expression, answers["photo"], EXPRESSIONS),
+    report = {"crop": classification_report(mat.expression, answers["crop"], names),
+              "photo": classification_report(mat.expression, answers["photo"], names),
               "photo_found": classification_report(mat.expression[framed.found], answers["photo"][framed.found],
-                                                   EXPRESSIONS)}
+                                                   names)}
     report["photo"]["no_face_found"] = framed.fallback
     os.makedirs(os.path.join(run_dir, "test"), exist_ok=True)
     write_json_atomically(os.path.join(run_dir, "test", "report.json"), report, indent=2)
@@ -750,6 +790,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
         A `facemtl.training.trainer.TrainResult`.
     """
     from facemtl.export import export_saved_model, run_relative
+    from facemtl.recognition.open_set import export_open_set
     from facemtl.training.trainer import TrainResult, check_before_training, open_run
 
     start = time.time()
@@ -772,11 +813,13 @@ def train_on_cache(recipe, run_dir=None, log=print):
         log(f"facemtl: expression branch {k}: best validation epoch {records[k]['epoch']} "
             f"({records[k]['value']:.4f})")
         branches.append(branch)
-    model, meta = assemble_model(recipe, branches, log)
+    model, meta = assemble_model(recipe, branches, log, num_expressions=len(caches.expression_names))
     validation = branch_validation(model, recipe, caches)
     log("facemtl: validation (mirror-averaged where served so): " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) for name, scores in validation.items()))
-    report = evaluate_framings(model, recipe, run_dir, log)
+    report = evaluate_framings(model, recipe, run_dir, log) if expression_source(recipe)[1].test_split else {}
+    if not report:
+        log("facemtl: no test split (data.sources: test_split): the test report is skipped")
     export_dir = None
     if recipe.export.enabled:
         keep = {k: meta[k] for k in ("verification", "identity_head") if k in meta}
@@ -791,8 +834,10 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             # What `model_from_export` rebuilds the Keras model from (no run folder needed).
                             "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": {"identity": (meta.get("test_accuracy") or {}).get("identity"),
-                                              "expression": report["crop"]["accuracy"],
-                                              "expression_photo": report["photo"]["accuracy"]}})
+                                              "expression": report.get("crop", {}).get("accuracy"),
+                                              "expression_photo": report.get("photo", {}).get("accuracy")}},
+            # The identity half is init_from's, unchanged: so is its open-set rule.
+            open_set=export_open_set(resolve_pretrained(recipe.model.init_from), meta))
         log(f"facemtl: exported SavedModel to {export_dir}")
         if recipe.export.tflite:
             write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration, log)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from facemtl.data.celeba import read_celeba
 from facemtl.data.fer2013 import read_fer2013_csv, read_fer2013_folders
-from facemtl.data.folders import read_identity_folders
+from facemtl.data.folders import read_expression_folders, read_identity_folders
 from facemtl.data.materialize import crop_box, materialize
 from facemtl.data.vggface2 import read_vggface2
 from facemtl.errors import FacemtlError
@@ -110,6 +110,31 @@ def vggface2(tmp_path):
         "NAME_ID,X,Y,W,H\n" + "\n".join(f"{c}/000{k}_01,10,20,50,60" for c in ("n000002", "n000003", "n000005")
                                         for k in (1, 2)) + "\n")
     return root
+
+
+def test_expression_folders_take_any_class_names_and_the_test_split_keeps_trains_order(tmp_path):
+    from facemtl.config import SourceConfig
+    from facemtl.data.catalog import read_source
+
+    for split, classes in (("train", ["pain", "calm", "confused"]), ("test", ["pain", "calm"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (20, 20)).save(tmp_path / split / name / "a.png")
+    train = read_expression_folders(str(tmp_path), "train")
+    assert train.expression_names == ["calm", "confused", "pain"] and list(train.expression) == [0, 1, 2]
+    cfg = SourceConfig(format="expression_folders", path=str(tmp_path), test_split="test")
+    test = read_source(cfg, "test")
+    assert test.expression_names == train.expression_names and list(test.expression) == [0, 2]
+    (tmp_path / "test" / "bored").mkdir()
+    with pytest.raises(FacemtlError, match="bored.*not one of the training classes"):
+        read_source(cfg, "test")
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(FacemtlError, match="empty class folder"):
+        read_expression_folders(str(tmp_path), "train")
+    flat = tmp_path / "flat"
+    (flat / "only").mkdir(parents=True)
+    with pytest.raises(FacemtlError, match="at least two class folders"):
+        read_expression_folders(str(flat))
 
 
 def test_vggface2_tree_with_its_csvs(vggface2):

