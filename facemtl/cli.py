@@ -35,7 +35,7 @@ def _predict(args):
     model, images_in = args.model, list(args.images)
     if model is None and len(images_in) > 1 and os.path.isdir(images_in[0]):
         model = images_in.pop(0)  # the older form: facemtl predict MODEL IMAGE...
-    predictor = Predictor(model, batch_size=args.batch_size)
+    predictor = Predictor(model, batch_size=args.batch_size, align_crops=not args.no_align)
     failures = 0
     for start in range(0, len(images_in), args.batch_size):  # decoded a batch at a time: bounded memory
         chunk = images_in[start:start + args.batch_size]
@@ -334,6 +334,9 @@ def build_parser():
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--embedding", action="store_true", help="include the embedding vector in the output")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-align", action="store_true",
+                   help="give the model each crop as it is (default: the face in the crop is found and aligned "
+                        "as in a photo, where one is found)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("analyze", help="detect, align and analyse every face in photos, folders and videos")

@@ -23,6 +23,12 @@ class Predictor:
             for calls with one face, where it is faster on a CPU; the
             SavedModel for batches), `"savedmodel"` (always the SavedModel) or
             `"tflite"` (always the LiteRT copy, one face per invocation).
+        align_crops: `predict` frames each crop as a photo is framed
+            (`frame_crops`: the serving detector finds the face in the crop and
+            it is aligned onto the model's layout; a crop in which no face is
+            found is used as it is), so a crop and a photo of the same face get
+            the same answer. `False`: crops go to the model as they are (what
+            `serving_default` does with them).
 
     Example:
         >>> predictor = Predictor("saved_models/quickstart/1")
@@ -32,7 +38,7 @@ class Predictor:
 
     BACKENDS = ("auto", "savedmodel", "tflite")
 
-    def __init__(self, saved_model_dir=None, batch_size=64, backend="auto"):
+    def __init__(self, saved_model_dir=None, batch_size=64, backend="auto", align_crops=True):
         import os
 
         import tensorflow as tf  # heavy; imported when a model is actually used
@@ -65,6 +71,43 @@ class Predictor:
 
             self._lite = TFLitePredictor(lite)
         self.backend = backend
+        self.align_crops = bool(align_crops)
+        self._crop_detector = None
+
+    def frame_crops(self, images):
+        """Face crops framed as photos are (the photo path's detector and alignment), where a face is found.
+
+        A crop smaller than `facemtl.data.photo_framing.UPSCALE` px and square
+        is first upscaled to that side (the small photo it stands for, as the
+        training crops were); the best-scoring face is aligned onto the model's
+        crop layout and size. A crop in which no face is found is returned as it is.
+
+        Args:
+            images: list of `uint8 [h, w, 3]` arrays.
+
+        Returns:
+            `(list of uint8 arrays, bool array: a face was found and aligned)`.
+        """
+        from facemtl.data.photo_framing import UPSCALE, upscale_photo
+        from facemtl.export import crop_layout
+        from facemtl.faces.align import align_face
+        from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
+
+        if self._crop_detector is None:  # the settings photo_framing trained the framed views with
+            self._crop_detector = get_detector(DEFAULT_DETECTOR, min_face_size=max(8, UPSCALE // 8))
+        size, layout = self.metadata["input"]["height"], crop_layout(self.metadata)
+        out, found = [], np.zeros(len(images), bool)
+        for i, image in enumerate(images):
+            h, w = image.shape[:2]
+            photo = upscale_photo(image, UPSCALE) if h == w and h < UPSCALE else image
+            detections = self._crop_detector.detect(photo)
+            if detections:
+                best = max(detections, key=lambda d: d.score)
+                out.append(align_face(photo, best.landmarks, size, 1.0, layout, best.points)[0])
+                found[i] = True
+            else:
+                out.append(image)
+        return out, found
 
     def run(self, images):
         """Runs the serving signature on uint8 RGB arrays; returns numpy outputs per crop.
@@ -153,7 +196,8 @@ class Predictor:
 
         Crops are decoded lazily, `batch_size` at a time, each at most
         `MAX_CROP_SIDE` pixels long; one that cannot be decoded gets an error
-        entry and costs nothing to the others.
+        entry and costs nothing to the others. With `align_crops` (the
+        default) each crop is framed as a photo would be (`frame_crops`).
 
         Returns:
             One dict per source: expression label and probabilities, identity
@@ -164,6 +208,8 @@ class Predictor:
             entries, images, owners = decode_each(sources[start:start + self.batch_size],
                                                   lambda s: load_image(s, max_side=self.MAX_CROP_SIDE))
             chunk = [None if e is None else {"error": str(e)} for e in entries]
+            if self.align_crops:
+                images, _ = self.frame_crops(images)
             for i, raw in zip(owners, self.run(images)):
                 chunk[i] = self.describe(raw)
             results.extend(chunk)

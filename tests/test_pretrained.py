@@ -138,3 +138,35 @@ def test_analyze_photo_on_awkward_photos_answers_like_face_analyzer():
         face = photo["faces"][0]
         np.testing.assert_allclose(out["boxes"][i, 0], face["box"], atol=3.0)
         assert out["expression"][i, 0].decode() == face["expression"]["label"] == "happy"
+
+
+@pytest.mark.slow
+def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_is():
+    """The crop path (`Predictor.predict`) and the photo path give one face the same answer."""
+    import numpy as np
+    from skimage import data
+
+    from facemtl.inference import FaceAnalyzer, Predictor
+    from facemtl.preprocessing import resize_face
+
+    path = _release_or_skip()
+    photo = data.astronaut()
+    crop = resize_face(photo[0:260, 130:330], 120)  # a loose square crop around her face, smaller than 160 px
+    blank = np.full((48, 48, 3), 128, np.uint8)
+    predictor = Predictor(path, backend="savedmodel")
+    framed, found = predictor.frame_crops([crop, blank])
+    assert list(found) == [True, False]
+    assert framed[0].shape == (150, 150, 3) and framed[1] is blank
+    # The framed crop is what FaceAnalyzer makes of the crop sent as a photo (upscaled to 160 px).
+    from facemtl.data.photo_framing import upscale_photo
+
+    analyzer = FaceAnalyzer(path)
+    _, chips = analyzer.detect_and_align(upscale_photo(crop))
+    np.testing.assert_array_equal(framed[0], chips[0])
+    aligned, plain = predictor.predict([crop])[0], Predictor(path, align_crops=False).predict([crop])[0]
+    photo_answer = analyzer.analyze([upscale_photo(crop)])[0]["faces"][0]
+    # The same chip; one face per call may run the LiteRT copy (int8 weights) on one side: labels equal, scores close.
+    assert aligned["expression"]["label"] == photo_answer["expression"]["label"] == "happy"
+    for name, p in aligned["expression"]["probabilities"].items():
+        assert abs(p - photo_answer["expression"]["probabilities"][name]) < 2e-3
+    assert aligned["embedding"] != plain["embedding"]
