@@ -50,7 +50,8 @@ def main():
 
     from facemtl.export import crop_layout, load_run_model
     from facemtl.inference import Predictor
-    from facemtl.tflite import TFLitePredictor, convert
+    from facemtl.export.tflite import convert
+    from facemtl.litert import TFLitePredictor
 
     if not args.run:
         from facemtl.pretrained import resolve_model

@@ -110,7 +110,7 @@ def _analyze(args):
 
 def _align(args):
     from facemtl.faces.detect import get_detector
-    from facemtl.faces.preprocess import align_folder
+    from facemtl.faces.align_folder import align_folder
 
     if not os.path.isdir(args.src):
         raise FacemtlError(f"{args.src}: no such folder")
@@ -263,7 +263,7 @@ def _models(args):
 
 def _export(args):
     if args.format == "tflite":
-        from facemtl.tflite import export_tflite
+        from facemtl.export.tflite import export_tflite
 
         if not os.path.isdir(args.run):
             raise FacemtlError(f"--format tflite exports a run folder; a preset's SavedModel carries its LiteRT copy "

@@ -45,7 +45,7 @@ class Predictor:
 
         from facemtl.errors import ModelFormatError
         from facemtl.pretrained import resolve_model
-        from facemtl.tflite import EXPORT_FILE
+        from facemtl.export.tflite import EXPORT_FILE
 
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
@@ -67,7 +67,7 @@ class Predictor:
         if backend == "tflite" and not os.path.isfile(lite):
             raise ModelFormatError(f"{saved_model_dir}: no LiteRT copy ({EXPORT_FILE}) for backend='tflite'")
         if backend != "savedmodel" and os.path.isfile(lite):
-            from facemtl.tflite import TFLitePredictor
+            from facemtl.litert import TFLitePredictor
 
             self._lite = TFLitePredictor(lite)
         self.backend = backend

@@ -129,7 +129,7 @@ def test_gallery_embedder_answers_every_input_between_two_good_photos(trained, i
 
 def test_align_folder_accounts_for_every_file_of_the_corpus(items, tmp_path):
     from facemtl.faces.detect import get_detector
-    from facemtl.faces.preprocess import align_folder
+    from facemtl.faces.align_folder import align_folder
     from facemtl.media import expand_paths
 
     folder = _corpus_folder(items)

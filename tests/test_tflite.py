@@ -9,7 +9,8 @@ import pytest
 from facemtl.errors import FacemtlError, ModelFormatError
 from facemtl.export import read_metadata as read_export_metadata
 from facemtl.inference import Predictor
-from facemtl.tflite import TFLitePredictor, export_tflite, read_metadata
+from facemtl.export.tflite import export_tflite, read_metadata
+from facemtl.litert import TFLitePredictor
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,7 @@ def test_bad_files_are_clear_errors(tmp_path):
 def test_predictor_uses_the_exports_lite_copy_for_one_face(trained, crops, tmp_path):
     import shutil
 
-    from facemtl.tflite import EXPORT_FILE, write_into_export
+    from facemtl.export.tflite import EXPORT_FILE, write_into_export
 
     export = tmp_path / "model" / "1"
     shutil.copytree(trained.export_dir, export)

@@ -45,7 +45,7 @@ def aligned_copy(folder, cfg, cache_dir, log=print, layout="arcface", size=112, 
     is part of the cache folder's name, so a changed setting never reuses crops.
     """
     from facemtl.faces.detect import get_detector
-    from facemtl.faces.preprocess import align_folder
+    from facemtl.faces.align_folder import align_folder
 
     size = cfg.align_size or size
     rel = os.path.abspath(folder).strip(os.sep).replace(os.sep, "_")

@@ -2,7 +2,7 @@
 
 `list_bbox_celeba.txt` (boxes for `img_celeba`) is used when present. Photos
 without boxes are in-the-wild scenes: run them through `facemtl align`
-(`facemtl.faces.preprocess.align_folder`) once to get aligned crops, then read
+(`facemtl.faces.align_folder.align_folder`) once to get aligned crops, then read
 the crops with `read_celeba(..., images="aligned/")`.
 """
 

@@ -22,7 +22,8 @@ import os
 import numpy as np
 
 from facemtl.errors import FacemtlError
-from facemtl.tflite import PerThread
+from facemtl.faces.detection import Detection
+from facemtl.litert import PerThread
 
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
@@ -225,8 +226,6 @@ class BlazeFaceDetector:
         return found
 
     def _detect(self, image):
-        from facemtl.faces.detect import Detection
-
         tensor, scale, left, top = self._letterbox(image)
         self._interpreter.set_tensor(self._input, tensor[None])
         self._interpreter.invoke()

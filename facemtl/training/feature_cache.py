@@ -766,9 +766,9 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
 
 
 def write_lite_copy(model, export_dir, quantize, calibration, log=print):
-    """Converts the model to LiteRT and stores it inside the export (`facemtl.tflite.EXPORT_FILE`)."""
+    """Converts the model to LiteRT and stores it inside the export (`facemtl.export.tflite.EXPORT_FILE`)."""
     from facemtl.export import read_metadata, update_metadata
-    from facemtl.tflite import EXPORT_FILE, convert, write_into_export
+    from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
 
     meta = read_metadata(export_dir)
     flat = convert(model, meta, quantize=None if quantize == "float32" else quantize,

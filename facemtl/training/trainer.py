@@ -110,9 +110,34 @@ def learning_rate(recipe, steps_per_epoch, factor=1.0):
         warmup_target=lr if warmup else None, warmup_steps=warmup)
 
 
-def build_optimizer(recipe, steps_per_epoch, factor=1.0):
+@keras.saving.register_keras_serializable(package="facemtl")
+class ContinuedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step + offset)`: a later training phase's new optimizer goes on with the run's schedule.
+
+    Its optimizer counts steps from 0, so without the offset the warm-up would
+    run again and a cosine would restart instead of annealing to the end.
+    """
+
+    def __init__(self, schedule, offset):
+        self.schedule, self.offset = schedule, int(offset)
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["offset"])
+
+
+def build_optimizer(recipe, steps_per_epoch, factor=1.0, first_epoch=0):
+    """The recipe's optimizer; `first_epoch`: it starts there (a later phase), on the run's one schedule."""
     o = recipe.optimizer
     lr = learning_rate(recipe, steps_per_epoch, factor)
+    if first_epoch and isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        lr = ContinuedSchedule(lr, first_epoch * steps_per_epoch)
     kwargs = {"learning_rate": lr}
     if o.clipnorm:
         kwargs["clipnorm"] = o.clipnorm
@@ -123,8 +148,14 @@ def build_optimizer(recipe, steps_per_epoch, factor=1.0):
     return keras.optimizers.SGD(momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay or None, **kwargs)
 
 
-def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=None):
+def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=None, first_epoch=0, previous=None):
     """Compiles the training view with masked losses and λ from the recipe.
+
+    Args:
+        first_epoch: the epoch this compile trains from (a later phase goes on
+            with the run's learning-rate schedule).
+        previous: the model the last phase trained (learned task weighting:
+            its task weights carry over instead of starting again at zero).
 
     Returns:
         The model to `fit`: the view itself, or (learned task weighting) a
@@ -132,11 +163,13 @@ def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=No
     """
     class_weights = class_weights or {}
     metrics = {t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names}
-    optimizer = build_optimizer(recipe, steps_per_epoch, lr_factor)
+    optimizer = build_optimizer(recipe, steps_per_epoch, lr_factor, first_epoch)
     lambdas = {t: getattr(recipe.loss_weights, t) for t in view.output_names}
     margins = {"identity": identity_margin(recipe.model)}
     if recipe.loss_weighting == "uncertainty":
         model = UncertaintyWeightedModel(view, lambdas, class_weights, margins)
+        if isinstance(previous, UncertaintyWeightedModel):
+            model.log_variance.assign(previous.log_variance)
         model.compile(optimizer=optimizer, metrics=metrics, jit_compile=recipe.train.jit_compile)
         return model
     view.compile(
@@ -381,7 +414,7 @@ def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, check
             with strategy.scope():
                 set_backbone_trainable(model, True)
                 trainee = compile_model(view, recipe, data.steps_per_epoch, lr_factor,
-                                        class_weights=data.class_weights)
+                                        class_weights=data.class_weights, first_epoch=first, previous=trainee)
         with warnings.catch_warnings():
             # A streamed validation set has no known length (unreadable files drop out), so
             # Keras warns when it ends; the endless training stream never does.

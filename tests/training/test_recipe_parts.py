@@ -29,6 +29,31 @@ def test_warmup_then_constant(tmp_path):
     np.testing.assert_allclose([float(schedule(s)) for s in (5, 10, 29)], [0.005, 0.01, 0.01], rtol=1e-5)
 
 
+def test_a_later_phase_goes_on_with_the_runs_schedule_and_task_weights(tmp_path):
+    """After unfreeze_at_epoch the new optimizer neither warms up again nor restarts the cosine."""
+    import keras
+
+    from facemtl.models import build_from_recipe
+    from facemtl.training.trainer import compile_model, training_view
+
+    recipe = _recipe(tmp_path, "schedule.name=cosine", "schedule.warmup_epochs=1", "train.epochs=10",
+                     "optimizer.learning_rate=0.01", "train.unfreeze_at_epoch=4", "model.freeze_backbone=true",
+                     "train.finetune_lr_factor=0.1", "loss_weighting=uncertainty")
+    whole = learning_rate(recipe, steps_per_epoch=10)
+    later = build_optimizer(recipe, steps_per_epoch=10, factor=0.1, first_epoch=4)._learning_rate
+    # Its step 0 is the run's step 40, at a tenth of the rate; the run ends annealed to zero.
+    np.testing.assert_allclose([float(later(s)) for s in (0, 30, 59)],
+                               [0.1 * float(whole(s)) for s in (40, 70, 99)], rtol=1e-5)
+    assert float(later(0)) > 0.0 and float(later(59)) < 1e-5
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(later))
+    assert float(again(3)) == pytest.approx(float(later(3)))
+    view = training_view(build_from_recipe(recipe.model, 3))
+    first = compile_model(view, recipe, 10)
+    first.log_variance.assign([0.5, -0.25])
+    second = compile_model(view, recipe, 10, 0.1, first_epoch=4, previous=first)
+    np.testing.assert_allclose(second.log_variance.numpy(), [0.5, -0.25])
+
+
 def test_adamw_carries_the_recipes_weight_decay(tmp_path):
     recipe = _recipe(tmp_path, "optimizer.name=adamw", "optimizer.weight_decay=0.05", "optimizer.clipnorm=1.0")
     optimizer = build_optimizer(recipe, steps_per_epoch=10)

@@ -1,4 +1,4 @@
-"""TFLite export of the multi-task model (crops in, both answers out) and a runner for it.
+"""TFLite export of the multi-task model (crops in, both answers out); `facemtl.litert` runs it.
 
 The `.tflite` takes one face crop already at the model's size, `uint8 [1, H, W, 3]`
 (resize on the host: phones and small boxes have their own image pipelines), and
@@ -181,74 +181,3 @@ def write_into_export(export_dir, flat):
     path = os.path.join(export_dir, EXPORT_FILE)
     write_bytes_atomically(path, flat)
     return path
-
-
-class PerThread:
-    """One object per thread, made by `factory` on a thread's first `get()`.
-
-    A LiteRT interpreter must not be shared between threads (a server's pool
-    calls from several). A plain dict keyed by thread id, owned by its user, so
-    the interpreters are freed with it in reference order (a `threading.local`
-    leaves them to the cyclic garbage collector, which freed a LiteRT runner's
-    parts in an order that crashed the process). A dead thread's id may be
-    reused by a new thread, which then takes over its object: never two at once.
-    """
-
-    def __init__(self, factory):
-        import threading
-
-        self._factory, self._objects, self._lock = factory, {}, threading.Lock()
-
-    def get(self):
-        import threading
-
-        key = threading.get_ident()
-        obj = self._objects.get(key)
-        if obj is None:
-            obj = self._factory()
-            with self._lock:
-                self._objects[key] = obj
-        return obj
-
-
-class TFLitePredictor:
-    """Runs a facemtl `.tflite` on face crops (resized on the host with the SavedModel's own resize).
-
-    Example:
-        >>> predictor = TFLitePredictor("release.tflite")
-        >>> predictor.run([crop])[0]["expression_probs"].shape
-        (7,)
-    """
-
-    def __init__(self, path, threads=2):
-        self.metadata = read_metadata(path)
-        path = os.fspath(path)
-
-        def load():  # no reference to self: the predictor and its interpreters form no cycle
-            from ai_edge_litert.interpreter import Interpreter
-
-            try:
-                return Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
-            except (ValueError, RuntimeError) as exc:
-                raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
-
-        self._runners = PerThread(load)
-        self._runners.get()  # checks the file now, and serves the thread that made the predictor
-        self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
-
-    @property
-    def _runner(self):
-        return self._runners.get()
-
-    def resize(self, images):
-        """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
-        import tensorflow as tf
-
-        from facemtl.preprocessing import prepare_images
-
-        return [np.asarray(tf.round(prepare_images(img, *self.size, 3))).astype(np.uint8)
-                if img.shape[:2] != self.size else img for img in images]
-
-    def run(self, images):
-        """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1)."""
-        return [{k: v[0] for k, v in self._runner(images=img[None]).items()} for img in self.resize(images)]

@@ -4,7 +4,7 @@ from PIL import Image
 
 from facemtl.faces.align import template
 from facemtl.faces.detect import get_detector
-from facemtl.faces.preprocess import align_folder
+from facemtl.faces.align_folder import align_folder
 
 skimage_data = pytest.importorskip("skimage.data")
 

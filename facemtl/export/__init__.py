@@ -1,0 +1,16 @@
+"""Export: the SavedModel in TF Serving's versioned layout (its three signatures) and the LiteRT copy.
+
+`facemtl.export.saved_model` writes and reads SavedModels and their metadata
+(re-exported here: `from facemtl.export import export_saved_model`);
+`facemtl.export.tflite` converts a model to LiteRT. `facemtl.serving` serves
+what these write; `facemtl.litert` runs the LiteRT copy.
+"""
+
+from facemtl.export.saved_model import (FORMAT_VERSION, MAX_FACES, MAX_PHOTO_SIDE, METADATA_FILE, OWN_METADATA,
+                                        SIGNATURES, crop_layout, export_run, export_saved_model, load_run_model,
+                                        make_serving_fns, next_version, read_metadata, resolve_run_path,
+                                        run_export, run_relative, update_metadata)
+
+__all__ = ["FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "METADATA_FILE", "OWN_METADATA", "SIGNATURES",
+           "crop_layout", "export_run", "export_saved_model", "load_run_model", "make_serving_fns", "next_version",
+           "read_metadata", "resolve_run_path", "run_export", "run_relative", "update_metadata"]

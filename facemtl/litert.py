@@ -1,0 +1,83 @@
+"""Running LiteRT (TFLite) models on the CPU: one interpreter per thread, and the exported model's runner.
+
+`BlazeFaceDetector` and `TFLitePredictor` (the LiteRT copy of an export, which
+`facemtl.inference.Predictor` runs for one face per call) share `PerThread`:
+a LiteRT interpreter must not be invoked from two threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from facemtl.errors import ModelFormatError
+from facemtl.export.tflite import read_metadata
+
+
+class PerThread:
+    """One object per thread, made by `factory` on a thread's first `get()`.
+
+    A LiteRT interpreter must not be shared between threads (a server's pool
+    calls from several). A plain dict keyed by thread id, owned by its user, so
+    the interpreters are freed with it in reference order (a `threading.local`
+    leaves them to the cyclic garbage collector, which freed a LiteRT runner's
+    parts in an order that crashed the process). A dead thread's id may be
+    reused by a new thread, which then takes over its object: never two at once.
+    """
+
+    def __init__(self, factory):
+        self._factory, self._objects, self._lock = factory, {}, threading.Lock()
+
+    def get(self):
+        key = threading.get_ident()
+        obj = self._objects.get(key)
+        if obj is None:
+            obj = self._factory()
+            with self._lock:
+                self._objects[key] = obj
+        return obj
+
+
+class TFLitePredictor:
+    """Runs a facemtl `.tflite` on face crops (resized on the host with the SavedModel's own resize).
+
+    Example:
+        >>> predictor = TFLitePredictor("release.tflite")
+        >>> predictor.run([crop])[0]["expression_probs"].shape
+        (7,)
+    """
+
+    def __init__(self, path, threads=2):
+        self.metadata = read_metadata(path)
+        path = os.fspath(path)
+
+        def load():  # no reference to self: the predictor and its interpreters form no cycle
+            from ai_edge_litert.interpreter import Interpreter
+
+            try:
+                return Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+            except (ValueError, RuntimeError) as exc:
+                raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
+
+        self._runners = PerThread(load)
+        self._runners.get()  # checks the file now, and serves the thread that made the predictor
+        self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
+
+    @property
+    def _runner(self):
+        return self._runners.get()
+
+    def resize(self, images):
+        """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
+        import tensorflow as tf
+
+        from facemtl.preprocessing import prepare_images
+
+        return [np.asarray(tf.round(prepare_images(img, *self.size, 3))).astype(np.uint8)
+                if img.shape[:2] != self.size else img for img in images]
+
+    def run(self, images):
+        """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1)."""
+        return [{k: v[0] for k, v in self._runner(images=img[None]).items()} for img in self.resize(images)]
