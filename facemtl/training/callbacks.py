@@ -8,7 +8,7 @@ import os
 
 import keras
 
-from facemtl.files import write_json_atomically
+from facemtl.files import temporary_name, write_json_atomically
 
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
@@ -53,13 +53,16 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
             write_json_atomically(self._record, {"monitor": self.monitor, "value": value, "epoch": epoch})
 
 
-def save_model_atomically(model, path):
-    """`model.save(path)` through a temporary file and an atomic rename."""
+def save_model_atomically(model, path, weights_only=False):
+    """`model.save(path)` (or `save_weights`) through a temporary file and an atomic rename.
+
+    A crash never leaves half a file at `path`; the temporary name keeps the
+    ending (`.keras`, `.weights.h5`) Keras asks for.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    tmp = temporary_name(path)
     try:
-        model.save(tmp)
+        (model.save_weights if weights_only else model.save)(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -317,7 +317,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         epoch), kept across resumes in `run_dir/history.json`. A resumed run
         draws its batches afresh (the generator's state is not saved).
     """
-    from facemtl.training.callbacks import StopOnNaN
+    from facemtl.training.callbacks import StopOnNaN, save_model_atomically
 
     num_classes = branch.output_shape[-1]
     rng = np.random.default_rng(cfg.seed)
@@ -363,7 +363,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
                 history.setdefault(k, []).append(float(v))
             if value > self.best:
                 self.best = value
-                save_weights_atomically(self.model, best)
+                save_model_atomically(self.model, best, weights_only=True)
                 write_json_atomically(best + ".json", {"value": value, "epoch": epoch + 1})
             write_json_atomically(history_path, history)
 
@@ -388,7 +388,8 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 > epochs - cfg.average_last:
                 os.makedirs(averaged, exist_ok=True)
-                save_weights_atomically(self.model, os.path.join(averaged, f"epoch{epoch + 1}.weights.h5"))
+                save_model_atomically(self.model, os.path.join(averaged, f"epoch{epoch + 1}.weights.h5"),
+                                      weights_only=True)
 
     if cfg.probe_epochs:
         phase(0, cfg.probe_epochs, False, keras.optimizers.Adam(1e-3))
@@ -399,19 +400,10 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
     return history
 
 
-def save_weights_atomically(model, path):
-    """`model.save_weights(path)` through a temporary file beside it: a crash never leaves half a file at `path`."""
-    tmp = temporary_name(path)  # keeps the .weights.h5 ending Keras asks for
-    try:
-        model.save_weights(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _score_average(branch, folder, val_cache, mirror, best, history, log):
     """SWA: sets the branch to the mean of the kept epochs' weights, scores it, and keeps it if it beats the best."""
+    from facemtl.training.callbacks import save_model_atomically
+
     files = sorted(f for f in os.listdir(folder) if f.endswith(".weights.h5"))
     total = None
     for name in files:
@@ -429,7 +421,7 @@ def _score_average(branch, folder, val_cache, mirror, best, history, log):
     log(f"weight average of {len(files)} epochs: {logs['val_expression_accuracy']:.4f} "
         f"(best single epoch {record['value']:.4f}, epoch {record['epoch']})")
     if logs["val_expression_accuracy"] > record["value"]:
-        save_weights_atomically(branch, best)
+        save_model_atomically(branch, best, weights_only=True)
         write_json_atomically(best + ".json", {"value": logs["val_expression_accuracy"],
                                                "epoch": f"average of {len(files)}"})
 
