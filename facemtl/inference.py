@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 
-from facemtl.export import crop_layout, read_metadata
+from facemtl.export import read_metadata
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
+from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import rule_for_export
 
 
@@ -77,10 +78,11 @@ class Predictor:
     def frame_crops(self, images):
         """Face crops framed as photos are (the photo path's detector and alignment), where a face is found.
 
-        A crop smaller than `facemtl.data.photo_framing.UPSCALE` px and square
-        is first upscaled to that side (the small photo it stands for, as the
-        training crops were); the best-scoring face is aligned onto the model's
-        crop layout and size. A crop in which no face is found is returned as it is.
+        The export's `Preprocessor` says how: a square crop smaller than its
+        `crop_upscale` is first upscaled to that side (the small photo it
+        stands for, as the training crops were); its detector finds the face and
+        the best-scoring one is aligned onto its layout and size. A crop in
+        which no face is found is returned as it is.
 
         Args:
             images: list of `uint8 [h, w, 3]` arrays.
@@ -88,22 +90,22 @@ class Predictor:
         Returns:
             `(list of uint8 arrays, bool array: a face was found and aligned)`.
         """
-        from facemtl.data.photo_framing import UPSCALE, upscale_photo
-        from facemtl.export import crop_layout
+        from facemtl.data.photo_framing import upscale_photo
         from facemtl.faces.align import align_face
-        from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
+        from facemtl.faces.detect import get_detector
 
+        p = Preprocessor.from_metadata(self.metadata)
         if self._crop_detector is None:  # the settings photo_framing trained the framed views with
-            self._crop_detector = get_detector(DEFAULT_DETECTOR, min_face_size=max(8, UPSCALE // 8))
-        size, layout = self.metadata["input"]["height"], crop_layout(self.metadata)
+            self._crop_detector = get_detector(p.detector, min_face_size=max(8, p.crop_upscale // 8))
         out, found = [], np.zeros(len(images), bool)
         for i, image in enumerate(images):
             h, w = image.shape[:2]
-            photo = upscale_photo(image, UPSCALE) if h == w and h < UPSCALE else image
+            photo = upscale_photo(image, p.crop_upscale) if h == w and h < p.crop_upscale else image
             detections = self._crop_detector.detect(photo)
             if detections:
                 best = max(detections, key=lambda d: d.score)
-                out.append(align_face(photo, best.landmarks, size, 1.0, layout, best.points)[0])
+                out.append(align_face(photo, best.landmarks, (p.height, p.width), p.face_scale, p.layout,
+                                      best.points)[0])
                 found[i] = True
             else:
                 out.append(image)
@@ -278,9 +280,9 @@ class FaceAnalyzer:
         self.min_score = min_score
         self.max_side = max_side
         self.face_scale = face_scale
-        meta = self.predictor.metadata["input"]
-        self.crop_size = (meta["height"], meta["width"])
-        self.layout = crop_layout(self.predictor.metadata)
+        self.preprocessor = Preprocessor.from_metadata(self.predictor.metadata)
+        self.crop_size = (self.preprocessor.height, self.preprocessor.width)
+        self.layout = self.preprocessor.layout
         # Seconds spent per stage since creation (benchmarks read these).
         self.timings = {"detect": 0.0, "align": 0.0, "model": 0.0}
 

@@ -13,7 +13,6 @@ import threading
 import numpy as np
 
 from facemtl.errors import ModelFormatError
-from facemtl.export.tflite import read_metadata
 
 
 class PerThread:
@@ -50,6 +49,8 @@ class TFLitePredictor:
     """
 
     def __init__(self, path, threads=2):
+        from facemtl.export.tflite import read_metadata  # the exporter's module; LiteRT runners load without it
+
         self.metadata = read_metadata(path)
         path = os.fspath(path)
 

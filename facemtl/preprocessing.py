@@ -1,4 +1,10 @@
-"""The one image preprocessing step shared by training data and the SavedModel.
+"""The one image preprocessing step shared by training data and the SavedModel, and the `Preprocessor`.
+
+`Preprocessor` says in one object how a photo or a loose crop becomes the
+model's input: the detector, the crop layout and size faces are aligned to,
+and the scaling inside the model. Exports store it in their metadata
+(`preprocessor`); training, `FaceAnalyzer`, `Predictor.frame_crops`, the server
+and the `analyze_photo` graph read it from there or from the recipe.
 
 Training pipelines and the exported serving graph both call `prepare_images`,
 and the crops that training decodes once (`facemtl.data.materialize`) are sized
@@ -11,9 +17,62 @@ never resized at all. Scaling to the backbone's range happens inside the model
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import tensorflow as tf
+
+from facemtl.faces.detection import DEFAULT_DETECTOR
+
+# A loose face crop smaller than this (square) is upscaled to this side before detection: the small photo it
+# stands for (BlazeFace finds a face in ~95% of FER2013's 48 px crops at 160).
+CROP_UPSCALE = 160
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+    """How a photo or a face crop becomes the model's input.
+
+    Attributes:
+        height, width: the model's input size (aligned crops are warped straight to it).
+        layout: where aligned faces put their landmarks (`facemtl.faces.align.LAYOUTS`).
+        detector: the face detector's name (`facemtl.faces.detect.get_detector`).
+        face_scale: the face's size in the crop relative to the layout (`align.template`).
+        scaling: the pixel scaling inside the model (`ImageNormalization`: "dlib", "tf", "caffe").
+        crop_upscale: loose square crops smaller than this are upscaled to it before detection.
+
+    Example:
+        >>> Preprocessor.from_metadata(read_metadata("saved_models/quickstart/1")).layout
+        'arcface'
+    """
+
+    height: int
+    width: int
+    layout: str = "arcface"
+    detector: str = DEFAULT_DETECTOR
+    face_scale: float = 1.0
+    scaling: str = "tf"
+    crop_upscale: int = CROP_UPSCALE
+
+    @classmethod
+    def from_model_config(cls, config):
+        """The preprocessor a recipe's `model` section trains and exports with."""
+        scaling = "dlib" if config.backbone == "dlib_resnet" else config.normalization
+        return cls(config.height, config.width, config.crop_layout, scaling=scaling)
+
+    @classmethod
+    def from_metadata(cls, metadata):
+        """An export's preprocessor: its `preprocessor` entry, or (older exports) its input size and crop layout."""
+        entry = metadata.get("preprocessor")
+        if entry:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in entry.items() if k in fields})
+        size = metadata["input"]
+        return cls(size["height"], size["width"], metadata.get("crop", {}).get("layout", "arcface"),
+                   scaling="dlib" if metadata.get("backbone") == "dlib_resnet" else "tf")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
 
 
 def prepare_images(images, height, width, channels):

@@ -28,11 +28,9 @@ import os
 
 import numpy as np
 
-from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.files import temporary_name
-
-# The photo side a crop is upscaled to before detection (BlazeFace finds a face in ~99% of FER2013's crops at 160).
-UPSCALE = 160
+from facemtl.preprocessing import CROP_UPSCALE as UPSCALE  # the photo side a crop is upscaled to before detection
 # Bumped whenever framing changes, so older caches are not reused.
 FRAMING_FORMAT = 1
 

@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from facemtl.errors import ModelFormatError
 from facemtl.files import write_json_atomically
-from facemtl.preprocessing import prepare_images
+from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
 METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
@@ -254,6 +254,9 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             "tasks": tasks,
             "embedding_dim": int(model.output["embedding"].shape[-1]) if "identity" in tasks else 0,
             "signatures": sorted(fns),
+            # How photos and crops become the input (the export's own layout and size; a recipe's export adds
+            # its detector and scaling through extra_metadata).
+            "preprocessor": Preprocessor(height, width, layout).to_dict(),
             **({"analyze_photo": {"detector": "blazeface", "max_faces": int(max_faces), "max_side": MAX_PHOTO_SIDE,
                                   "crop": {"layout": layout}}} if "analyze_photo" in fns else {}),
             **(extra_metadata or {}),
@@ -292,7 +295,7 @@ def read_metadata(saved_model_dir):
 
 def crop_layout(metadata):
     """The face crop layout an export was trained on (`facemtl.faces.align.LAYOUTS`); older exports: arcface."""
-    return metadata.get("crop", {}).get("layout", "arcface")
+    return (metadata.get("preprocessor") or {}).get("layout") or metadata.get("crop", {}).get("layout", "arcface")
 
 
 def update_metadata(saved_model_dir, updates):

@@ -9,12 +9,12 @@ import numpy as np
 
 from facemtl.faces.align import landmarks_from_box
 from facemtl.faces.blazeface import BlazeFaceDetector
-from facemtl.faces.detection import Detection
+from facemtl.faces.detection import DEFAULT_DETECTOR, Detection
+
+__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "Detection", "HaarDetector", "MTCNNDetector", "get_detector"]
 
 # The `mtcnn` package's names for the same points (it names them after the image's sides).
 _MTCNN_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-# FaceAnalyzer, the CLI and the server use this detector unless told otherwise.
-DEFAULT_DETECTOR = "blazeface"
 
 
 class MTCNNDetector:

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+# FaceAnalyzer, the CLI, the server and training's framing use this detector unless told otherwise.
+DEFAULT_DETECTOR = "blazeface"
 # The 5 landmarks in image order (the eye on the image's left first), named after the *subject's* sides,
 # as BlazeFace's keypoints are: the eye on the image's left is the subject's right eye.
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")

@@ -451,6 +451,15 @@ def expression_source(recipe):
     return found[0]
 
 
+def framing_settings(model_config):
+    """`photo_framing.cached_framing`'s settings: the recipe's `Preprocessor`, as serving will frame photos."""
+    from facemtl.preprocessing import Preprocessor
+
+    p = Preprocessor.from_model_config(model_config)
+    return {"size": p.height, "layout": p.layout, "detector": p.detector, "upscale": p.crop_upscale,
+            "face_scale": p.face_scale}
+
+
 def crop_side(cfg):
     """The side the expression source's crops are decoded at before framing: FER2013's own 48 px, else 96."""
     return 48 if cfg.format.startswith("fer2013") else 96
@@ -503,8 +512,8 @@ def prepare_caches(recipe, log=print):
         sub.split = f"{src.split or cfg.split}-{part}"
         # FER2013's own 48 px: the photo it stands for is upscaled from the original crop, as in serving.
         mat = materialize(sub, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
-        framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", log=log, size=m.height,
-                                layout=m.crop_layout)
+        framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", log=log,
+                                **framing_settings(m))
         framing[part] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
         caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
                                          f"{src.name}-{sub.split}", views=views, cfg=recipe.feature_cache, log=log)
@@ -735,8 +744,8 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     test = read_source(cfg, cfg.test_split, data.cache_dir, log, m.crop_layout, m.height)
     names = class_names(test)
     mat = materialize(test, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
-    framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log, size=m.height,
-                            layout=m.crop_layout)
+    framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log,
+                            **framing_settings(m))
     run = tf.function(lambda x: model(x, training=False)["expression"], reduce_retracing=True)
 
     def predict(images):
@@ -782,6 +791,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
         A `facemtl.training.trainer.TrainResult`.
     """
     from facemtl.export import export_saved_model, run_relative
+    from facemtl.preprocessing import Preprocessor
     from facemtl.recognition.open_set import export_open_set
     from facemtl.training.trainer import TrainResult, check_before_training, open_run
 
@@ -820,6 +830,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
             extra_metadata={**keep, "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "backbone": recipe.model.backbone, "crop": {"layout": recipe.model.crop_layout},
+                            "preprocessor": Preprocessor.from_model_config(recipe.model).to_dict(),
                             "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
                                           "version": meta.get("version")},
                             "mirror_expression": recipe.model.mirror_expression,

@@ -24,6 +24,7 @@ from facemtl.export import export_saved_model, run_relative
 from facemtl.files import write_json_atomically
 from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
 from facemtl.models.heads import COSINE_LAYER
+from facemtl.preprocessing import Preprocessor
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.history import read_history, truncate_history
@@ -487,6 +488,7 @@ def finish_run(recipe, data, run_dir, model, checkpoint, start, log):
                             "identity_head": recipe.model.identity_head,
                             "backbone": recipe.model.backbone,
                             "crop": {"layout": recipe.model.crop_layout},
+                            "preprocessor": Preprocessor.from_model_config(recipe.model).to_dict(),
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
     seconds = time.time() - start
