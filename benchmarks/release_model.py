@@ -273,8 +273,10 @@ def main():
 
     from facemtl.pretrained import resolve_model
 
+    from _runs import cpu_name, git_commit
+
     model = resolve_model(args.model)
-    results = {"model": model}
+    results = {"model": model, "commit": git_commit(), "cpu": cpu_name()}
     if "fer" in args.only:
         results["fer2013_public_test"] = measure_fer(model)
     if "photo" in args.only:
