@@ -93,6 +93,41 @@ def prepare_images(images, height, width, channels):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+def prepare_batch(images, height, width, channels, *, augmenters=(), grayscale_probability=0.0, seed=None):
+    """A training or evaluation batch, in the one order every pipeline uses.
+
+    The serving resize first (`prepare_images`: a crop reaches the model with
+    the pixels serving gives it), then, for training, random grayscale and the
+    augmentation layers at the model's size, clipped to [0, 255], then the
+    model's channels.
+
+    Args:
+        images: `[batch, h, w, 3]` uint8 or float in [0, 255].
+        height, width, channels: the model's input.
+        augmenters: Keras augmentation layers (`data.pipeline.augmentation_layers`), run with `training=True`.
+        grayscale_probability: per-sample chance of random grayscale.
+        seed: the grayscale draw's seed.
+
+    Returns:
+        float32 `[batch, height, width, channels]` in [0, 255].
+    """
+    x = resize_images(images, height, width)
+    if grayscale_probability:
+        x = random_grayscale(x, grayscale_probability, seed)
+    for layer in augmenters:
+        x = tf.clip_by_value(layer(x, training=True), 0.0, 255.0)
+    if channels == 1:
+        x = tf.image.rgb_to_grayscale(x)
+    return x
+
+
+def random_grayscale(images, probability, seed=None):
+    """Turns each image gray (still 3 channels) with `probability`, so colour cannot tell which dataset a face is from."""
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
+    pick = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < probability
+    return tf.where(pick, gray, images)
+
+
 def resize_images(images, height, width):
     """The one resize of face crops: bilinear with antialiasing, rounded to whole values in [0, 255].
 

@@ -28,3 +28,23 @@ def test_an_export_stores_its_preprocessor_and_face_analyzer_uses_it(trained):
     assert meta["preprocessor"]["layout"] == meta["crop"]["layout"] == stored.layout
     analyzer = FaceAnalyzer(trained.export_dir)
     assert analyzer.preprocessor == stored and analyzer.crop_size == (stored.height, stored.width)
+
+
+def test_every_pipeline_resizes_first_then_augments_at_the_models_size():
+    import keras
+    import numpy as np
+
+    from facemtl.preprocessing import prepare_batch, prepare_images
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(prepare_batch(images, 64, 64, 3), prepare_images(images, 64, 64, 3))
+    np.testing.assert_array_equal(prepare_batch(images, 64, 64, 1), prepare_images(images, 64, 64, 1))
+    seen = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, x, training=None):
+            seen.append(tuple(x.shape))
+            return x + 300.0  # out of range: the pipeline clips
+
+    out = prepare_batch(images, 64, 64, 1, augmenters=[Spy()])
+    assert seen == [(2, 64, 64, 3)] and out.shape == (2, 64, 64, 1) and float(np.max(out)) <= 255.0

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from facemtl.data.streaming import StreamedSource, part_labels
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
-from facemtl.preprocessing import prepare_images
+from facemtl.preprocessing import prepare_batch
 
 
 def merge_identity_spaces(parts):
@@ -51,13 +51,6 @@ def expression_class_weights(expression, num_classes=len(EXPRESSIONS)):
     counts = np.bincount(labels, minlength=num_classes).astype(float)
     weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
     return weights.tolist()
-
-
-def random_grayscale(images, probability, seed=None):
-    """Turns each image gray (still 3 channels) with `probability`, so colour cannot tell which dataset a face is from."""
-    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
-    pick = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < probability
-    return tf.where(pick, gray, images)
 
 
 def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_probability=0.0, seed=0,
@@ -104,12 +97,8 @@ def mix(parts, weights, batch_size, model_config, *, augmenters=(), grayscale_pr
     c = model_config
 
     def prepare(x, y):
-        x = tf.cast(x, tf.float32)
-        if grayscale_probability:
-            x = random_grayscale(x, grayscale_probability)
-        for layer in augmenters:
-            x = layer(x, training=True)
-        return prepare_images(tf.clip_by_value(x, 0.0, 255.0), c.height, c.width, c.channels), y
+        return prepare_batch(x, c.height, c.width, c.channels, augmenters=augmenters,
+                             grayscale_probability=grayscale_probability), y
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

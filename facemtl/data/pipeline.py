@@ -11,7 +11,7 @@ import tensorflow as tf
 from facemtl.data import synthetic
 from facemtl.data.streaming import StreamedSplit
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
-from facemtl.preprocessing import prepare_images
+from facemtl.preprocessing import prepare_batch
 
 
 @dataclasses.dataclass
@@ -168,14 +168,7 @@ def make_dataset(split, model_config, batch_size, *, training, shuffle_buffer=10
         ds = ds.shuffle(min(shuffle_buffer, len(images)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     c = model_config
-    ds = ds.map(lambda x, y: (prepare_images(x, c.height, c.width, c.channels), y),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     augmenters = augmentation_layers(augment, seed) if (training and augment is not None) else []
-    if augmenters:
-        def apply(x, y):
-            for layer in augmenters:
-                x = layer(x, training=True)
-            return tf.clip_by_value(x, 0.0, 255.0), y
-
-        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, y: (prepare_batch(x, c.height, c.width, c.channels, augmenters=augmenters), y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -3,12 +3,8 @@ import pytest
 
 from facemtl.config import ModelConfig
 from facemtl.data.materialize import Materialized
-from facemtl.data.mixing import (
-    expression_class_weights,
-    merge_identity_spaces,
-    mix,
-    random_grayscale,
-)
+from facemtl.data.mixing import expression_class_weights, merge_identity_spaces, mix
+from facemtl.preprocessing import random_grayscale
 
 
 def _parts():
