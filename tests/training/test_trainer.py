@@ -72,7 +72,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     import facemtl.training.callbacks as callbacks_module
     import facemtl.training.trainer as trainer_module
 
-    def exploding(recipe, steps_per_epoch, factor=1.0):  # sane for one epoch, then a learning rate of 1e30
+    def exploding(recipe, steps_per_epoch, factor=1.0, first_epoch=0):  # sane for one epoch, then a rate of 1e30
         return keras.optimizers.SGD(keras.optimizers.schedules.PiecewiseConstantDecay([steps_per_epoch - 1],
                                                                                         [0.01, 1e30]))
 
