@@ -43,7 +43,7 @@ def main(out=os.path.join(os.path.dirname(os.path.abspath(__file__)), "architect
     for k, step in enumerate(recipe_steps):
         ax.text(0.05, 1.5 + k * 0.95, step, fontsize=7, color="#575", va="center")
     ax.add_patch(FancyArrowPatch((10.8, 6.7), (10.8, 2.3), color="#c62", **arrow))
-    ax.add_patch(FancyArrowPatch((11.2, 2.3), (11.2, 6.7), color="#c62", **arrow))  # noqa: the way back up
+    ax.add_patch(FancyArrowPatch((11.2, 2.3), (11.2, 6.7), color="#c62", **arrow))  # the answer, back up
     ax.text(10.25, 6.95, "photo (facemtl analyze, /v1/analyze)", fontsize=9, color="#c62")
     photo_steps = [(9.95, 6.35, "decode"), (9.95, 2.65, "detect,\nalign chip"), (11.3, 3.6, "one forward\npass"),
                    (11.3, 6.3, "open-set rule,\nJSON answer")]
