@@ -32,7 +32,7 @@ from facemtl.data.synthetic import generate_faces, identity_names  # noqa: E402
 from facemtl.export import export_saved_model  # noqa: E402
 from facemtl.labels import EXPRESSIONS  # noqa: E402
 from facemtl.models import build_multitask_model  # noqa: E402
-from facemtl.training.trainer import compile_model, training_view  # noqa: E402
+from facemtl.training.task import MultiTaskTask, training_view  # noqa: E402
 from facemtl.config import Recipe  # noqa: E402
 
 VARIANTS = {"multitask": ("identity", "expression"), "identity": ("identity",), "expression": ("expression",)}
@@ -60,7 +60,7 @@ def main():
         models[name] = build_multitask_model(args.identities, input_shape=(args.size, args.size, 3),
                                              backbone=args.backbone, tasks=tasks)
         views[name] = training_view(models[name], tasks)
-        compile_model(views[name], recipe, args.steps)
+        MultiTaskTask(recipe).compile(views[name], args.steps)
         labels[name] = {t: {"identity": ids, "expression": exprs}[t] for t in tasks}
         for _ in range(2):  # trace + warm up
             views[name].train_on_batch(x[:b], {t: v[:b] for t, v in labels[name].items()})

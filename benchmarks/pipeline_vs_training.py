@@ -33,7 +33,7 @@ def main():
     from facemtl.config import load_recipe
     from facemtl.data.pipeline import load_splits
     from facemtl.models import build_from_recipe
-    from facemtl.training.trainer import compile_model, training_view
+    from facemtl.training.task import MultiTaskTask, training_view
 
     recipe = load_recipe(args.recipe, overrides=args.set)
     splits = load_splits(recipe, log=print)
@@ -50,7 +50,7 @@ def main():
 
     x, y = next(it)
     view = training_view(build_from_recipe(recipe.model, len(splits.identity_names)))
-    compile_model(view, recipe, 100)
+    MultiTaskTask(recipe).compile(view, 100)
     for _ in range(2):
         view.train_on_batch(x, y)
     start = time.perf_counter()

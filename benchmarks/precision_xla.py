@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from facemtl.config import Recipe  # noqa: E402
 from facemtl.models import build_multitask_model  # noqa: E402
-from facemtl.training.trainer import compile_model, training_view  # noqa: E402
+from facemtl.training.task import MultiTaskTask, training_view  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -59,7 +59,7 @@ def main():
             recipe.train.jit_compile = xla == "on"
             view = training_view(build_multitask_model(20, input_shape=(args.size, args.size, 3),
                                                        backbone=args.backbone))
-            compile_model(view, recipe, steps_per_epoch=100)
+            MultiTaskTask(recipe).compile(view, steps_per_epoch=100)
             start = time.perf_counter()
             for _ in range(2):
                 view.train_on_batch(x, y)  # trace / compile

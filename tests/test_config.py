@@ -72,7 +72,7 @@ def test_exponent_notation_is_a_number():
 
 
 def test_learning_rate_scales_linearly_with_the_global_batch():
-    from facemtl.training.trainer import learning_rate
+    from facemtl.training.optimizers import learning_rate
 
     recipe = recipe_from_dict({"optimizer": {"learning_rate": 0.1, "reference_batch_size": 256},
                                "train": {"batch_size": 1024}})

@@ -111,3 +111,34 @@ def read_utkface(root, test_fraction=0.1, seed=0):
     age, gender, race = (np.array(c) for c in zip(*labels))
     test = np.array([in_test_split(os.path.basename(p), test_fraction, seed) for p in paths])
     return UTKFaces(paths, age.astype(np.float32), gender.astype(np.int32), race.astype(np.int32), test, skipped)
+
+
+def load_faces(faces, side=128, log=print):
+    """Decodes UTKFace's face crops, `side` px square (the shared copy's own size is kept as is).
+
+    An unreadable file is reported (named) and counted, never silently dropped.
+
+    Args:
+        faces: a `UTKFaces`.
+        side: the crops' side.
+        log: where the report of unreadable files goes.
+
+    Returns:
+        `(images uint8 [m, side, side, 3], kept bool [n])`: `kept[i]` says
+        whether `faces.paths[i]` was decoded (the images are those, in order).
+    """
+    from facemtl.images import ImageError, load_image
+    from facemtl.preprocessing import resize_face
+
+    images, kept = [], np.zeros(len(faces.paths), bool)
+    for i, path in enumerate(faces.paths):
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            log(f"utkface: skipped {exc}")
+            continue
+        images.append(image if image.shape[:2] == (side, side) else resize_face(image, side))
+        kept[i] = True
+    if (~kept).any():
+        log(f"utkface: {int((~kept).sum())} unreadable file(s) skipped")
+    return np.stack(images), kept

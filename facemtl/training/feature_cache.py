@@ -300,7 +300,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
     """Fits the branch on the cache with Keras `fit`, resumable, keeping the best validation checkpoint.
 
     A run that stops is resumed by calling again with the same `run_dir`
-    (Keras' `BackupAndRestore`, at each epoch's end); the best weights are
+    (`facemtl.training.backup`, at each epoch's end); the best weights are
     written atomically to `run_dir/checkpoints/best.weights.h5`.
 
     Args:
@@ -317,6 +317,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         epoch), kept across resumes in `run_dir/history.json`. A resumed run
         draws its batches afresh (the generator's state is not saved).
     """
+    from facemtl.training.backup import BackupCallback, TrainingBackup
     from facemtl.training.callbacks import StopOnNaN, save_model_atomically
 
     num_classes = branch.output_shape[-1]
@@ -372,13 +373,16 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
             if layer.name.startswith("expression_stage"):
                 layer.trainable = trainable_stages
         branch.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
-        callbacks = [ValidationScores(val_cache, mirror, log), BestWeights(), StopOnNaN(),
-                     # "backup" is what `find_unfinished_run` looks for: the same command resumes the run.
-                     keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup" if trainable_stages else
-                                                                   "backup-probe"), delete_checkpoint=False)]
+        # Under run_dir/backup, which `find_unfinished_run` looks for: the same command resumes the run.
+        backup = TrainingBackup(os.path.join(run_dir, "backup", "branch" if trainable_stages else "probe"), branch)
+        done = backup.restore()
+        if done >= last:  # finished before (its weights are restored: a later phase starts from them)
+            return
+        callbacks = [ValidationScores(val_cache, mirror, log), BestWeights(), StopOnNaN()]
         if cfg.average_last:
             callbacks.append(KeepForAverage())
-        branch.fit(data, epochs=last, initial_epoch=first, steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+        branch.fit(data, epochs=last, initial_epoch=max(first, done), steps_per_epoch=steps,
+                   callbacks=callbacks + [BackupCallback(backup)], verbose=verbose)
 
     averaged = os.path.join(run_dir, "average")
 
@@ -533,7 +537,7 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     Returns:
         `(branch with the best validation weights, history dict, best record)`.
     """
-    from facemtl.training.trainer import build_optimizer
+    from facemtl.training.optimizers import build_optimizer
 
     caches = caches or prepare_caches(recipe, log)
     settings = settings or recipe.feature_cache

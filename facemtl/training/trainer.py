@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import shutil
@@ -22,15 +21,13 @@ from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export import export_saved_model, run_relative
 from facemtl.files import write_json_atomically
-from facemtl.models import TASKS, build_from_recipe, set_backbone_trainable
-from facemtl.models.heads import COSINE_LAYER
+from facemtl.models import set_backbone_trainable
 from facemtl.preprocessing import Preprocessor
+from facemtl.training.backup import BackupCallback, TrainingBackup
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.history import read_history, truncate_history
-from facemtl.training.losses import (MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy,
-                                    identity_margin)
-from facemtl.training.weighting import UncertaintyWeightedModel
+from facemtl.training.task import MultiTaskTask
 
 
 @dataclasses.dataclass
@@ -68,122 +65,6 @@ def select_strategy(name="auto", devices=None):
     raise ValueError(f"Unknown strategy. Received: strategy={name!r}")
 
 
-def training_view(model, tasks=TASKS):
-    """The model restricted to the trained heads (shares all layers and weights).
-
-    Keras requires a target for every output named in `compile`; the
-    `embedding` output has none, so `fit` runs on this view. A margin-trained
-    identity head (ArcFace/CosFace) exposes its cosines as `identity` here:
-    the margin loss needs them, not the served probabilities.
-    """
-    outputs = {t: model.output[t] for t in tasks if t in model.output}
-    if "identity" in outputs and any(layer.name == COSINE_LAYER for layer in model.layers):
-        # Keras names a model's outputs after their layers: rename the cosines.
-        outputs["identity"] = keras.layers.Identity(name="identity")(model.get_layer(COSINE_LAYER).output)
-    return keras.Model(model.inputs, outputs, name="facemtl_train")
-
-
-def learning_rate(recipe, steps_per_epoch, factor=1.0):
-    """The recipe's learning-rate schedule (warm-up, then constant, cosine or step).
-
-    One rule for batch sizes: `optimizer.learning_rate` is for the global batch;
-    with `optimizer.reference_batch_size` set it is scaled linearly by
-    `train.batch_size / reference_batch_size` (Goyal et al., 2017), whatever the
-    number of replicas or workers the global batch is split over.
-    """
-    lr = recipe.optimizer.learning_rate * factor
-    if recipe.optimizer.reference_batch_size:
-        lr *= recipe.train.batch_size / recipe.optimizer.reference_batch_size
-    s = recipe.schedule
-    total = max(1, recipe.train.epochs * steps_per_epoch)
-    warmup = int(s.warmup_epochs * steps_per_epoch)
-    if s.name == "step":
-        # Keras keeps a value while step <= boundary: the boundary is the last step of the previous
-        # stage, so the first step of epoch `step_epochs` (0-based) already runs at the divided rate.
-        boundaries = [b - 1 for b in range(s.step_epochs * steps_per_epoch, total, s.step_epochs * steps_per_epoch)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, [lr * s.step_factor**i for i in range(len(boundaries) + 1)])
-    if s.name == "constant" and warmup == 0:
-        return lr
-    # Cosine with alpha=1 stays flat after the warm-up: one code path for both.
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else lr, decay_steps=max(1, total - warmup), alpha=1.0 if s.name == "constant" else 0.0,
-        warmup_target=lr if warmup else None, warmup_steps=warmup)
-
-
-@keras.saving.register_keras_serializable(package="facemtl")
-class ContinuedSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule(step + offset)`: a later training phase's new optimizer goes on with the run's schedule.
-
-    Its optimizer counts steps from 0, so without the offset the warm-up would
-    run again and a cosine would restart instead of annealing to the end.
-    """
-
-    def __init__(self, schedule, offset):
-        self.schedule, self.offset = schedule, int(offset)
-
-    def __call__(self, step):
-        return self.schedule(step + self.offset)
-
-    def get_config(self):
-        return {"schedule": keras.optimizers.schedules.serialize(self.schedule), "offset": self.offset}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["offset"])
-
-
-def build_optimizer(recipe, steps_per_epoch, factor=1.0, first_epoch=0):
-    """The recipe's optimizer; `first_epoch`: it starts there (a later phase), on the run's one schedule."""
-    o = recipe.optimizer
-    lr = learning_rate(recipe, steps_per_epoch, factor)
-    if first_epoch and isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-        lr = ContinuedSchedule(lr, first_epoch * steps_per_epoch)
-    kwargs = {"learning_rate": lr}
-    if o.clipnorm:
-        kwargs["clipnorm"] = o.clipnorm
-    if o.name == "adam":
-        return keras.optimizers.Adam(**kwargs)
-    if o.name == "adamw":
-        return keras.optimizers.AdamW(weight_decay=o.weight_decay, **kwargs)
-    return keras.optimizers.SGD(momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay or None, **kwargs)
-
-
-def compile_model(view, recipe, steps_per_epoch, lr_factor=1.0, class_weights=None, first_epoch=0, previous=None):
-    """Compiles the training view with masked losses and λ from the recipe.
-
-    Args:
-        first_epoch: the epoch this compile trains from (a later phase goes on
-            with the run's learning-rate schedule).
-        previous: the model the last phase trained (learned task weighting:
-            its task weights carry over instead of starting again at zero).
-
-    Returns:
-        The model to `fit`: the view itself, or (learned task weighting) a
-        wrapper that shares its weights.
-    """
-    class_weights = class_weights or {}
-    metrics = {t: [MaskedSparseCategoricalAccuracy(name="accuracy")] for t in view.output_names}
-    optimizer = build_optimizer(recipe, steps_per_epoch, lr_factor, first_epoch)
-    lambdas = {t: getattr(recipe.loss_weights, t) for t in view.output_names}
-    margins = {"identity": identity_margin(recipe.model)}
-    if recipe.loss_weighting == "uncertainty":
-        model = UncertaintyWeightedModel(view, lambdas, class_weights, margins)
-        if isinstance(previous, UncertaintyWeightedModel):
-            model.log_variance.assign(previous.log_variance)
-        model.compile(optimizer=optimizer, metrics=metrics, jit_compile=recipe.train.jit_compile)
-        return model
-    view.compile(
-        optimizer=optimizer,
-        loss={t: MaskedSparseCategoricalCrossentropy(class_weights.get(t), margin=margins.get(t), name=f"{t}_loss")
-              for t in view.output_names},
-        loss_weights=lambdas,
-        metrics=metrics,
-        jit_compile=recipe.train.jit_compile,
-    )
-    return view
-
-
 def find_unfinished_run(recipe):
     """The newest run folder of this very recipe that was interrupted (has a backup, no summary)."""
     base = os.path.join(recipe.output_dir, recipe.name)
@@ -204,17 +85,6 @@ def find_unfinished_run(recipe):
         except OSError:
             continue
     return None
-
-
-def _backed_up_epochs(backup_dir):
-    """Epochs finished according to a BackupAndRestore folder (0 when there is none)."""
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        try:
-            with open(os.path.join(backup_dir, name), encoding="utf-8") as f:
-                return int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return 0
 
 
 def new_run_dir(recipe):
@@ -269,9 +139,10 @@ def train(recipe, run_dir=None, log=print):
     log(f"facemtl: strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
         f"global batch {recipe.train.batch_size}, precision {recipe.train.precision}, "
         f"{'model.fit' if loop == 'fit' else 'custom loop'}")
-    model, view, trainee = build_model(recipe, data, strategy, log)
+    task = MultiTaskTask(recipe, data.class_weights)
+    model, view, trainee = build_model(task, data, strategy, log)
     checkpoint = AtomicBestCheckpoint(model, os.path.join(run_dir, "checkpoints", "best.keras"), monitor="val_loss")
-    history = fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log)
+    history = fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log)
     if not chief:  # workers other than the chief leave evaluation, export and reports to it
         return TrainResult(run_dir, model, history, {}, None, time.time() - start)
     return finish_run(recipe, data, run_dir, model, checkpoint, start, log)
@@ -364,24 +235,30 @@ def prepare_data(recipe, log):
     return data
 
 
-def build_model(recipe, data, strategy, log):
+def build_model(task, data, strategy, log):
     """Builds the model, its training view and the compiled model to fit, inside the strategy's scope."""
+    recipe = task.recipe
     with strategy.scope():
-        model = build_from_recipe(recipe.model, len(data.splits.identity_names))
+        model = task.build_model(len(data.splits.identity_names))
         if recipe.model.backbone == "dlib_resnet":
             from facemtl.models.dlib_resnet import imprint_identity_classifier
 
             images, labels = labelled_images(data.splits.train, "identity", limit=20000)
             log(f"facemtl: identity classifier imprinted from {len(labels)} training faces "
                 f"({imprint_identity_classifier(model, images, labels)} identities)")
-        view = training_view(model)
-        trainee = compile_model(view, recipe, data.steps_per_epoch, class_weights=data.class_weights)
+        view = task.training_view(model)
+        trainee = task.compile(view, data.steps_per_epoch)
     return model, view, trainee
 
 
-def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log):
-    """Fits (resuming from the run's backup), keeping the best checkpoint; returns the history."""
-    backup_dir = os.path.join(run_dir, "backup")
+def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpoint, chief, log):
+    """Fits (resuming from the run's backup), keeping the best checkpoint; returns the history.
+
+    Both loops resume the same way (`facemtl.training.backup`): a `TrainingBackup`
+    per worker in `run_dir/backup/worker-<i>/`, restored before training goes on
+    from the next epoch.
+    """
+    recipe = task.recipe
     history_csv = os.path.join(run_dir, "history.csv")
     verbose = recipe.train.verbose
     if verbose == "auto":
@@ -389,19 +266,19 @@ def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, check
     if loop == "custom":
         batch = recipe.train.batch_size
         history = fit_custom_loop(
-            view, view.optimizer, strategy, lambda: data.make_train_ds(recipe, drop_remainder=True),
+            task, view, view.optimizer, strategy, lambda: data.make_train_ds(recipe, drop_remainder=True),
             data.val_ds, epochs=recipe.train.epochs, global_batch=batch,
-            steps_per_epoch=recipe.data.steps_per_epoch or split_size(data.splits.train) // batch,
-            loss_weights={t: getattr(recipe.loss_weights, t) for t in view.output_names}, run_dir=run_dir,
-            class_weights=data.class_weights, margins={"identity": identity_margin(recipe.model)},
+            steps_per_epoch=recipe.data.steps_per_epoch or split_size(data.splits.train) // batch, run_dir=run_dir,
+            backup_every_steps=recipe.train.backup_every_steps if recipe.train.backup else None,
             checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
         if chief:
             try:
-                os.rmdir(backup_dir)  # empty once every worker removed its own state
+                os.rmdir(os.path.join(run_dir, "backup"))  # empty once every worker removed its own state
             except OSError:
                 pass
         return history
-    done = _backed_up_epochs(backup_dir) if recipe.train.backup else 0
+    backup = TrainingBackup(os.path.join(run_dir, "backup", "worker-0"), trainee)
+    done = backup.epochs_done() if recipe.train.backup else 0
     if done:
         log(f"facemtl: {done} epoch(s) already done; continuing from the last backup")
         truncate_history(history_csv, done)
@@ -414,25 +291,32 @@ def fit_model(recipe, data, strategy, loop, run_dir, model, view, trainee, check
             log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
             with strategy.scope():
                 set_backbone_trainable(model, True)
-                trainee = compile_model(view, recipe, data.steps_per_epoch, lr_factor,
-                                        class_weights=data.class_weights, first_epoch=first, previous=trainee)
+                trainee = task.compile(view, data.steps_per_epoch, lr_factor, first_epoch=first, previous=trainee)
+        backup = TrainingBackup(backup.dir, trainee, phase=i)
+        if done > first:  # resumed inside this phase: its weights and optimizer state...
+            backup.restore()
+        elif done:  # ...or at its start: the earlier phase's weights, this phase's new optimizer
+            TrainingBackup(backup.dir, trainee, phase=-1).restore()
+        phase_callbacks = callbacks + ([BackupCallback(backup, recipe.train.backup_every_steps)]
+                                       if recipe.train.backup else [])
         with warnings.catch_warnings():
             # A streamed validation set has no known length (unreadable files drop out), so
             # Keras warns when it ends; the endless training stream never does.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            trainee.fit(data.train_ds, validation_data=data.val_ds, initial_epoch=first, epochs=last,
-                        callbacks=callbacks, shuffle=False, verbose=verbose,
+            trainee.fit(data.train_ds, validation_data=data.val_ds, initial_epoch=max(first, done), epochs=last,
+                        callbacks=phase_callbacks, shuffle=False, verbose=verbose,
                         steps_per_epoch=data.steps_per_epoch if data.splits.train_stream is not None else None)
         if nan_guard.bad_batch is not None:
             # The backup may hold the diverged weights: drop it so a rerun starts clean.
-            shutil.rmtree(backup_dir, ignore_errors=True)
+            backup.remove()
+            shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
             raise FacemtlError(
                 f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
                 f"The last good checkpoint is kept at {checkpoint.path}. "
                 "Try a lower optimizer.learning_rate or train.precision=float32.")
         if getattr(trainee, "stop_training", False):  # early stopping ends the later phases too
             break
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     return read_history(history_csv)
 
 
@@ -444,12 +328,6 @@ def fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint):
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
     ]
-    if recipe.train.backup:
-        # Last but the reporting ones, so an epoch counts as done only once everything else
-        # logged it; a kill in between re-runs that epoch and its history row is replaced.
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            os.path.join(run_dir, "backup"), save_freq=recipe.train.backup_every_steps or "epoch",
-            double_checkpoint=True, delete_checkpoint=False))
     if data.splits.skips is not None:  # streamed files: report unreadable ones as they are met, epoch by epoch
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: data.splits.skips.report()))
     if recipe.train.early_stopping_patience:

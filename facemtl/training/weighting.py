@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from facemtl.training.losses import MaskedSparseCategoricalCrossentropy, replicas_in_sync, scale_for_replicas
+from facemtl.training.losses import replicas_in_sync, scale_for_replicas
 
 
 class UncertaintyWeightedModel(keras.Model):
@@ -20,20 +20,22 @@ class UncertaintyWeightedModel(keras.Model):
     Args:
         view: the training view (dict outputs per task); its weights are shared.
         loss_weights: `{task: λ}` applied on top of the learned weighting.
-        class_weights: optional `{task: per-class weights}`.
+        losses: `{task: masked loss}` (`MultiTaskTask.build_losses`).
 
     Example:
-        >>> model = UncertaintyWeightedModel(training_view(net), {"identity": 1.0, "expression": 1.0})
+        >>> task = MultiTaskTask(recipe)
+        >>> view = task.training_view(net)
+        >>> model = UncertaintyWeightedModel(view, task.loss_weights(view.output_names),
+        ...                                  task.build_losses(view.output_names))
         >>> model.compile(optimizer="adam", metrics={"expression": [MaskedSparseCategoricalAccuracy()]})
     """
 
-    def __init__(self, view, loss_weights, class_weights=None, margins=None, **kwargs):
+    def __init__(self, view, loss_weights, losses, **kwargs):
         super().__init__(**kwargs)
         self.view = view
         self.tasks = list(view.output_names)
         self.task_loss_weights = dict(loss_weights)
-        self.task_losses = {t: MaskedSparseCategoricalCrossentropy((class_weights or {}).get(t),
-                                                                   margin=(margins or {}).get(t)) for t in self.tasks}
+        self.task_losses = dict(losses)
         self.log_variance = self.add_weight(shape=(len(self.tasks),), initializer="zeros", name="task_log_variance")
         self.task_loss_trackers = {t: keras.metrics.Mean(name=f"{t}_loss") for t in self.tasks}
         self.task_weight_trackers = {t: keras.metrics.Mean(name=f"{t}_weight") for t in self.tasks}

@@ -80,7 +80,7 @@ def test_recipe_builds_it_and_refuses_margin_heads():
 
 
 def test_training_view_trains_identity_on_probabilities():
-    from facemtl.training.trainer import training_view
+    from facemtl.training.task import training_view
 
     model = build_dlib_multitask(4, weights=None, expression_units=(8,))
     view = training_view(model)

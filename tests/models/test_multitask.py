@@ -83,7 +83,7 @@ def test_zero_identities_rejected():
 def test_margin_heads_train_on_cosines_and_serve_probabilities(head, tmp_path):
     import keras
 
-    from facemtl.training.trainer import training_view
+    from facemtl.training.task import training_view
 
     model = build_multitask_model(5, input_shape=(64, 64, 3), identity_head=head, margin_scale=16.0, **TINY_MODEL)
     x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3)).astype("float32")

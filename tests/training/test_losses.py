@@ -3,7 +3,7 @@ import pytest
 
 from facemtl.models import build_multitask_model
 from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
-from facemtl.training.trainer import training_view
+from facemtl.training.task import training_view
 from tests.conftest import TINY_MODEL
 
 

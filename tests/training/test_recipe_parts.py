@@ -5,7 +5,7 @@ import pytest
 
 from facemtl.config import load_recipe
 from facemtl.data.pipeline import IGNORE_LABEL, load_splits
-from facemtl.training.trainer import build_optimizer, learning_rate
+from facemtl.training.optimizers import build_optimizer, learning_rate
 from tests.conftest import QUICKSTART, tiny_overrides
 
 
@@ -34,7 +34,7 @@ def test_a_later_phase_goes_on_with_the_runs_schedule_and_task_weights(tmp_path)
     import keras
 
     from facemtl.models import build_from_recipe
-    from facemtl.training.trainer import compile_model, training_view
+    from facemtl.training.task import MultiTaskTask, training_view
 
     recipe = _recipe(tmp_path, "schedule.name=cosine", "schedule.warmup_epochs=1", "train.epochs=10",
                      "optimizer.learning_rate=0.01", "train.unfreeze_at_epoch=4", "model.freeze_backbone=true",
@@ -48,9 +48,10 @@ def test_a_later_phase_goes_on_with_the_runs_schedule_and_task_weights(tmp_path)
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(later))
     assert float(again(3)) == pytest.approx(float(later(3)))
     view = training_view(build_from_recipe(recipe.model, 3))
-    first = compile_model(view, recipe, 10)
+    task = MultiTaskTask(recipe)
+    first = task.compile(view, 10)
     first.log_variance.assign([0.5, -0.25])
-    second = compile_model(view, recipe, 10, 0.1, first_epoch=4, previous=first)
+    second = task.compile(view, 10, 0.1, first_epoch=4, previous=first)
     np.testing.assert_allclose(second.log_variance.numpy(), [0.5, -0.25])
 
 

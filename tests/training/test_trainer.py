@@ -70,7 +70,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     import numpy as np
 
     import facemtl.training.callbacks as callbacks_module
-    import facemtl.training.trainer as trainer_module
+    import facemtl.training.task as task_module
 
     def exploding(recipe, steps_per_epoch, factor=1.0, first_epoch=0):  # sane for one epoch, then a rate of 1e30
         return keras.optimizers.SGD(keras.optimizers.schedules.PiecewiseConstantDecay([steps_per_epoch - 1],
@@ -84,7 +84,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         with open(path, "rb") as f:
             saved.append(hashlib.sha256(f.read()).hexdigest())
 
-    monkeypatch.setattr(trainer_module, "build_optimizer", exploding)
+    monkeypatch.setattr(task_module, "build_optimizer", exploding)
     monkeypatch.setattr(callbacks_module, "save_model_atomically", recording_save)
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + ["train.epochs=3"])
     lines = []
@@ -141,10 +141,11 @@ def test_frozen_backbone_then_unfreeze(tmp_path, monkeypatch):
     import keras
     import numpy as np
 
+    import facemtl.training.task as task_module
     import facemtl.training.trainer as trainer_module
 
     snapshots = {}
-    real_build, real_callbacks = trainer_module.build_from_recipe, trainer_module.fit_callbacks
+    real_build, real_callbacks = task_module.build_from_recipe, trainer_module.fit_callbacks
 
     def weights(model, backbone):
         return [w.numpy().copy() for layer in model.layers if (layer.name == "backbone") == backbone
@@ -161,7 +162,7 @@ def test_frozen_backbone_then_unfreeze(tmp_path, monkeypatch):
         return real_callbacks(*args, **kwargs) + [keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: snapshots.setdefault(epoch, (weights(model, True), weights(model, False))))]
 
-    monkeypatch.setattr(trainer_module, "build_from_recipe", build)
+    monkeypatch.setattr(task_module, "build_from_recipe", build)
     monkeypatch.setattr(trainer_module, "fit_callbacks", fit_callbacks)
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
         "model.freeze_backbone=true", "train.unfreeze_at_epoch=1", "train.epochs=2", "export.enabled=false"])
@@ -190,23 +191,23 @@ def test_early_stopping_ends_the_run(tmp_path):
 
 def test_custom_loop_resumes_from_its_backup(tmp_path, monkeypatch):
     """The strategy.run loop (used for multi-worker runs) resumes after an interruption too."""
-    import facemtl.training.custom_loop as custom_loop
+    from facemtl.training.backup import TrainingBackup
 
     overrides = tiny_overrides(tmp_path) + ["train.loop=custom", "train.epochs=3", "export.enabled=false"]
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=overrides)
     run_dir = str(tmp_path / "run")
-    real_save = custom_loop._Backup.save
+    real_save = TrainingBackup.save
 
     def save_then_die(self, epochs_done):
         real_save(self, epochs_done)
         if epochs_done == 2:
             raise KeyboardInterrupt("preempted")
 
-    monkeypatch.setattr(custom_loop._Backup, "save", save_then_die)
+    monkeypatch.setattr(TrainingBackup, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, run_dir=run_dir, log=lambda *_: None)
     assert _history_epochs(run_dir) == [0, 1]
-    monkeypatch.setattr(custom_loop._Backup, "save", real_save)
+    monkeypatch.setattr(TrainingBackup, "save", real_save)
     lines = []
     result = train(recipe, run_dir=run_dir, log=lines.append)
     assert any("2 epoch(s) already done" in line for line in lines)
