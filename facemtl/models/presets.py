@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -81,18 +80,15 @@ def list_presets():
         >>> [p["name"] for p in list_presets()]
         ['release']
     """
-    root, out = _pretrained_dir(), []
-    for name in sorted(os.listdir(root)):
-        base = os.path.join(root, name)
-        if not os.path.isdir(base) or name.startswith(("_", ".")):
-            continue
-        for version in sorted((d for d in os.listdir(base) if d.isdigit()), key=int):
-            path = os.path.join(base, version)
-            if is_preset(path):
-                meta = read_preset_metadata(path)
-                out.append({"name": name, "version": int(version), "path": path,
-                            "expressions": meta.get("expressions", []), "identities": len(meta.get("identities", [])),
-                            "model_id": meta.get("model_id")})
+    from facemtl.pretrained import model_folders
+
+    out = []
+    for name, version, path in model_folders(_pretrained_dir()):
+        if is_preset(path):
+            meta = read_preset_metadata(path)
+            out.append({"name": name, "version": version, "path": path,
+                        "expressions": meta.get("expressions", []), "identities": len(meta.get("identities", [])),
+                        "model_id": meta.get("model_id")})
     return out
 
 
@@ -106,12 +102,24 @@ def read_preset_metadata(folder):
         raise ModelFormatError(f"{path}: not a readable preset metadata file ({exc})") from None
 
 
-def _model_config(meta, folder):
+def build_from_metadata(meta, where):
+    """The network an export or preset records in its metadata's `model_config` (weights as the builder loads them).
+
+    Args:
+        meta: the export's or preset's metadata.
+        where: the folder it came from (for the error message).
+
+    Raises:
+        ModelFormatError: the metadata does not record its `model_config`.
+    """
     from facemtl.config import ModelConfig, _from_dict
+    from facemtl.models import build_from_recipe
 
     if "model_config" not in meta:
-        raise ModelFormatError(f"{folder}: the metadata has no 'model_config' to build the network from")
-    return _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
+        raise ModelFormatError(f"{where}: the metadata records no 'model_config' to build the network from; "
+                               "rebuild it from its run folder (facemtl export RUN)")
+    config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
+    return build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]))
 
 
 def _fingerprint(arrays):
@@ -150,12 +158,9 @@ def from_preset(name="release"):
         >>> model = from_preset("release")
         >>> model.compile(optimizer="adam", loss={"expression": "categorical_crossentropy"})
     """
-    from facemtl.models import build_from_recipe
-
     folder = preset_dir(name)
     meta = read_preset_metadata(folder)
-    model = build_from_recipe(_model_config(meta, folder), num_identities=len(meta["identities"]),
-                              num_expressions=len(meta["expressions"]))
+    model = build_from_metadata(meta, folder)
     path = os.path.join(folder, WEIGHTS_FILE)
     try:
         stored = np.load(path)
@@ -196,12 +201,10 @@ def write_preset(model, metadata, folder, *, extra_files=()):
         `folder`.
     """
     from facemtl.files import temporary_name
-    from facemtl.models import build_from_recipe
 
     if os.path.exists(folder):
         raise FileExistsError(f"{folder} already exists; presets are never overwritten")
-    fresh = build_from_recipe(_model_config(metadata, folder), num_identities=len(metadata["identities"]),
-                              num_expressions=len(metadata["expressions"]))
+    fresh = build_from_metadata(metadata, folder)
     reference = {v.path: v.numpy() for v in _variables(fresh)}
     own, built = {}, []
     for variable in _variables(model):
@@ -281,7 +284,8 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
             if os.path.isfile(os.path.join(folder, inside)):
                 shutil.copyfile(os.path.join(folder, inside), os.path.join(path, inside))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder)}},
+            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder),
+                                                              "weights_stamp": _weights_stamp(folder)}},
                       f, indent=2)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -295,7 +299,12 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
     return target
 
 
-@functools.cache
+def _weights_stamp(folder):
+    """`(size, mtime_ns)` of the preset's weights file: when unchanged, its digest need not be read again."""
+    st = os.stat(os.path.join(folder, WEIGHTS_FILE))
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _weights_sha1(folder):
     h = hashlib.sha1()
     with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
@@ -307,6 +316,10 @@ def _weights_sha1(folder):
 def saved_model_for(name="release", log=None):
     """The SavedModel of a preset, written into `cache_root()` the first time it is asked for.
 
+    The SavedModel records the digest of the preset weights it was written
+    from, and the weights file's size and time: while those are unchanged
+    (every start-up but the first after an install) nothing is hashed.
+
     Returns:
         The SavedModel version folder.
     """
@@ -316,13 +329,15 @@ def saved_model_for(name="release", log=None):
     if os.path.isfile(os.path.join(target, "saved_model.pb")):
         try:
             with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
-                if json.load(f).get("preset", {}).get("weights_sha1") == _weights_sha1(folder):
-                    return target
+                written = json.load(f).get("preset", {})
+            if written.get("weights_stamp") == _weights_stamp(folder) or \
+                    written.get("weights_sha1") == _weights_sha1(folder):
+                return target
         except (OSError, ValueError):
             pass
         shutil.rmtree(target, ignore_errors=True)  # written from other weights (another install): written again
     return export_preset(folder, log=log)
 
 
-__all__ = ["cache_root", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
+__all__ = ["build_from_metadata", "cache_root", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
            "read_preset_metadata", "saved_model_for", "write_preset"]

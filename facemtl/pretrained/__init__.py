@@ -42,6 +42,16 @@ def _loadable(folder):
     return folder
 
 
+def model_folders(root=PRETRAINED_DIR):
+    """`(name, version, path)` of every shipped model version (a preset or a SavedModel), by name then version."""
+    out = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        base = os.path.join(root, name)
+        if os.path.isdir(base) and not name.startswith(("_", ".")):
+            out += [(name, int(version), os.path.join(base, version)) for version in _versions(base)]
+    return out
+
+
 def installed_models(root=PRETRAINED_DIR):
     """The SavedModels installed with the package.
 
@@ -57,27 +67,21 @@ def installed_models(root=PRETRAINED_DIR):
         ['release']
     """
     from facemtl.export import read_metadata
+    from facemtl.models.presets import cache_root, read_preset_metadata
 
     models = []
-    for name in sorted(os.listdir(root)):
-        base = os.path.join(root, name)
-        if not os.path.isdir(base) or name.startswith(("_", ".")):
-            continue
-        for version in _versions(base):
-            path = os.path.join(base, version)
-            saved_model = path
-            if os.path.isfile(os.path.join(path, "saved_model.pb")):
-                meta = read_metadata(path)
-            else:
-                from facemtl.models.presets import cache_root, read_preset_metadata
-
-                meta = read_preset_metadata(path)
-                saved_model = os.path.join(cache_root(), meta.get("name", name), version)
-            models.append({"name": name, "version": int(version), "path": path, "saved_model": saved_model,
-                           "preset": f"{name}/{version}" if saved_model != path else None,
-                           "model_id": meta.get("model_id"),
-                           "metrics": meta.get("metrics") or {"test_accuracy": meta.get("test_accuracy")}, "crop": meta.get("crop", {}),
-                           "identities": len(meta.get("identities", [])), "embedding_dim": meta.get("embedding_dim")})
+    for name, version, path in model_folders(root):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            meta, saved_model = read_metadata(path), path
+        else:
+            meta = read_preset_metadata(path)
+            saved_model = os.path.join(cache_root(), meta.get("name", name), str(version))
+        models.append({"name": name, "version": version, "path": path, "saved_model": saved_model,
+                       "preset": f"{name}/{version}" if saved_model != path else None,
+                       "model_id": meta.get("model_id"),
+                       "metrics": meta.get("metrics") or {"test_accuracy": meta.get("test_accuracy")},
+                       "crop": meta.get("crop", {}), "identities": len(meta.get("identities", [])),
+                       "embedding_dim": meta.get("embedding_dim")})
     return models
 
 

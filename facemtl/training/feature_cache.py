@@ -723,17 +723,11 @@ def model_from_export(saved_model_dir):
     Raises:
         ModelFormatError: the export does not record its model configuration.
     """
-    from facemtl.config import ModelConfig, _from_dict
-    from facemtl.errors import ModelFormatError
     from facemtl.export import read_metadata
-    from facemtl.models import build_from_recipe
+    from facemtl.models.presets import build_from_metadata
 
     meta = read_metadata(saved_model_dir)
-    if "model_config" not in meta:
-        raise ModelFormatError(f"{saved_model_dir}: the export does not record its model_config; rebuild it from "
-                               "its run folder (facemtl export RUN)")
-    config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
-    model = build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]))
+    model = build_from_metadata(meta, saved_model_dir)
     load_export_weights(model, saved_model_dir)
     return model, meta
 
