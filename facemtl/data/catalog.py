@@ -158,6 +158,40 @@ def _concat(parts):
     return images, {"identity": ids, "expression": exprs}
 
 
+class SourceSplits(NamedTuple):
+    """One source read and split (`split_source`): the whole training split and its three parts (`FaceSource`s)."""
+
+    source: object
+    train: object
+    val: object
+    test: object
+
+
+def split_source(recipe, k, log=print):
+    """Reads `data.sources[k]` and holds out its validation and test parts: the one assembly every trainer uses.
+
+    Validation (`val_fraction`) and, without a separate `test_split`, test
+    (`test_fraction`) are held out of the source's split, stratified by label,
+    with the seed `train.seed + k`; a separate `test_split` answers in the
+    training split's identity names. Photos of sources with `align: true` are
+    aligned with the model's crop layout at its input side.
+
+    Returns:
+        A `SourceSplits` of `FaceSource`s, not yet decoded (`materialize` or
+        `StreamedSource` read them).
+    """
+    cfg, data, m = recipe.data.sources[k], recipe.data, recipe.model
+    size = max(m.height, m.width)
+    src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=size)
+    fractions = [cfg.val_fraction] + ([] if cfg.test_split else [cfg.test_fraction])
+    subsets = [src.subset(i) for i in holdout(src, fractions, seed=recipe.train.seed + k)]
+    for sub, part in zip(subsets, ("train", "val", "test")):
+        sub.split = f"{src.split or cfg.split}-{part}"
+    test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log, m.crop_layout, size), src)
+            if cfg.test_split else subsets[2])
+    return SourceSplits(src, subsets[0], subsets[1], test)
+
+
 def load_mixed(recipe, log=print):
     """Reads, splits and materialises every source of the recipe.
 
@@ -180,21 +214,13 @@ def load_mixed(recipe, log=print):
     skips = SkipLog("streamed data") if data.streaming else None
     per_source = []
     for k, cfg in enumerate(data.sources):
-        src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=recipe.model.crop_layout, size=size)
-        fractions = [cfg.val_fraction] + ([] if cfg.test_split else [cfg.test_fraction])
-        idx = holdout(src, fractions, seed=recipe.train.seed + k)
-        subsets = [src.subset(i) for i in idx]
-        for sub, part in zip(subsets, ("train", "val", "test")):
-            sub.split = f"{src.split or cfg.split}-{part}"
-        test = (_align_names(read_source(cfg, cfg.test_split, data.cache_dir, log, recipe.model.crop_layout, size), src) if cfg.test_split
-                else subsets[2])
+        src, *subsets = split_source(recipe, k, log)
         if skips is not None and src.paths is not None:
-            mats = [StreamedSource(s, size, data.crop_margin, skips) for s in subsets[:2] + [test]]
+            mats = [StreamedSource(s, size, data.crop_margin, skips) for s in subsets]
             log(f"facemtl: {src.name}: {len(mats[0])} train, {len(mats[1])} val, {len(mats[2])} test "
                 f"({', '.join(src.tasks)}; streamed from disk, unreadable files counted as they are met)")
         else:
-            mats = [materialize(s, size, margin=data.crop_margin, cache_dir=data.cache_dir)
-                    for s in subsets[:2] + [test]]
+            mats = [materialize(s, size, margin=data.crop_margin, cache_dir=data.cache_dir) for s in subsets]
             log(f"facemtl: {src.name}: {len(mats[0].images)} train, {len(mats[1].images)} val, "
                 f"{len(mats[2].images)} test ({', '.join(src.tasks)}; "
                 f"{sum(len(m.skipped) for m in mats)} unreadable skipped)")

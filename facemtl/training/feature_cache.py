@@ -482,7 +482,7 @@ def prepare_caches(recipe, log=print):
     Returns:
         A `CachedSplits`.
     """
-    from facemtl.data.catalog import holdout, read_source
+    from facemtl.data.catalog import split_source
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
 
@@ -501,19 +501,17 @@ def prepare_caches(recipe, log=print):
         wanted.update(settings.views)
     # Only the views some trained branch draws from are cached (each view costs a pass of the trunk).
     train_views = tuple(v for v in TRAIN_VIEWS if v in wanted)
-    src = read_source(cfg, cache_dir=data.cache_dir, log=log, layout=m.crop_layout, size=m.height)
-    train_idx, val_idx = holdout(src, [cfg.val_fraction], seed=recipe.train.seed + k)
+    # The same source, split and held out as `facemtl train` does it (`catalog.split_source`).
+    src, train, val, _ = split_source(recipe, k, log)
     limit = recipe.feature_cache.max_faces
-    if limit and limit < len(train_idx) + len(val_idx):  # a smoke run: the same split, fewer faces
+    if limit and limit < len(train) + len(val):  # a smoke run: the same split, fewer faces
         rng = np.random.default_rng(recipe.feature_cache.seed)
-        n_val = max(1, round(limit * len(val_idx) / (len(train_idx) + len(val_idx))))
-        train_idx = np.sort(rng.choice(train_idx, limit - n_val, replace=False))
-        val_idx = np.sort(rng.choice(val_idx, n_val, replace=False))
+        n_val = max(1, round(limit * len(val) / (len(train) + len(val))))
+        train = train.subset(np.sort(rng.choice(len(train), limit - n_val, replace=False)))
+        val = val.subset(np.sort(rng.choice(len(val), n_val, replace=False)))
     trunk = build_trunk((m.height, m.width, 3), m.split_stage, m.backbone_weights or "auto")
     caches, framing, calibration = {}, {}, None
-    for part, idx, views in (("train", train_idx, train_views), ("val", val_idx, EVAL_VIEWS)):
-        sub = src.subset(idx)
-        sub.split = f"{src.split or cfg.split}-{part}"
+    for part, sub, views in (("train", train, train_views), ("val", val, EVAL_VIEWS)):
         # FER2013's own 48 px: the photo it stands for is upscaled from the original crop, as in serving.
         mat = materialize(sub, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
         framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", log=log,
@@ -751,14 +749,14 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     Returns:
         `{framing: classification report}`, also written to `run_dir/test/report.json`.
     """
-    from facemtl.data.catalog import read_source
+    from facemtl.data.catalog import split_source
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
 
-    _, cfg = expression_source(recipe)
+    k, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
-    test = read_source(cfg, cfg.test_split, data.cache_dir, log, m.crop_layout, m.height)
+    test = split_source(recipe, k, log).test
     names = class_names(test)
     mat = materialize(test, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
     framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log,
