@@ -57,7 +57,11 @@ class Preprocessor:
     @classmethod
     def from_model_config(cls, config):
         """The preprocessor a recipe's `model` section trains and exports with."""
-        scaling = "dlib" if config.backbone == "dlib_resnet" else config.normalization
+        scaling = config.normalization
+        if config.backbone == "dlib_resnet":
+            scaling = "dlib"
+        elif scaling == "auto":  # ImageNet weights were trained on caffe-scaled pixels
+            scaling = "caffe" if config.backbone_weights == "imagenet" else "tf"
         return cls(config.height, config.width, config.crop_layout, scaling=scaling)
 
     @classmethod

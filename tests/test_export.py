@@ -187,3 +187,16 @@ def test_predict_answers_from_a_single_task_export(tmp_path):
     r = run_cli_here("predict", "--model", path, tmp_path / "face.png")
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)) == {"path", "expression"}
+
+
+def test_analyze_photo_is_built_from_the_preprocessor(trained):
+    from facemtl.preprocessing import Preprocessor
+
+    meta = read_metadata(trained.export_dir)
+    assert Preprocessor.from_metadata(meta) == Preprocessor(64, 64, "arcface")  # what the export graph ran with
+    assert meta["crop"]["layout"] == meta["preprocessor"]["layout"]
+    with pytest.raises(ValueError, match="BlazeFace inside the graph"):
+        make_serving_fns(trained.model, meta["identities"], meta["expressions"],
+                         preprocessor=Preprocessor(64, 64, detector="mtcnn"))
+    with pytest.raises(ValueError, match="size differs"):
+        make_serving_fns(trained.model, meta["identities"], meta["expressions"], preprocessor=Preprocessor(96, 96))

@@ -72,14 +72,16 @@ MAX_FACES = 16
 MAX_PHOTO_SIDE = 2048
 
 
-def make_serving_fns(model, identity_names, expression_names, *, layout="arcface", max_faces=MAX_FACES,
+def make_serving_fns(model, identity_names, expression_names, *, preprocessor=None, max_faces=MAX_FACES,
                      max_side=MAX_PHOTO_SIDE, rule=None):
     """The functions that the SavedModel serves, by signature name.
 
     `serving_default` takes uint8 images; `serving_bytes` takes encoded images
     and decodes them in the graph, then both run the same `prepare_images` and
-    model. `analyze_photo` finds, aligns (crop `layout`) and answers up to
-    `max_faces` faces per photo. A single-task model (used by the benchmarks'
+    model. `analyze_photo` finds and aligns faces as the `Preprocessor` says
+    (BlazeFace in the graph, its crop layout and face scale; default: the
+    model's input size, arcface layout) and answers up to `max_faces` faces
+    per photo. A single-task model (used by the benchmarks'
     baselines) serves only its own task's outputs and has no `analyze_photo`.
     With an `OpenSetRule`, `identity` is a name or "unknown" and the closest
     name and its similarity are outputs of their own.
@@ -114,12 +116,21 @@ def make_serving_fns(model, identity_names, expression_names, *, layout="arcface
 
     fns = {"serving_default": serve, "serving_bytes": serve_bytes}
     if "identity" in model.output_names and "expression" in model.output_names:
-        fns["analyze_photo"] = _analyze_photo_fn(serve, height, width, layout, max_faces, max_side)
+        preprocessor = preprocessor or Preprocessor(height, width)
+        if (preprocessor.height, preprocessor.width) != (height, width):
+            raise ValueError(f"The preprocessor's size differs from the model's input ({height}x{width}). "
+                             f"Received: preprocessor={preprocessor}")
+        if preprocessor.detector != "blazeface":
+            raise ValueError(f"analyze_photo runs BlazeFace inside the graph; the preprocessor asks for another "
+                             f"detector. Received: detector={preprocessor.detector!r}")
+        fns["analyze_photo"] = _analyze_photo_fn(serve, preprocessor, max_faces, max_side)
     return fns
 
 
-def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
+def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
     from facemtl.faces.graph import BlazeFaceGraph, align_crops
+
+    height, width = preprocessor.height, preprocessor.width
 
     detector = BlazeFaceGraph(max_faces=max_faces)
     crop_spec = tf.TensorSpec([max_faces, height, width, 3], tf.uint8)
@@ -134,7 +145,7 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
         image = tf.cond(longest > max_side, lambda: tf.cast(tf.round(tf.image.resize(
             image, tf.maximum(new, 1), method="bilinear", antialias=True)), tf.uint8), lambda: image)
         boxes, keypoints, scores, count = detector.detect(image)
-        crops = align_crops(image, keypoints[:, :4], (height, width), layout=layout)
+        crops = align_crops(image, keypoints[:, :4], (height, width), preprocessor.face_scale, preprocessor.layout)
         pad = max_faces - count
         xywh = tf.concat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         return (tf.ensure_shape(tf.pad(crops, [[0, pad], [0, 0], [0, 0], [0, 0]]), crop_spec.shape),
@@ -171,7 +182,7 @@ def _analyze_photo_fn(serve, height, width, layout, max_faces, max_side):
 
 
 def export_saved_model(model, identity_names, expression_names, *, base_dir="saved_models", name="facemtl",
-                       version=None, extra_metadata=None, max_faces=MAX_FACES, open_set=None):
+                       version=None, extra_metadata=None, max_faces=MAX_FACES, open_set=None, preprocessor=None):
     """Writes `model` to `base_dir/name/version/`, atomically.
 
     The export is written to a hidden temporary folder beside the target and
@@ -187,8 +198,10 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         base_dir: root of the model repository (`saved_models`).
         name: model name (a folder under `base_dir`).
         version: integer version; the next free one when `None`.
-        extra_metadata: more JSON-able facts for `assets.extra/facemtl.json`
-            (its `crop.layout` is the crop template `analyze_photo` aligns to).
+        extra_metadata: more JSON-able facts for `assets.extra/facemtl.json`.
+        preprocessor: how photos and crops become the input (`facemtl.preprocessing.Preprocessor`):
+            `analyze_photo` detects and aligns with it, and the metadata records it. Default: the one
+            `extra_metadata` describes (`Preprocessor.from_metadata`).
         max_faces: the most faces `analyze_photo` answers per photo.
         open_set: the open-set identity rule (`facemtl.recognition.open_set`):
             `{"directions": [N, D], "threshold": float, ...}` (the other keys
@@ -222,12 +235,15 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        layout = crop_layout(extra_metadata or {})
+        height, width, channels = model.input_shape[1:]
+        if preprocessor is None:
+            preprocessor = Preprocessor.from_metadata({"input": {"height": height, "width": width},
+                                                       **(extra_metadata or {})})
         rule = None
         if open_set is not None and "identity" in tasks:
             rule = OpenSetRule(open_set["directions"], identity_names, open_set.get("threshold"))
-        fns = make_serving_fns(model, identity_names, expression_names, layout=layout, max_faces=int(max_faces),
-                               rule=rule)
+        fns = make_serving_fns(model, identity_names, expression_names, preprocessor=preprocessor,
+                               max_faces=int(max_faces), rule=rule)
         archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
         for signature in ("serving_bytes", "analyze_photo"):
@@ -241,7 +257,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         trackable = archive._tf_trackable
         trackable.variables, trackable.trainable_variables, trackable.non_trainable_variables = [], [], []
         archive.write_out(tmp, verbose=False)
-        height, width, channels = model.input_shape[1:]
         metadata = {
             "format_version": FORMAT_VERSION,
             "model_id": uuid.uuid4().hex,
@@ -254,12 +269,12 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             "tasks": tasks,
             "embedding_dim": int(model.output["embedding"].shape[-1]) if "identity" in tasks else 0,
             "signatures": sorted(fns),
-            # How photos and crops become the input (the export's own layout and size; a recipe's export adds
-            # its detector and scaling through extra_metadata).
-            "preprocessor": Preprocessor(height, width, layout).to_dict(),
             **({"analyze_photo": {"detector": "blazeface", "max_faces": int(max_faces), "max_side": MAX_PHOTO_SIDE,
-                                  "crop": {"layout": layout}}} if "analyze_photo" in fns else {}),
+                                  "crop": {"layout": preprocessor.layout}}} if "analyze_photo" in fns else {}),
             **(extra_metadata or {}),
+            # How photos and crops become the input: what analyze_photo ran with (and, for older readers, its layout).
+            "preprocessor": preprocessor.to_dict(),
+            "crop": {**(extra_metadata or {}).get("crop", {}), "layout": preprocessor.layout},
         }
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         if rule is not None:

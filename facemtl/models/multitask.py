@@ -23,6 +23,7 @@ from facemtl.models import heads
 from facemtl.models.backbones import build_resnet
 from facemtl.models.dlib_resnet import DlibBackbone
 from facemtl.models.layers import ImageNormalization
+from facemtl.preprocessing import Preprocessor
 
 TASKS = ("identity", "expression")
 
@@ -43,10 +44,7 @@ class ResNetBackbone:
 
     def trunk(self, c, input_shape):
         """`(prepare, shared)`: the input to the trunk's input, and the shared trunk (maps or features)."""
-        normalization = c.normalization
-        if normalization == "auto":
-            normalization = "caffe" if c.backbone_weights == "imagenet" else "tf"
-        normalize = ImageNormalization(normalization, name="normalize")
+        normalize = ImageNormalization(Preprocessor.from_model_config(c).scaling, name="normalize")
         gray = layers.Concatenate(name="gray_to_rgb") if input_shape[-1] == 1 else None
 
         def prepare(inputs):

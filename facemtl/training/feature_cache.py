@@ -843,9 +843,9 @@ def train_on_cache(recipe, run_dir=None, log=print):
         export_dir = export_saved_model(
             model, meta["identities"], caches.expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
+            preprocessor=Preprocessor.from_model_config(recipe.model),
             extra_metadata={**keep, "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
-                            "backbone": recipe.model.backbone, "crop": {"layout": recipe.model.crop_layout},
-                            "preprocessor": Preprocessor.from_model_config(recipe.model).to_dict(),
+                            "backbone": recipe.model.backbone,
                             "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
                                           "version": meta.get("version")},
                             "mirror_expression": recipe.model.mirror_expression,

@@ -362,11 +362,10 @@ def finish_run(recipe, data, run_dir, model, checkpoint, start, log):
         export_dir = export_saved_model(
             model, splits.identity_names, splits.expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
+            preprocessor=Preprocessor.from_model_config(recipe.model),
             extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "identity_head": recipe.model.identity_head,
                             "backbone": recipe.model.backbone,
-                            "crop": {"layout": recipe.model.crop_layout},
-                            "preprocessor": Preprocessor.from_model_config(recipe.model).to_dict(),
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
     seconds = time.time() - start
