@@ -275,7 +275,12 @@ def _export(args):
         print(json.dumps({"tflite": path, "bytes": os.path.getsize(path), "quantize": args.quantize or "float32"}))
         return 0
     from facemtl.export import export_run
-    from facemtl.models.presets import export_preset, preset_dir
+    from facemtl.models.presets import export_preset, preset_dir, preset_from_export
+
+    if args.format == "preset":
+        path = preset_from_export(args.run, args.out)
+        print(json.dumps({"preset": path}))
+        return 0
 
     if not os.path.isdir(args.run):
         preset_dir(args.run)  # not a folder: a preset's name, or one clear error that lists them
@@ -439,12 +444,13 @@ def build_parser():
     p.add_argument("--version", type=int, help="default: the next free version (a preset: its own version)")
     p.add_argument("--max-faces", type=int, default=16,
                    help="saved_model: the most faces the analyze_photo signature answers per photo")
-    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
-                   help="tflite: one .tflite file, crops at the model's size in, both answers out")
+    p.add_argument("--format", choices=["saved_model", "tflite", "preset"], default="saved_model",
+                   help="tflite: one .tflite file, crops at the model's size in, both answers out; preset: an "
+                        "export (RUN is its version folder) as a preset folder (--out, default: the package's)")
     p.add_argument("--quantize", choices=["float16", "dynamic", "int8"],
                    help="tflite only (default: float32); dynamic: int8 weights, float activations")
     p.add_argument("--calibration", help="tflite int8: a folder of real face crops to calibrate on")
-    p.add_argument("--out", help="tflite: the file to write (default: <run name>.tflite)")
+    p.add_argument("--out", help="tflite: the file to write (default: <run name>.tflite); preset: the folder")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="TF Serving's REST API, photos, galleries and a web page over HTTP")

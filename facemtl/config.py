@@ -107,8 +107,10 @@ class SourceConfig:
     """One real dataset in the training mix (`data.source: mixed`)."""
 
     # expression_folders: root[/split]/<class>/*: your own expression classes (fine-tuning; feature-cache recipes)
+    # utkface: UTKFace's aligned faces, age/gender/race in the file names (labels age and gender; a fixed test split
+    # by file-name hash, `test_fraction` of the faces)
     format: Literal["fer2013_folders", "fer2013_csv", "vggface2", "celeba", "identity_folders",
-                    "expression_folders"] = "identity_folders"
+                    "expression_folders", "utkface"] = "identity_folders"
     path: str = ""
     name: Optional[str] = None  # identity namespace; defaults to the format's dataset name
     split: str = "train"  # folder split, or the CSV's Usage (Training, PublicTest, PrivateTest)
@@ -173,6 +175,9 @@ class FeatureCacheConfig:
     jitter_rotation: float = 10.0  # degrees
     seed: int = 0
     max_faces: Optional[int] = None  # train and validate on a random subset this large (smoke runs)
+    # Attribute tasks (`tasks` beyond identity and expression): their heads train on cached embeddings this long.
+    attribute_epochs: int = 30
+    attribute_learning_rate: float = 1e-3
     # One entry per expression branch (model.expression_branches), each a mapping of this section's training
     # settings that differ for that branch (e.g. {label_smoothing: 0, map_shift: 0}), or {keep: true}: the branch
     # keeps model.init_from's weights and is not trained. Empty: every branch trains with the settings above.
@@ -185,6 +190,35 @@ class LossWeights:
 
     identity: float = 1.0
     expression: float = 1.0
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """One task of the network: its kind, classes, λ, which sources label it and where its head sits.
+
+    `identity` and `expression` are the two built-in tasks (their heads are the
+    backbone's branches; their classes come from the data). Any other task is
+    an attribute head on the identity `embedding` (`level: embedding`), trained
+    on cached embeddings of the sources that label it (`feature_cache` recipes).
+    """
+
+    name: str = ""
+    # classification: softmax over `classes`; regression: one number; distribution: softmax over 0..max_value,
+    # answered as its expected value (age in years); embedding: the identity task's open-set descriptor.
+    kind: Literal["classification", "regression", "distribution", "embedding"] = "classification"
+    classes: list[str] = dataclasses.field(default_factory=list)
+    max_value: int = 116  # distribution: the last bin
+    loss_weight: float = 1.0  # λ_t in L = Σ λ_t · L_t
+    sources: list[str] = dataclasses.field(default_factory=list)  # formats or names of data.sources (empty: all)
+    level: Literal["trunk", "embedding"] = "embedding"
+    units: int = 256  # the head's hidden layer
+    dropout: float = 0.3
+
+
+BUILT_IN_TASKS = ("identity", "expression")
+# Names a task may not take: the other outputs of the network and the SavedModel.
+RESERVED_NAMES = ("embedding", "identity_probs", "expression_probs", "identity_closest", "identity_similarity",
+                  "image", "images")
 
 
 @dataclasses.dataclass
@@ -252,6 +286,9 @@ class Recipe:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss_weights: LossWeights = dataclasses.field(default_factory=LossWeights)
+    # The network's tasks beyond (or instead of the defaults of) identity and expression, e.g. age and gender
+    # heads; identity and expression take their λ from loss_weights unless listed here. See `task_list`.
+    tasks: list[TaskConfig] = dataclasses.field(default_factory=list)
     # "fixed": L = λ1·L_identity + λ2·L_expression. "uncertainty": learned task
     # weights (Kendall et al. 2018) on top of λ.
     loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
@@ -275,6 +312,7 @@ _POSITIVE = {
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
     "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale", "feature_cache.max_faces",
+    "feature_cache.attribute_epochs", "feature_cache.attribute_learning_rate",
     "model.expression_branches",
 }
 _NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
@@ -433,9 +471,68 @@ def recipe_from_dict(raw, overrides=(), smoke=False, source="<dict>"):
     try:
         recipe = _from_dict(Recipe, raw)
         branch_settings(recipe)
+        task_list(recipe)
         return recipe
     except RecipeError as exc:
         raise RecipeError(f"{source}: {exc}") from None
+
+
+def task_list(recipe):
+    """The recipe's tasks, resolved: identity and expression (λ from `loss_weights` unless listed), then the others.
+
+    Returns:
+        A list of `TaskConfig`.
+
+    Raises:
+        RecipeError: a task repeats a name, takes a reserved one, has no classes
+            where it needs them, labels from no source, or is an attribute head
+            outside a feature-cache recipe (naming the `tasks[i]` key).
+    """
+    import re
+
+    listed = {t.name: t for t in recipe.tasks}
+    out = [listed.pop(name, None) or TaskConfig(name, "embedding" if name == "identity" else "classification",
+                                                 loss_weight=getattr(recipe.loss_weights, name), level="trunk")
+           for name in BUILT_IN_TASKS]
+    seen = set()
+    for i, t in enumerate(recipe.tasks):
+        key = f"tasks[{i}]"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", t.name or ""):
+            raise RecipeError(f"Bad value for '{key}.name': a lower-case identifier (it names the output). "
+                              f"Received: {key}.name={t.name!r}")
+        if t.name in seen or t.name in RESERVED_NAMES:
+            raise RecipeError(f"Bad value for '{key}.name': {'repeated' if t.name in seen else 'reserved'}. "
+                              f"Received: {key}.name={t.name!r}")
+        seen.add(t.name)
+        if t.loss_weight < 0:
+            raise RecipeError(f"Bad value for '{key}.loss_weight': must be >= 0. Received: {t.loss_weight}")
+        if t.name in BUILT_IN_TASKS:
+            continue
+        if t.kind == "embedding":
+            raise RecipeError(f"Bad value for '{key}.kind': only the identity task is an embedding")
+        if t.kind == "classification" and len(t.classes) < 2:
+            raise RecipeError(f"Bad value for '{key}.classes': a classification task needs two or more classes. "
+                              f"Received: {t.classes}")
+        if t.kind == "distribution" and t.max_value < 1:
+            raise RecipeError(f"Bad value for '{key}.max_value': must be >= 1. Received: {t.max_value}")
+        if t.level != "embedding":
+            raise RecipeError(f"Bad value for '{key}.level': heads beyond identity and expression sit on the "
+                              f"identity embedding. Received: {t.level!r}")
+        if not recipe.feature_cache.enabled:
+            raise RecipeError(f"'{key}' ({t.name}): heads beyond identity and expression train on cached embeddings; "
+                              "set feature_cache.enabled (see recipes/release_cpu.yaml)")
+        named = {s.name or s.format for s in recipe.data.sources} | {s.format for s in recipe.data.sources}
+        unknown = [s for s in t.sources if s not in named]
+        if unknown or not t.sources:
+            raise RecipeError(f"Bad value for '{key}.sources': the data.sources (format or name) that label "
+                              f"{t.name}. Received: {t.sources}; data.sources: {sorted(named)}")
+        out.append(t)
+    return out
+
+
+def attribute_tasks(recipe):
+    """The tasks whose heads sit on the embedding (all but identity and expression)."""
+    return [t for t in task_list(recipe) if t.name not in BUILT_IN_TASKS]
 
 
 def branch_settings(recipe):
@@ -456,7 +553,7 @@ def branch_settings(recipe):
         raise RecipeError(f"Bad value for 'feature_cache.branches': one entry per expression branch "
                           f"(model.expression_branches={n}). Received: {len(entries)} entries")
     allowed = [f.name for f in dataclasses.fields(FeatureCacheConfig)
-               if f.name not in ("enabled", "branches", "max_faces")]
+               if f.name not in ("enabled", "branches", "max_faces", "attribute_epochs", "attribute_learning_rate")]
     out = []
     for i, entry in enumerate(entries):
         entry = dict(entry)

@@ -13,6 +13,26 @@ from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import rule_for_export
 
 
+def describe_attributes(attributes, raw):
+    """The JSON answer of each attribute task for one face: `"age": 31.4`, `"gender": {"label", "probabilities"}`.
+
+    Args:
+        attributes: the export's `attributes` (task dicts).
+        raw: one face's outputs (`serving_default`'s, or `analyze_photo`'s row).
+    """
+    answer = {}
+    for task in attributes:
+        name = task["name"]
+        if task["kind"] == "classification" and f"{name}_probs" in raw:
+            label = raw[name]
+            answer[name] = {"label": label.decode() if isinstance(label, bytes) else str(label),
+                            "probabilities": {c: round(float(p), 6) for c, p in zip(task["classes"],
+                                                                                   raw[f"{name}_probs"])}}
+        elif name in raw:
+            answer[name] = round(float(raw[name]), 2)
+    return answer
+
+
 class Predictor:
     """Loads a facemtl SavedModel and answers for face crops.
 
@@ -60,6 +80,7 @@ class Predictor:
         self._serve = self._loaded.signatures["serving_default"]
         self.expressions = self.metadata["expressions"]
         self.identities = self.metadata["identities"]
+        self.attributes = self.metadata.get("attributes", [])  # age, gender... (exports with attribute heads)
         # The export's open-set rule (None for exports without one): the LiteRT copy's answers go through it here,
         # the SavedModel's inside its graph.
         self.open_set = rule_for_export(saved_model_dir, self.metadata)
@@ -160,6 +181,10 @@ class Predictor:
         elif "identity_probs" in out:
             out["identity"] = np.array([self.identities[i].encode() for i in out["identity_probs"].argmax(1)],
                                        dtype=object)
+        for task in self.attributes:
+            if task["kind"] == "classification":
+                out[task["name"]] = np.array([task["classes"][i].encode() for i in
+                                              out[f"{task['name']}_probs"].argmax(1)], dtype=object)
         return out
 
     def describe(self, raw):
@@ -187,6 +212,7 @@ class Predictor:
                 answer["identity"]["similarity"] = round(float(raw["identity_similarity"]), 6)
             answer["embedding_size"] = int(raw["embedding"].shape[-1])
             answer["embedding"] = raw["embedding"].astype(float).round(6).tolist()
+        answer.update(describe_attributes(self.attributes, raw))
         return answer
 
     # Crops are decoded at most this long (the graph resizes them to the model's size anyway), so

@@ -92,3 +92,41 @@ def test_branch_settings_apply_each_branchs_overrides_to_the_shared_section():
     assert (same.label_smoothing, same.map_shift) == (0.1, 2)
     assert (own.label_smoothing, own.map_shift, own.views) == (0.1, 0, ["plain"])
     assert len(branch_settings(recipe_from_dict({}))) == 1  # no list: one branch, the section's settings
+
+
+_UTK = {"source": "mixed", "sources": [{"format": "utkface", "path": "u"}]}
+
+
+@pytest.mark.parametrize(
+    "tasks, extra, message",
+    [
+        ([{"name": "age", "kind": "distribution", "sources": ["utkface"]}], {}, "train on cached embeddings"),
+        ([{"name": "Age", "kind": "distribution", "sources": ["utkface"]}], {}, "'tasks[0].name'"),
+        ([{"name": "embedding", "kind": "regression", "sources": ["utkface"]}], {}, "reserved"),
+        ([{"name": "gender", "kind": "classification", "classes": ["f"], "sources": ["utkface"]}],
+         {"feature_cache": {"enabled": True}}, "'tasks[0].classes'"),
+        ([{"name": "age", "kind": "regression", "sources": ["imdb"]}], {"feature_cache": {"enabled": True}},
+         "'tasks[0].sources'"),
+        ([{"name": "age", "kind": "regression", "sources": ["utkface"]}] * 2, {"feature_cache": {"enabled": True}},
+         "repeated"),
+        ([{"name": "age", "kind": "regression", "sources": ["utkface"], "level": "trunk"}],
+         {"feature_cache": {"enabled": True}}, "'tasks[0].level'"),
+    ],
+)
+def test_bad_tasks_name_the_key(tasks, extra, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        recipe_from_dict({"data": _UTK, "tasks": tasks, **extra}, source="r.yaml")
+
+
+def test_tasks_are_data_and_two_tasks_stay_the_default():
+    from facemtl.config import attribute_tasks, task_list
+
+    plain = recipe_from_dict({"loss_weights": {"expression": 2.0}})
+    assert [(t.name, t.loss_weight) for t in task_list(plain)] == [("identity", 1.0), ("expression", 2.0)]
+    recipe = recipe_from_dict({"data": _UTK, "feature_cache": {"enabled": True}, "tasks": [
+        {"name": "age", "kind": "distribution", "sources": ["utkface"], "loss_weight": 0.5},
+        {"name": "gender", "classes": ["female", "male"], "sources": ["utkface"]},
+        {"name": "expression", "loss_weight": 3.0}]}, ["tasks.0.loss_weight=0.25"])
+    assert [(t.name, t.loss_weight) for t in task_list(recipe)] == [
+        ("identity", 1.0), ("expression", 3.0), ("age", 0.25), ("gender", 1.0)]
+    assert [t.name for t in attribute_tasks(recipe)] == ["age", "gender"]

@@ -68,6 +68,9 @@ def read_source(cfg, split=None, cache_dir="data/cache", log=print, layout="arcf
         raise FacemtlError(f"data.sources: a {cfg.format} source needs a path")
     if cfg.align and cfg.format in ("fer2013_csv", "fer2013_folders"):
         raise FacemtlError("data.sources: FER2013 faces are already cropped; align applies to photo datasets")
+    if cfg.format == "utkface":
+        raise FacemtlError("data.sources: a utkface source labels attribute tasks (age, gender), which train on "
+                           "cached embeddings: see tasks and feature_cache in recipes/release_cpu.yaml")
     if cfg.format == "fer2013_folders":
         src = read_fer2013_folders(cfg.path, split)
     elif cfg.format == "fer2013_csv":

@@ -50,6 +50,12 @@ class UTKFaces:
     test: np.ndarray
     skipped: list
 
+    def subset(self, index):
+        """The faces at `index` (an int array), same split; `skipped` kept."""
+        index = np.asarray(index, int)
+        return UTKFaces([self.paths[i] for i in index], self.age[index], self.gender[index], self.race[index],
+                        self.test[index], self.skipped)
+
 
 def parse_name(name):
     """`(age, gender, race)` from a UTKFace file name.

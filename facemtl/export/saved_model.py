@@ -35,6 +35,7 @@ signatures are the public contract:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -73,7 +74,7 @@ MAX_PHOTO_SIDE = 2048
 
 
 def make_serving_fns(model, identity_names, expression_names, *, preprocessor=None, max_faces=MAX_FACES,
-                     max_side=MAX_PHOTO_SIDE, rule=None):
+                     max_side=MAX_PHOTO_SIDE, rule=None, attributes=()):
     """The functions that the SavedModel serves, by signature name.
 
     `serving_default` takes uint8 images; `serving_bytes` takes encoded images
@@ -84,11 +85,16 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     per photo. A single-task model (used by the benchmarks'
     baselines) serves only its own task's outputs and has no `analyze_photo`.
     With an `OpenSetRule`, `identity` is a name or "unknown" and the closest
-    name and its similarity are outputs of their own.
+    name and its similarity are outputs of their own. Each attribute task
+    (`attributes`: task dicts, e.g. age and gender) adds its outputs: a
+    number (`age`, in years), or probabilities and a label (`gender_probs`,
+    `gender`).
     """
     height, width, channels = model.input_shape[1:]
     id_names = tf.constant(list(identity_names) or [""])
     ex_names = tf.constant(list(expression_names))
+    attribute_names = {t["name"]: tf.constant(t["classes"]) if t["kind"] == "classification" else None
+                       for t in attributes}
 
     def decode(data):
         # Any format decode_image knows, 16-bit PNGs rescaled to uint8; animations give their first frame.
@@ -112,6 +118,12 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
             result["embedding"] = out["embedding"]
             if rule is not None:
                 result.update(rule.tf_outputs(out["embedding"]))
+        for task, names in attribute_names.items():
+            if names is None:
+                result[task] = out[task]
+            else:
+                result[f"{task}_probs"] = out[task]
+                result[task] = tf.gather(names, tf.argmax(out[task], axis=-1))
         return result
 
     fns = {"serving_default": serve, "serving_bytes": serve_bytes}
@@ -182,7 +194,8 @@ def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
 
 
 def export_saved_model(model, identity_names, expression_names, *, base_dir="saved_models", name="facemtl",
-                       version=None, extra_metadata=None, max_faces=MAX_FACES, open_set=None, preprocessor=None):
+                       version=None, extra_metadata=None, max_faces=MAX_FACES, open_set=None, preprocessor=None,
+                       attributes=()):
     """Writes `model` to `base_dir/name/version/`, atomically.
 
     The export is written to a hidden temporary folder beside the target and
@@ -202,6 +215,9 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         preprocessor: how photos and crops become the input (`facemtl.preprocessing.Preprocessor`):
             `analyze_photo` detects and aligns with it, and the metadata records it. Default: the one
             `extra_metadata` describes (`Preprocessor.from_metadata`).
+        attributes: the model's attribute tasks (`TaskConfig`s or dicts: age, gender...), one output each;
+            recorded in the metadata's `attributes` (and `tasks`), which rebuilds the network
+            (`presets.build_from_metadata`). Default: the `attributes` of `extra_metadata`.
         max_faces: the most faces `analyze_photo` answers per photo.
         open_set: the open-set identity rule (`facemtl.recognition.open_set`):
             `{"directions": [N, D], "threshold": float, ...}` (the other keys
@@ -217,6 +233,12 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     tasks = [t for t in ("identity", "expression") if t in model.output_names]
     if not tasks:
         raise ValueError(f"The model has no identity or expression output. Received: output_names={model.output_names}")
+    attributes = [dict(a) if isinstance(a, dict) else dataclasses.asdict(a)
+                  for a in (attributes or (extra_metadata or {}).get("attributes", []))]
+    missing = [a["name"] for a in attributes if a["name"] not in model.output_names]
+    if missing:
+        raise ValueError(f"The model has no output for the attribute tasks {missing}. "
+                         f"Received: output_names={model.output_names}")
     num_identities = model.output["identity"].shape[-1] if "identity" in tasks else 0
     if "identity" in tasks and num_identities != len(identity_names):
         raise ValueError(f"identity_names has {len(identity_names)} names but the model has "
@@ -243,7 +265,7 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         if open_set is not None and "identity" in tasks:
             rule = OpenSetRule(open_set["directions"], identity_names, open_set.get("threshold"))
         fns = make_serving_fns(model, identity_names, expression_names, preprocessor=preprocessor,
-                               max_faces=int(max_faces), rule=rule)
+                               max_faces=int(max_faces), rule=rule, attributes=attributes)
         archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
                              input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
         for signature in ("serving_bytes", "analyze_photo"):
@@ -266,12 +288,13 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             "input": {"height": height, "width": width, "channels": channels},
             "expressions": list(expression_names),
             "identities": list(identity_names),
-            "tasks": tasks,
+            "tasks": tasks + [a["name"] for a in attributes],
             "embedding_dim": int(model.output["embedding"].shape[-1]) if "identity" in tasks else 0,
             "signatures": sorted(fns),
             **({"analyze_photo": {"detector": "blazeface", "max_faces": int(max_faces), "max_side": MAX_PHOTO_SIDE,
                                   "crop": {"layout": preprocessor.layout}}} if "analyze_photo" in fns else {}),
             **(extra_metadata or {}),
+            **({"attributes": attributes} if attributes else {}),
             # How photos and crops become the input: what analyze_photo ran with (and, for older readers, its layout).
             "preprocessor": preprocessor.to_dict(),
             "crop": {**(extra_metadata or {}).get("crop", {}), "layout": preprocessor.layout},

@@ -23,7 +23,7 @@ METADATA_NAME = "facemtl"
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 
-def _serving_function(model):
+def _serving_function(model, attributes=()):
     import tensorflow as tf
 
     _, _, channels = model.input_shape[1:]
@@ -36,6 +36,8 @@ def _serving_function(model):
         result = {"expression_probs": out["expression"]}
         if "identity" in out:
             result.update(identity_probs=out["identity"], embedding=out["embedding"])
+        for task in attributes:  # a number (age), or probabilities (gender_probs): labels are the host's
+            result[task["name"] if task["kind"] != "classification" else f"{task['name']}_probs"] = out[task["name"]]
         return result
 
     return serve
@@ -67,13 +69,15 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         # Through a SavedModel (Keras's own export), so the converter sees the weights as variables to freeze.
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(name="serving_default", fn=_serving_function(model),
+        attributes = metadata.get("attributes", [])
+        archive.add_endpoint(name="serving_default", fn=_serving_function(model, attributes),
                              input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         flat = _convert(converter, quantize, calibration)
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
-            "outputs": ["expression_probs", "identity_probs", "embedding"]}
+            "outputs": ["expression_probs", "identity_probs", "embedding",
+                        *[t["name"] if t["kind"] != "classification" else f"{t['name']}_probs" for t in attributes]]}
     return add_metadata(flat, meta)
 
 

@@ -78,3 +78,42 @@ def expression_head(x, num_classes, *, units, activation="relu", dropout=0.0):
     """Expression branch: features -> softmax over the expression classes (float32)."""
     h = feature_stack(x, units, activation=activation, dropout=dropout, name="expression")
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="expression")(h)
+
+
+def attribute_head(embedding, task):
+    """A task's head on the identity embedding (age, gender...): one hidden layer, then its output.
+
+    The embedding is L2-normalised (values ~1/sqrt(dim)); it is scaled by
+    sqrt(dim) first so the head sees unit-scale inputs.
+
+    Args:
+        embedding: `[batch, dim]`, the model's `embedding` output.
+        task: a `TaskConfig` (or its dict): `name`, `kind` (classification,
+            regression or distribution), `classes`, `max_value`, `units`, `dropout`.
+
+    Returns:
+        `(answer, trained)`: the served output (class probabilities, a number,
+        or a distribution's expected value) and the output the loss reads
+        (the same tensor, or the distribution's probabilities).
+
+    Example:
+        >>> answer, trained = attribute_head(embedding, TaskConfig("age", "distribution"))
+    """
+    from facemtl.models.layers import ExpectedValue
+
+    t = task if isinstance(task, dict) else vars(task)
+    name, kind, dim = t["name"], t["kind"], embedding.shape[-1]
+    if kind not in ("classification", "regression", "distribution"):
+        raise ValueError(f"An attribute head is a classification, regression or distribution. Received: kind={kind!r}")
+    x = layers.Rescaling(float(dim) ** 0.5, dtype="float32", name=f"{name}_scale")(embedding)
+    x = feature_stack(x, [t.get("units", 256)], dropout=t.get("dropout", 0.3), name=name)
+    if kind == "classification":
+        answer = layers.Dense(len(t["classes"]), activation="softmax", dtype="float32", name=name)(x)
+        return answer, answer
+    if kind == "regression":
+        answer = layers.Reshape((), dtype="float32", name=name)(layers.Dense(1, dtype="float32",
+                                                                                name=f"{name}_value")(x))
+        return answer, answer
+    probs = layers.Dense(int(t.get("max_value", 116)) + 1, activation="softmax", dtype="float32",
+                         name=f"{name}_distribution")(x)
+    return ExpectedValue(dtype="float32", name=name)(probs), probs

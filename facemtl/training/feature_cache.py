@@ -36,11 +36,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, branch_settings
+from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, attribute_tasks, branch_settings
 from facemtl.files import temporary_name, write_json_atomically
 
 # Views cached for validation faces (no jitter: scored as served).
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
+# What an export with attribute heads says of the data they learned from (the model card repeats it).
+ATTRIBUTE_DATA_TERMS = {"dataset": "UTKFace", "terms": "non-commercial research only",
+                        "labels": "apparent age in years and binary gender, as UTKFace's annotators gave them; "
+                                  "race labels were used only to measure accuracy per group, not trained"}
 CACHE_FORMAT = 1
 
 
@@ -672,11 +676,14 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
                           "branch to keep, e.g. release)")
     path = resolve_pretrained(init)
     meta = read_metadata(path)
+    attributes = attribute_tasks(recipe)
     model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]),
-                              num_expressions=num_expressions or len(meta["expressions"]))
+                              num_expressions=num_expressions or len(meta["expressions"]), attributes=attributes)
     trained = [(expression_branch_prefix(k), b) for k, b in enumerate(branches, 1) if b is not None]
-    # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not.
-    log(f"facemtl: {load_export_weights(model, path, skip=[p for p, _ in trained])} weights from {path}")
+    # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not; the attribute
+    # heads are trained afterwards (`attribute_heads`).
+    skip = [p for p, _ in trained] + [t.name for t in attributes]
+    log(f"facemtl: {load_export_weights(model, path, skip=skip)} weights from {path}")
     target = branch_model(model)
     for prefix, branch in trained:
         copied = copy_weights_by_name(branch, target, target_prefix=prefix)
@@ -814,10 +821,12 @@ def train_on_cache(recipe, run_dir=None, log=print):
     check_before_training(recipe, run_dir)
     keras.utils.set_random_seed(recipe.train.seed)
     run_dir = open_run(recipe, run_dir, True, log)
-    caches = prepare_caches(recipe, log)
-    log(f"facemtl: expression branches on cached trunk maps: {len(caches.train.labels)} train faces x "
-        f"{len(caches.train.views)} views, {len(caches.val.labels)} validation faces; framing: {caches.framing}")
     settings = branch_settings(recipe)
+    caches = None
+    if any(cfg is not None for cfg in settings):  # some expression branch trains: the trunk caches
+        caches = prepare_caches(recipe, log)
+        log(f"facemtl: expression branches on cached trunk maps: {len(caches.train.labels)} train faces x "
+            f"{len(caches.train.views)} views, {len(caches.val.labels)} validation faces; framing: {caches.framing}")
     branches, history, records = [], {}, {}
     for k, cfg in enumerate(settings, 1):
         if cfg is None:
@@ -830,42 +839,74 @@ def train_on_cache(recipe, run_dir=None, log=print):
         log(f"facemtl: expression branch {k}: best validation epoch {records[k]['epoch']} "
             f"({records[k]['value']:.4f})")
         branches.append(branch)
-    model, meta = assemble_model(recipe, branches, log, num_expressions=len(caches.expression_names))
-    validation = branch_validation(model, recipe, caches)
-    log("facemtl: validation (mirror-averaged where served so): " + "; ".join(
-        f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) for name, scores in validation.items()))
-    report = evaluate_framings(model, recipe, run_dir, log) if expression_source(recipe)[1].test_split else {}
-    if not report:
+    model, meta = assemble_model(recipe, branches, log,
+                                 num_expressions=len(caches.expression_names) if caches else None)
+    expression_names = caches.expression_names if caches else list(meta["expressions"])
+    validation = branch_validation(model, recipe, caches) if caches else {}
+    if validation:
+        log("facemtl: validation (mirror-averaged where served so): " + "; ".join(
+            f"{name}: " + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) for name, scores in validation.items()))
+    attributes, attribute_report = attribute_tasks(recipe), {}
+    if attributes:  # age, gender...: heads on the embedding, trained on cached embeddings
+        from facemtl.training import attribute_heads as ah
+
+        faces = ah.attribute_faces(recipe, model, log)
+        heads, validation["attributes"], best_epoch = ah.train_heads(recipe, faces, run_dir, log)
+        ah.copy_heads(heads, model)
+        predicted = ah.answers(heads, attributes, faces.embeddings[0])
+        test = faces.split == 2
+        attribute_report = {"test": ah.scores(attributes, faces.labels, predicted, test), "best_epoch": best_epoch,
+                            "framing": faces.framing, **ah.bias_table(attributes, faces, predicted, test)}
+        os.makedirs(os.path.join(run_dir, "test"), exist_ok=True)
+        write_json_atomically(os.path.join(run_dir, "test", "attributes.json"), attribute_report, indent=2)
+        log("facemtl: test " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
+                                         + f" ({r['count']} faces)" for k, r in attribute_report["test"].items()))
+    report = {}
+    if not caches:  # every expression branch is init_from's: its figures stand (benchmarks/age_gender.py --base)
+        log(f"facemtl: expression branches unchanged from {recipe.model.init_from}: its test figures are kept")
+    elif expression_source(recipe)[1].test_split:
+        report = evaluate_framings(model, recipe, run_dir, log)
+    else:
         log("facemtl: no test split (data.sources: test_split): the test report is skipped")
     export_dir = None
     if recipe.export.enabled:
         keep = {k: meta[k] for k in ("verification", "identity_head") if k in meta}
+        test_accuracy = {"identity": (meta.get("test_accuracy") or {}).get("identity"),
+                         "expression": report.get("crop", {}).get("accuracy"),
+                         "expression_photo": report.get("photo", {}).get("accuracy")}
+        if not caches:  # the expression branches are init_from's: so are their figures
+            test_accuracy.update({k: (meta.get("test_accuracy") or {}).get(k) for k in ("expression",
+                                                                                       "expression_photo")})
+        test_accuracy.update({f"{k}_mae" if "mae" in r else k: r.get("mae", r.get("accuracy"))
+                              for k, r in attribute_report.get("test", {}).items()})
         export_dir = export_saved_model(
-            model, meta["identities"], caches.expression_names, base_dir=recipe.export.base_dir,
+            model, meta["identities"], expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
             preprocessor=Preprocessor.from_model_config(recipe.model),
-            extra_metadata={**keep, "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
+            attributes=[dataclasses.asdict(t) for t in attributes],
+            # The identity half is init_from's, unchanged: its model_id (galleries made with it keep working).
+            extra_metadata={**keep, **({"model_id": meta["model_id"]} if meta.get("model_id") else {}),
+                            "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "backbone": recipe.model.backbone,
                             "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
                                           "version": meta.get("version")},
                             "mirror_expression": recipe.model.mirror_expression,
                             # What `model_from_export` rebuilds the Keras model from (no run folder needed).
                             "model_config": dataclasses.asdict(recipe.model),
-                            "test_accuracy": {"identity": (meta.get("test_accuracy") or {}).get("identity"),
-                                              "expression": report.get("crop", {}).get("accuracy"),
-                                              "expression_photo": report.get("photo", {}).get("accuracy")}},
+                            "test_accuracy": test_accuracy,
+                            **({"attribute_data": ATTRIBUTE_DATA_TERMS} if attributes else {})},
             # The identity half is init_from's, unchanged: so is its open-set rule.
             open_set=export_open_set(resolve_pretrained(recipe.model.init_from), meta))
         log(f"facemtl: exported SavedModel to {export_dir}")
         if recipe.export.tflite:
-            write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration, log)
+            write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration if caches else None, log)
     seconds = time.time() - start
     summary = {"seconds": round(seconds, 1), "export_dir": run_relative(run_dir, export_dir),
                "best_epoch": {k: r["epoch"] for k, r in records.items()}, "validation": validation,
-               "framing": caches.framing,
+               "framing": caches.framing if caches else {}, "attributes": attribute_report.get("test", {}),
                "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
                                        for k, r in report.items()}}}
     write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
     log(f"facemtl: done in {seconds:.0f} s")
-    return TrainResult(run_dir, model, history[min(history)] if len(history) == 1 else history, report, export_dir,
-                       seconds)
+    return TrainResult(run_dir, model, history[min(history)] if len(history) == 1 else history,
+                       {**report, **({"attributes": attribute_report} if attribute_report else {})}, export_dir, seconds)

@@ -167,6 +167,27 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
+class MaskedMeanAbsoluteError(keras.losses.Loss):
+    """Mean absolute error over the samples with a value (NaN means "no label"), e.g. age in years.
+
+    Example:
+        >>> float(MaskedMeanAbsoluteError()([30.0, float("nan")], [27.0, 50.0]))  # only the first counts
+        3.0
+    """
+
+    def __init__(self, name="masked_mean_absolute_error", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        y_pred = ops.reshape(ops.cast(y_pred, "float32"), (-1,))
+        have = ops.logical_not(ops.isnan(y_true))
+        error = ops.where(have, ops.abs(ops.where(have, y_true, 0.0) - y_pred), 0.0)
+        count = ops.sum(ops.cast(have, "float32"))
+        return scale_for_replicas(ops.sum(error) / ops.maximum(count, 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
 class MaskedSparseCategoricalAccuracy(keras.metrics.Metric):
     """Top-1 accuracy over the samples that carry a label (ignores `-1`)."""
 

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facemtl.config import attribute_tasks, task_list
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models import TASKS, build_from_recipe
 from facemtl.models.heads import COSINE_LAYER
@@ -65,15 +66,16 @@ class MultiTaskTask:
         self.margins = {"identity": identity_margin(recipe.model)}
 
     def build_model(self, num_identities, num_expressions=None):
-        """The recipe's full multi-task model (outputs `identity`, `expression`, `embedding`)."""
+        """The recipe's full multi-task model (outputs `identity`, `expression`, `embedding`, and its attribute heads)."""
         kwargs = {} if num_expressions is None else {"num_expressions": num_expressions}
-        return build_from_recipe(self.recipe.model, num_identities, **kwargs)
+        return build_from_recipe(self.recipe.model, num_identities, attributes=attribute_tasks(self.recipe), **kwargs)
 
     training_view = staticmethod(training_view)
 
     def loss_weights(self, tasks):
         """`{task: λ}` from the recipe."""
-        return {t: getattr(self.recipe.loss_weights, t) for t in tasks}
+        lambdas = {t.name: t.loss_weight for t in task_list(self.recipe)}
+        return {t: lambdas[t] for t in tasks}
 
     def build_losses(self, tasks):
         """`{task: masked loss}`: each averaged over the samples that carry its label."""

@@ -104,3 +104,22 @@ def test_margin_heads_train_on_cosines_and_serve_probabilities(head, tmp_path):
 def test_unknown_identity_head_is_refused():
     with pytest.raises(ValueError, match="head=.sphereface."):
         build_multitask_model(5, identity_head="sphereface", **TINY_MODEL)
+
+
+def test_attribute_heads_sit_on_the_embedding():
+    from facemtl.config import ModelConfig, TaskConfig
+    from facemtl.models.multitask import build_multitask
+
+    config = ModelConfig(stage_blocks=[1, 1], base_filters=16, identity_units=[32], expression_units=[32],
+                         embedding_dim=16)
+    age = TaskConfig("age", "distribution", max_value=9, units=8)
+    gender = TaskConfig("gender", "classification", classes=["female", "male"], units=8)
+    model = build_multitask(config, 3, attributes=[age, gender])
+    out = model(np.zeros((2, 64, 64, 3), "float32"))
+    assert out["age"].shape == (2,) and out["gender"].shape == (2, 2)
+    probs = keras.Model(model.input, model.get_layer("age_distribution").output)(np.zeros((2, 64, 64, 3)))
+    np.testing.assert_allclose(out["age"], np.asarray(probs) @ np.arange(10), rtol=1e-5)  # the expected age
+    assert 0 <= float(out["age"][0]) <= 9
+    # The heads read the embedding only: the trunk's weights and the other outputs are the same without them.
+    with pytest.raises(ValueError, match="must include identity"):
+        build_multitask(config, 3, tasks=("expression",), attributes=[age])

@@ -105,3 +105,11 @@ def test_bad_margins_are_refused(kwargs):
 
     with pytest.raises(ValueError, match="Received"):
         Margin(**kwargs)
+
+
+def test_masked_mean_absolute_error_ignores_missing_values():
+    from facemtl.training.losses import MaskedMeanAbsoluteError
+
+    loss = MaskedMeanAbsoluteError()
+    assert float(loss(np.array([30.0, np.nan, 10.0]), np.array([27.0, 99.0, 11.0]))) == pytest.approx(2.0)
+    assert float(loss(np.array([np.nan]), np.array([5.0]))) == 0.0  # nothing labelled: 0, not NaN
