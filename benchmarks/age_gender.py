@@ -81,7 +81,7 @@ def main():
           f"on {len(age)} test faces", flush=True)
     if args.base:
         results["side_by_side"] = side_by_side(predictor, Predictor(args.base, backend="savedmodel"),
-                                               np.stack(framed[:512]), args)
+                                               np.stack([c for c, f in zip(framed, found) if f][:512]), args)
     write_results(args.out, results)
 
 
@@ -92,8 +92,8 @@ def side_by_side(new, base, chips, args):
 
     fer = read_fer2013_folders(os.path.join(DATA, "fer2013"), "test")
     pick = np.linspace(0, len(fer.paths) - 1, args.fer).astype(int)
-    crops, _ = new.frame_crops([load_image(fer.paths[i]) for i in pick])
-    batches = {"utkface": chips, "fer2013": np.stack(crops)}
+    crops, found = new.frame_crops([load_image(fer.paths[i]) for i in pick])
+    batches = {"utkface": chips, "fer2013": np.stack([c for c, f in zip(crops, found) if f])}
     out = {"base": base.path, "max_abs_difference": {}}
     for name, batch in batches.items():
         a, b = new.forward(batch), base.forward(batch)

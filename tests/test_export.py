@@ -200,3 +200,48 @@ def test_analyze_photo_is_built_from_the_preprocessor(trained):
                          preprocessor=Preprocessor(64, 64, detector="mtcnn"))
     with pytest.raises(ValueError, match="size differs"):
         make_serving_fns(trained.model, meta["identities"], meta["expressions"], preprocessor=Preprocessor(96, 96))
+
+
+def test_attribute_heads_are_outputs_of_every_signature(tmp_path):
+    """Age and gender (release 4's contract): numbers and labelled probabilities, also per face of a photo."""
+    import keras
+
+    from facemtl.config import ModelConfig, TaskConfig
+    from facemtl.inference import Predictor
+    from facemtl.models.multitask import build_multitask
+    from facemtl.models.presets import build_from_metadata
+    from facemtl.preprocessing import Preprocessor
+
+    config = ModelConfig(stage_blocks=[1, 1], base_filters=16, identity_units=[32], expression_units=[32],
+                         embedding_dim=16)
+    tasks = [TaskConfig("age", "distribution", max_value=9, units=8),
+             TaskConfig("gender", "classification", classes=["female", "male"], units=8)]
+    keras.utils.set_random_seed(0)
+    model = build_multitask(config, 2, attributes=tasks)
+    import dataclasses
+
+    path = export_saved_model(model, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="attrs",
+                              preprocessor=Preprocessor(64, 64), attributes=tasks,
+                              extra_metadata={"model_config": dataclasses.asdict(config)})
+    meta = read_metadata(path)
+    assert meta["tasks"] == ["identity", "expression", "age", "gender"]
+    assert [a["name"] for a in meta["attributes"]] == ["age", "gender"]
+    assert sorted(build_from_metadata(meta, path).output_names) == ["age", "embedding", "expression", "gender",
+                                                                     "identity"]
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    expected = model(images.astype("float32"))
+    np.testing.assert_allclose(out["age"].numpy(), np.asarray(expected["age"]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["gender_probs"].numpy(), np.asarray(expected["gender"]), rtol=1e-4, atol=1e-5)
+    assert set(out["gender"].numpy()) <= {b"female", b"male"}
+    loaded = tf.saved_model.load(path)
+    png = tf.io.encode_png(images[0]).numpy()
+    assert {"age", "gender", "gender_probs"} <= set(loaded.signatures["serving_bytes"](images=tf.constant([png])))
+    per_face = loaded.signatures["analyze_photo"](images=tf.constant([png]))  # [photos, max_faces] like the others
+    assert per_face["age"].shape == (1, 16) and per_face["gender_probs"].shape == (1, 16, 2)
+    answer = Predictor(path, align_crops=False).predict([images[0]])[0]
+    assert 0 <= answer["age"] <= 9 and answer["gender"]["label"] in ("female", "male")
+    assert sum(answer["gender"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="no output for the attribute tasks"):
+        export_saved_model(build_multitask(config, 2), ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path),
+                           name="plain", attributes=tasks)

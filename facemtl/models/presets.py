@@ -144,7 +144,7 @@ def from_preset(name="release"):
     face (`tests/models/test_presets.py` checks 1e-4 on real faces).
 
     Args:
-        name: `"release"` (the newest shipped release), `"release/3"`, or a
+        name: `"release"` (the newest shipped release), `"release/4"`, or a
             preset folder.
 
     Returns:

@@ -243,15 +243,59 @@ def scores(tasks, labels, predicted, mask):
     return out
 
 
-class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the lowest `val_loss` (in memory: the heads are small)."""
+def relative_error(tasks, labels, predicted, mask, reference):
+    """Σ λ_t · (task error / the error of a constant answer): one score for choosing an epoch, whatever the units.
 
-    def __init__(self):
+    A task's error is its MAE (years) or its error rate; `reference` gives each
+    task's error when always answering the training labels' median (or most
+    frequent class), so each task counts by how much of the trivial error it removes.
+    """
+    got = scores(tasks, labels, predicted, mask)
+    total = 0.0
+    for t in tasks:
+        error = got[t.name]["mae"] if "mae" in got[t.name] else 1.0 - got[t.name]["accuracy"]
+        total += t.loss_weight * error / max(reference[t.name], 1e-12)
+    return total
+
+
+def constant_errors(tasks, labels, train, val):
+    """Each task's validation error when always answering the training labels' median or most frequent class."""
+    from facemtl.labels import IGNORE_LABEL
+
+    out = {}
+    for t in tasks:
+        y = labels[t.name]
+        have_train = train & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
+        have_val = val & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
+        if t.kind == "classification":
+            common = np.bincount(y[have_train]).argmax()
+            out[t.name] = float((y[have_val] != common).mean())
+        else:
+            out[t.name] = float(np.abs(y[have_val] - np.median(y[have_train])).mean())
+    return out
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the lowest validation `relative_error` (in memory: the heads are small).
+
+    Not the validation loss: an age distribution's cross-entropy grows (sharper
+    wrong peaks) while its expected value's error still falls.
+    """
+
+    def __init__(self, tasks, faces):
         super().__init__()
-        self.best, self.best_epoch, self.weights = float("inf"), None, None
+        self.tasks, self.faces = tasks, faces
+        train, self.val = faces.split == 0, faces.split == 1
+        self.reference = constant_errors(tasks, faces.labels, train, self.val)
+        self.best, self.best_epoch, self.weights, self.history = float("inf"), None, None, []
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get("val_loss", float("nan"))
+        x = self.faces.embeddings[0][self.val]
+        predicted = {k: np.zeros(len(self.val), v.dtype) for k, v in answers(self.model, self.tasks, x[:1]).items()}
+        for k, v in answers(self.model, self.tasks, x).items():
+            predicted[k][self.val] = v
+        value = relative_error(self.tasks, self.faces.labels, predicted, self.val, self.reference)
+        self.history.append(value)
         if value < self.best:
             self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
 
@@ -261,7 +305,7 @@ def train_heads(recipe, faces, run_dir, log=print):
 
     Training draws both views of each training face (the face and its mirror
     image); validation scores the face as served (its own embedding). The
-    epoch with the lowest validation loss is kept (and written to
+    epoch with the lowest validation `relative_error` is kept (and written to
     `run_dir/attributes/best.weights.h5`); the whole fit takes seconds, so a
     stopped run simply fits again.
 
@@ -280,7 +324,7 @@ def train_heads(recipe, faces, run_dir, log=print):
     y = {k: np.tile(v, views) for k, v in _targets(tasks, faces.labels, train).items()}
     heads.compile(keras.optimizers.Adam(recipe.feature_cache.attribute_learning_rate), loss=_losses(tasks),
                   loss_weights={t.name: t.loss_weight for t in tasks})
-    best = BestWeights()
+    best = BestWeights(tasks, faces)
     epochs = recipe.feature_cache.attribute_epochs
     start = time.time()
     log(f"facemtl: attribute heads {[t.name for t in tasks]}: {len(train)} training faces x {views} views, "

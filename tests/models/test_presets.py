@@ -66,13 +66,13 @@ def test_a_damaged_or_foreign_preset_is_a_clear_error(tmp_path):
         f.write(b"not a zip")
     with pytest.raises(ModelFormatError, match="preset.weights.npz"):
         presets.from_preset(folder)
-    with pytest.raises(ModelFormatError, match="release/3"):  # an unknown name lists the installed presets
+    with pytest.raises(ModelFormatError, match="release/4"):  # an unknown name lists the installed presets
         presets.preset_dir("nonesuch")
 
 
 def test_the_release_preset_is_listed_and_small():
     listed = presets.list_presets()
-    assert [(p["name"], p["version"]) for p in listed] == [("release", 3)]
+    assert [(p["name"], p["version"]) for p in listed] == [("release", 4)]
     folder = listed[0]["path"]
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
     assert size < 60 * 2**20, size  # the package stays under 60 MB: dlib's trunk is not shipped twice
@@ -81,7 +81,11 @@ def test_the_release_preset_is_listed_and_small():
 
 @pytest.mark.slow
 def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
-    """from_preset("release") and the SavedModel written from it, against version 3's SavedModel's recorded answers."""
+    """from_preset("release") and the SavedModel written from it, against version 3's SavedModel's recorded answers.
+
+    Release 4 adds age and gender heads on the embedding and keeps everything else: its expression,
+    identity and embedding answers are version 3's.
+    """
     import tensorflow as tf
     from skimage import data
 
@@ -104,6 +108,9 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
     with open(os.path.join(path, presets.METADATA_FILE), encoding="utf-8") as f:
         assert json.load(f)["model_id"] == meta["model_id"]  # galleries made with the shipped SavedModel still match
     assert os.path.isfile(os.path.join(path, "assets.extra", "model.tflite"))
+    # Age and gender from the same forward pass: an adult woman.
+    np.testing.assert_allclose(np.asarray(keras_out["age"])[0], served["age"].numpy()[0], atol=1e-3)
+    assert 25 < float(served["age"].numpy()[0]) < 55 and served["gender"].numpy()[0] == b"female"
 
 
 @pytest.mark.slow
@@ -113,7 +120,7 @@ def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_p
     r = run_cli("export", "release", "--base-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     path = json.loads(r.stdout.strip().splitlines()[-1])["export_dir"]
-    assert path == str(tmp_path / "release" / "3")
+    assert path == str(tmp_path / "release" / "4")
     assert {"saved_model.pb", "variables", "assets.extra"} <= set(os.listdir(path))
     r = run_cli("export", "nonesuch", "--base-dir", str(tmp_path))
-    assert r.returncode != 0 and "release/3" in r.stderr
+    assert r.returncode != 0 and "release/4" in r.stderr
