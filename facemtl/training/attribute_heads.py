@@ -228,14 +228,24 @@ def answers(heads, tasks, x):
     return result
 
 
-def scores(tasks, labels, predicted, mask):
-    """`{task: {"mae": ...} or {"accuracy": ...}, "count"}` over the faces in `mask` that carry each label."""
+def _labelled(task, y):
+    """Which faces carry `task`'s label (missing: `IGNORE_LABEL` for classes, NaN for numbers)."""
     from facemtl.labels import IGNORE_LABEL
 
+    return y != IGNORE_LABEL if task.kind == "classification" else ~np.isnan(y)
+
+
+def _error(score):
+    """A task's error from its `scores` entry: the MAE, or the error rate."""
+    return score["mae"] if "mae" in score else 1.0 - score["accuracy"]
+
+
+def scores(tasks, labels, predicted, mask):
+    """`{task: {"mae": ...} or {"accuracy": ...}, "count"}` over the faces in `mask` that carry each label."""
     out = {}
     for t in tasks:
         y = labels[t.name]
-        have = mask & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
+        have = mask & _labelled(t, y)
         if t.kind == "classification":
             out[t.name] = {"accuracy": float((predicted[t.name][have] == y[have]).mean()), "count": int(have.sum())}
         else:
@@ -251,28 +261,17 @@ def relative_error(tasks, labels, predicted, mask, reference):
     frequent class), so each task counts by how much of the trivial error it removes.
     """
     got = scores(tasks, labels, predicted, mask)
-    total = 0.0
-    for t in tasks:
-        error = got[t.name]["mae"] if "mae" in got[t.name] else 1.0 - got[t.name]["accuracy"]
-        total += t.loss_weight * error / max(reference[t.name], 1e-12)
-    return total
+    return sum(t.loss_weight * _error(got[t.name]) / max(reference[t.name], 1e-12) for t in tasks)
 
 
 def constant_errors(tasks, labels, train, val):
     """Each task's validation error when always answering the training labels' median or most frequent class."""
-    from facemtl.labels import IGNORE_LABEL
-
-    out = {}
+    constant = {}
     for t in tasks:
-        y = labels[t.name]
-        have_train = train & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
-        have_val = val & (y != IGNORE_LABEL if t.kind == "classification" else ~np.isnan(y))
-        if t.kind == "classification":
-            common = np.bincount(y[have_train]).argmax()
-            out[t.name] = float((y[have_val] != common).mean())
-        else:
-            out[t.name] = float(np.abs(y[have_val] - np.median(y[have_train])).mean())
-    return out
+        y = labels[t.name][train & _labelled(t, labels[t.name])]
+        constant[t.name] = np.full(len(val), np.bincount(y).argmax() if t.kind == "classification" else np.median(y))
+    got = scores(tasks, labels, constant, val)
+    return {t.name: _error(got[t.name]) for t in tasks}
 
 
 class BestWeights(keras.callbacks.Callback):
