@@ -676,19 +676,34 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
                           "branch to keep, e.g. release)")
     path = resolve_pretrained(init)
     meta = read_metadata(path)
-    attributes = attribute_tasks(recipe)
     model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]),
-                              num_expressions=num_expressions or len(meta["expressions"]), attributes=attributes)
+                              num_expressions=num_expressions or len(meta["expressions"]),
+                              attributes=model_attributes(recipe, meta))
     trained = [(expression_branch_prefix(k), b) for k, b in enumerate(branches, 1) if b is not None]
-    # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not; the attribute
-    # heads are trained afterwards (`attribute_heads`).
-    skip = [p for p, _ in trained] + [t.name for t in attributes]
+    # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not; the recipe's
+    # attribute heads are trained afterwards (`attribute_heads`), init_from's other heads kept.
+    skip = [p for p, _ in trained] + [t.name for t in attribute_tasks(recipe)]
     log(f"facemtl: {load_export_weights(model, path, skip=skip)} weights from {path}")
     target = branch_model(model)
     for prefix, branch in trained:
         copied = copy_weights_by_name(branch, target, target_prefix=prefix)
         log(f"facemtl: expression branch {prefix!r} ({len(copied)} layers) from its trained weights")
     return model, meta
+
+
+def model_attributes(recipe, meta):
+    """The attribute heads of the assembled model: the recipe's (trained here), then `init_from`'s others (kept).
+
+    A recipe that fine-tunes the expression branch of a release with age and
+    gender keeps them; one that lists a task of the same name trains it anew.
+    """
+    from facemtl.config import TaskConfig
+
+    trained = attribute_tasks(recipe)
+    names = {t.name for t in trained}
+    fields = {f.name for f in dataclasses.fields(TaskConfig)}
+    return trained + [TaskConfig(**{k: v for k, v in a.items() if k in fields})
+                      for a in meta.get("attributes", []) if a["name"] not in names]
 
 
 def branch_validation(model, recipe, caches):
@@ -877,13 +892,16 @@ def train_on_cache(recipe, run_dir=None, log=print):
         if not caches:  # the expression branches are init_from's: so are their figures
             test_accuracy.update({k: (meta.get("test_accuracy") or {}).get(k) for k in ("expression",
                                                                                        "expression_photo")})
+        kept = [t for t in model_attributes(recipe, meta) if t not in attributes]  # init_from's, unchanged
+        test_accuracy.update({key: (meta.get("test_accuracy") or {}).get(key)
+                              for key in (t.name if t.kind == "classification" else f"{t.name}_mae" for t in kept)})
         test_accuracy.update({f"{k}_mae" if "mae" in r else k: r.get("mae", r.get("accuracy"))
                               for k, r in attribute_report.get("test", {}).items()})
         export_dir = export_saved_model(
             model, meta["identities"], expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
             preprocessor=Preprocessor.from_model_config(recipe.model),
-            attributes=[dataclasses.asdict(t) for t in attributes],
+            attributes=[dataclasses.asdict(t) for t in model_attributes(recipe, meta)],
             # The identity half is init_from's, unchanged: its model_id (galleries made with it keep working).
             extra_metadata={**keep, **({"model_id": meta["model_id"]} if meta.get("model_id") else {}),
                             "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
@@ -894,7 +912,8 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             # What `model_from_export` rebuilds the Keras model from (no run folder needed).
                             "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": test_accuracy,
-                            **({"attribute_data": ATTRIBUTE_DATA_TERMS} if attributes else {})},
+                            **({"attribute_data": meta.get("attribute_data", ATTRIBUTE_DATA_TERMS)}
+                               if model_attributes(recipe, meta) else {})},
             # The identity half is init_from's, unchanged: so is its open-set rule.
             open_set=export_open_set(resolve_pretrained(recipe.model.init_from), meta))
         log(f"facemtl: exported SavedModel to {export_dir}")

@@ -57,6 +57,9 @@ def test_upload_shows_the_api_answer(server, browser, tmp_path):
         bars = card.find_elements(By.CSS_SELECTOR, ".bar")
         assert [b.get_attribute("data-expression") for b in bars] == list(face["expression"]["probabilities"])
         assert card.find_element(By.CSS_SELECTOR, ".bar.top").get_attribute("data-expression") == "happy"
+        # Release 4's age and gender, as the API answered them.
+        about = card.find_element(By.CSS_SELECTOR, ".attributes").text
+        assert f"Apparent age {int(face['age'] + 0.5)} years" in about and face["gender"]["label"] in about
     # The photo was drawn at its own size, with the box: the canvas is not blank where the face is.
     size = browser.execute_script("const c = document.getElementById('canvas'); return [c.width, c.height];")
     assert size == [512, 512]
