@@ -75,9 +75,9 @@ def test_status_and_metadata(server):
     assert [d["size"] for d in sigs["serving_default"]["inputs"]["images"]["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
     assert sigs["serving_bytes"]["inputs"]["images"]["dtype"] == "DT_STRING"
     assert sigs["serving_bytes"]["method_name"] == "tensorflow/serving/predict"
-    # The release model's open-set rule adds the closest trained name and its similarity.
+    # The release model's open-set rule adds the closest trained name and its similarity; release 4, age and gender.
     answers = {"expression_probs", "expression", "identity_probs", "identity", "identity_closest",
-               "identity_similarity", "embedding"}
+               "identity_similarity", "embedding", "age", "gender_probs", "gender"}
     for name in ("serving_default", "serving_bytes"):
         assert set(sigs[name]["outputs"]) == answers
     photo = sigs["analyze_photo"]
