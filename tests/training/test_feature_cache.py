@@ -220,7 +220,8 @@ def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tm
 
 @pytest.mark.slow
 def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
-    """`facemtl train` on a tiny FER2013 folder tree: frame, cache, train, assemble, test both framings, export."""
+    """`facemtl train` on tiny FER2013 and UTKFace folders: frame, cache, train a branch and the age and gender
+    heads, assemble, test, export."""
     import json
 
     from PIL import Image
@@ -238,14 +239,22 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
         folder = tmp_path / "fer" / split / ("happy" if y else "sad")
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(im[:, :, 0]).save(folder / f"{name}_{i}.jpg", quality=95)
+    utk = tmp_path / "utk"
+    utk.mkdir()
+    for i, im in enumerate(_faces(40, seed=3)[0]):  # UTKFace's names: age_gender_race_date.jpg.chip.jpg
+        Image.fromarray(im).save(utk / f"{10 + i}_{i % 2}_{i % 5}_2017010{i:04d}.jpg.chip.jpg")
+    Image.fromarray(images[0]).save(utk / "39_1_20170116174525125.jpg.chip.jpg")  # a field short
     base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
     init = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path / "init"), name="base",
                               extra_metadata={"crop": {"layout": "dlib"}})
     sources = (f"[{{format: fer2013_folders, path: '{tmp_path / 'fer'}', split: train, test_split: test, "
-               f"val_fraction: 0.25}}]")
+               f"val_fraction: 0.25}}, {{format: utkface, path: '{utk}', test_fraction: 0.3, val_fraction: 0.25}}]")
     overrides = ["model.height=112", "model.width=112", "model.expression_units=[8]", f"model.init_from={init}",
                  f"data.sources={sources}", f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=8",
-                 f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'models'}", "train.epochs=2"]
+                 f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'models'}", "train.epochs=2",
+                 # branch 1 kept, branch 2 trained here (the recipe keeps both for release 4)
+                 "feature_cache.branches=[{keep: true}, {label_smoothing: 0.0, map_shift: 0}]",
+                 "feature_cache.attribute_epochs=2", "tasks.0.units=8", "tasks.1.units=8"]
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
                          overrides=overrides)
     logs = []
@@ -256,17 +265,23 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     assert set(summary["test"]["expression"]) == {"crop", "photo", "photo_found"}
     assert summary["framing"]["train"]["faces"] == 30 and summary["framing"]["val"]["faces"] == 10
     # The release recipe keeps the init export's branch 1 and trains branch 2 in its own folder.
-    assert set(summary["validation"]) == {"branch1", "branch2", "ensemble"} and list(summary["best_epoch"]) == ["2"]
+    assert set(summary["validation"]) == {"branch1", "branch2", "ensemble", "attributes"}
+    assert list(summary["best_epoch"]) == ["2"]
     assert (tmp_path / "runs" / "release_cpu" / os.path.basename(result.run_dir) / "branch2" / "history.json").is_file()
     assert any("branch 1: kept from" in line for line in logs)
     meta = read_metadata(result.export_dir)
     assert meta["identities"] == ["ann", "bob"] and meta["mirror_expression"] is True
     assert meta["model_config"]["height"] == 112 and meta["init_from"]["name"] == "base"
     assert meta["model_config"]["expression_branches"] == 2
+    # The age and gender heads: reported on UTKFace's test faces, in the export's contract.
+    assert any("skipped 39_1_20170116174525125.jpg.chip.jpg" in line for line in logs)
+    assert set(summary["attributes"]) == {"age", "gender"} and summary["attributes"]["age"]["count"] > 0
+    assert meta["tasks"] == ["identity", "expression", "age", "gender"]
+    assert [a["name"] for a in meta["attributes"]] == ["age", "gender"] and "non-commercial" in str(meta)
     # The export rebuilds into the same Keras model (no run folder needed).
     rebuilt, _ = fc.model_from_export(result.export_dir)
     faces = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3)).astype("float32")
-    for key in ("expression", "embedding"):
+    for key in ("expression", "embedding", "age", "gender"):
         np.testing.assert_allclose(rebuilt(faces)[key], result.model(faces)[key], atol=1e-5)
 
 
