@@ -12,6 +12,7 @@ embedding), and the cost of a forward pass per face, as the ratio of the two
 models' median times on the same batches, timed in alternation.
 
     python benchmarks/age_gender.py --model runs/.../release/4 --base ~/.cache/facemtl/pretrained/release/3
+    python benchmarks/age_gender.py --backend tflite --out runs/age_gender_tflite.json   # the LiteRT copy
 
 UTKFace's terms allow non-commercial research only.
 """
@@ -34,6 +35,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="the export with age and gender (default: the release)")
     parser.add_argument("--base", default=None, help="the same model without the heads, for the side-by-side check")
+    parser.add_argument("--backend", choices=["savedmodel", "tflite"], default="savedmodel",
+                        help="tflite: the export's LiteRT copy, one face per call (what FaceAnalyzer runs for one face)")
     parser.add_argument("--limit", type=int, help="test faces to use (default: all)")
     parser.add_argument("--fer", type=int, default=500, help="FER2013 PublicTest crops in the side-by-side check")
     parser.add_argument("--repeats", type=int, default=7, help="timed passes per model (alternating)")
@@ -47,7 +50,7 @@ def main():
     test = faces.subset(np.flatnonzero(faces.test)[:args.limit])
     images, kept = load_faces(test)
     age, gender, race = test.age[kept], test.gender[kept], test.race[kept]
-    predictor = Predictor(args.model, backend="savedmodel")
+    predictor = Predictor(args.model, backend=args.backend)
     meta = predictor.metadata
     tasks = {t["name"]: t for t in meta.get("attributes", [])}
     if "age" not in tasks or "gender" not in tasks:
@@ -66,7 +69,8 @@ def main():
                 "gender_accuracy": round(float((predicted_gender[mask] == gender[mask]).mean()), 4)}
 
     everyone = np.ones(len(age), bool)
-    results = {"model": predictor.path, "name": f"{meta.get('name')}/{meta.get('version')}", "commit": git_commit(),
+    results = {"model": predictor.path, "name": f"{meta.get('name')}/{meta.get('version')}", "backend": args.backend,
+               "commit": git_commit(),
                "cpu": cpu_name(), "test_faces": int(len(age)), "skipped_names": len(faces.skipped),
                "framed_by_detector": int(found.sum()), "seconds": round(seconds, 1), **score(everyone),
                "found_only": score(found), "groups": {}, "age_bands": {}}
