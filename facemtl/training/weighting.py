@@ -39,7 +39,7 @@ class UncertaintyWeightedModel(keras.Model):
         self.log_variance = self.add_weight(shape=(len(self.tasks),), initializer="zeros", name="task_log_variance")
         self.task_loss_trackers = {t: keras.metrics.Mean(name=f"{t}_loss") for t in self.tasks}
         self.task_weight_trackers = {t: keras.metrics.Mean(name=f"{t}_weight") for t in self.tasks}
-        self.built = True  # the wrapped view is built; BackupAndRestore requires a built model
+        self.built = True  # the wrapped view is built (saving and loading its weights need a built model)
 
     def call(self, inputs, training=None):
         return self.view(inputs, training=training)
