@@ -293,10 +293,8 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
                 set_backbone_trainable(model, True)
                 trainee = task.compile(view, data.steps_per_epoch, lr_factor, first_epoch=first, previous=trainee)
         backup = TrainingBackup(backup.dir, trainee, phase=i)
-        if done > first:  # resumed inside this phase: its weights and optimizer state...
+        if done:  # the weights; the optimizer state only if this phase wrote the backup (its phase tag)
             backup.restore()
-        elif done:  # ...or at its start: the earlier phase's weights, this phase's new optimizer
-            TrainingBackup(backup.dir, trainee, phase=-1).restore()
         phase_callbacks = callbacks + ([BackupCallback(backup, recipe.train.backup_every_steps)]
                                        if recipe.train.backup else [])
         with warnings.catch_warnings():
