@@ -36,7 +36,8 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
     Args:
         crops: `uint8 [n, size, size, 3]` faces framed like served photos.
         model: a Keras model with an `embedding` output (e.g. `from_preset("release")`).
-        cache_dir: where the cache file goes (keyed by the pixels, the views and the model's weights).
+        cache_dir: where the cache file goes (keyed by the pixels, the views and the weights that
+            compute the embedding: retraining another branch does not invalidate it).
         name: the file name's prefix.
         views: `"framed"` and/or `"framed_mirror"`.
 
@@ -45,17 +46,17 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
     """
     import tensorflow as tf
 
+    embed = keras.Model(model.input, model.output["embedding"])
     h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views)]).encode())
     crops = np.ascontiguousarray(crops)
     h.update(f"{crops.shape}".encode())
     h.update(crops.tobytes())
-    for w in model.weights:
+    for w in embed.weights:
         h.update(np.ascontiguousarray(w.numpy()).tobytes())
     path = os.path.join(cache_dir, f"{name}-embedding-{h.hexdigest()[:16]}.npy")
     if os.path.isfile(path):
         log(f"{name}: embeddings cached ({path})")
         return np.load(path)
-    embed = keras.Model(model.input, model.output["embedding"])
     run = tf.function(lambda x: embed(x, training=False), reduce_retracing=True)
     out = np.zeros((len(views), len(crops), embed.output_shape[-1]), np.float32)
     start = time.time()
@@ -98,7 +99,11 @@ class AttributeFaces:
 
 
 def _source_labels(cfg, faces, task):
-    """The labels a source gives one task (`None`: it does not label it), mapped onto the task's classes."""
+    """The labels a source gives one task, mapped onto the task's classes.
+
+    Raises:
+        RecipeError: the source does not label the task, or not with the task's classes or kind.
+    """
     from facemtl.data.utkface import GENDERS
     from facemtl.errors import RecipeError
 
@@ -154,8 +159,7 @@ def attribute_faces(recipe, model, log=print):
                                 layout=p.layout, detector=p.detector, upscale=p.crop_upscale,
                                 face_scale=p.face_scale)
         framing[cfg.name or cfg.format] = {"faces": int(len(framed.found)), "fallback": framed.fallback}
-        embeddings = embedding_cache(framed.crops, embedding_model(model), recipe.data.cache_dir,
-                                     cfg.name or "utkface", log=log)
+        embeddings = embedding_cache(framed.crops, model, recipe.data.cache_dir, cfg.name or "utkface", log=log)
         labels = {}
         for t in tasks:
             if t in wanted:
@@ -172,17 +176,10 @@ def attribute_faces(recipe, model, log=print):
     if not parts:
         raise RecipeError("tasks: no data.sources entry labels the attribute tasks "
                           f"{[t.name for t in tasks]} (each task's sources: formats or names)")
-    cat = lambda xs: np.concatenate(xs, axis=-1 if xs[0].ndim == 1 else 1)  # noqa: E731
-    return AttributeFaces(cat([p[0] for p in parts]), {t.name: np.concatenate([p[1][t.name] for p in parts])
-                                                       for t in tasks},
+    return AttributeFaces(np.concatenate([p[0] for p in parts], axis=1),  # [views, faces, dim]
+                          {t.name: np.concatenate([p[1][t.name] for p in parts]) for t in tasks},
                           np.concatenate([p[2] for p in parts]),
                           {g: np.concatenate([p[3][g] for p in parts]) for g in parts[0][3]}, framing)
-
-
-def embedding_model(model):
-    """The part of the model that computes `embedding` (its weights key the embedding cache)."""
-
-    return keras.Model(model.input, {"embedding": model.output["embedding"]})
 
 
 def build_heads(tasks, dim):
@@ -283,20 +280,20 @@ class BestWeights(keras.callbacks.Callback):
 
     def __init__(self, tasks, faces):
         super().__init__()
-        self.tasks, self.faces = tasks, faces
-        train, self.val = faces.split == 0, faces.split == 1
-        self.reference = constant_errors(tasks, faces.labels, train, self.val)
-        self.best, self.best_epoch, self.weights, self.history = float("inf"), None, None, []
+        self.tasks = tasks
+        val = faces.split == 1
+        self.reference = constant_errors(tasks, faces.labels, faces.split == 0, val)
+        # The validation faces as served (their own embedding), and their labels.
+        self.x, self.labels = faces.embeddings[0][val], {k: v[val] for k, v in faces.labels.items()}
+        self.best, self.best_epoch, self.weights, self.scores = float("inf"), None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        x = self.faces.embeddings[0][self.val]
-        predicted = {k: np.zeros(len(self.val), v.dtype) for k, v in answers(self.model, self.tasks, x[:1]).items()}
-        for k, v in answers(self.model, self.tasks, x).items():
-            predicted[k][self.val] = v
-        value = relative_error(self.tasks, self.faces.labels, predicted, self.val, self.reference)
-        self.history.append(value)
+        everyone = np.ones(len(self.x), bool)
+        predicted = answers(self.model, self.tasks, self.x)
+        value = relative_error(self.tasks, self.labels, predicted, everyone, self.reference)
         if value < self.best:
             self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
+            self.scores = scores(self.tasks, self.labels, predicted, everyone)
 
 
 def train_heads(recipe, faces, run_dir, log=print):
@@ -328,12 +325,11 @@ def train_heads(recipe, faces, run_dir, log=print):
     start = time.time()
     log(f"facemtl: attribute heads {[t.name for t in tasks]}: {len(train)} training faces x {views} views, "
         f"{len(val)} validation faces, {epochs} epochs")
-    heads.fit(x, y, validation_data=(faces.embeddings[0][val], _targets(tasks, faces.labels, val)), epochs=epochs,
-              batch_size=128, shuffle=True, verbose=0, callbacks=[best])
+    # No Keras validation pass: the epoch is chosen on `BestWeights`' own scoring of the validation faces.
+    heads.fit(x, y, epochs=epochs, batch_size=128, shuffle=True, verbose=0, callbacks=[best])
     heads.set_weights(best.weights)
     save_model_atomically(heads, os.path.join(run_dir, "attributes", "best.weights.h5"), weights_only=True)
-    mask = faces.split == 1
-    validation = scores(tasks, faces.labels, answers(heads, tasks, faces.embeddings[0]), mask)
+    validation = best.scores
     log(f"facemtl: attribute heads: best epoch {best.best_epoch + 1} of {epochs} ({time.time() - start:.0f} s); "
         "validation " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
                                   for k, r in validation.items()))

@@ -886,22 +886,23 @@ def train_on_cache(recipe, run_dir=None, log=print):
     export_dir = None
     if recipe.export.enabled:
         keep = {k: meta[k] for k in ("verification", "identity_head") if k in meta}
-        test_accuracy = {"identity": (meta.get("test_accuracy") or {}).get("identity"),
-                         "expression": report.get("crop", {}).get("accuracy"),
-                         "expression_photo": report.get("photo", {}).get("accuracy")}
-        if not caches:  # the expression branches are init_from's: so are their figures
-            test_accuracy.update({k: (meta.get("test_accuracy") or {}).get(k) for k in ("expression",
-                                                                                       "expression_photo")})
-        kept = [t for t in model_attributes(recipe, meta) if t not in attributes]  # init_from's, unchanged
-        test_accuracy.update({key: (meta.get("test_accuracy") or {}).get(key)
-                              for key in (t.name if t.kind == "classification" else f"{t.name}_mae" for t in kept)})
-        test_accuracy.update({f"{k}_mae" if "mae" in r else k: r.get("mae", r.get("accuracy"))
-                              for k, r in attribute_report.get("test", {}).items()})
+        # What this run did not train keeps init_from's figures: identity, the expression branches when all are
+        # kept, and the attribute heads it keeps; what it trained reports its own test scores.
+        theirs = meta.get("test_accuracy") or {}
+        exported = model_attributes(recipe, meta)
+        inherited = ["identity", *(() if caches else ("expression", "expression_photo")),
+                     *(t.name if t.kind == "classification" else f"{t.name}_mae" for t in exported
+                       if t not in attributes)]
+        test_accuracy = {"expression": report.get("crop", {}).get("accuracy"),
+                         "expression_photo": report.get("photo", {}).get("accuracy"),
+                         **{key: theirs.get(key) for key in inherited},
+                         **{f"{k}_mae" if "mae" in r else k: r.get("mae", r.get("accuracy"))
+                            for k, r in attribute_report.get("test", {}).items()}}
         export_dir = export_saved_model(
             model, meta["identities"], expression_names, base_dir=recipe.export.base_dir,
             name=recipe.export.name or recipe.name, version=recipe.export.version, max_faces=recipe.export.max_faces,
             preprocessor=Preprocessor.from_model_config(recipe.model),
-            attributes=[dataclasses.asdict(t) for t in model_attributes(recipe, meta)],
+            attributes=[dataclasses.asdict(t) for t in exported],
             # The identity half is init_from's, unchanged: its model_id (galleries made with it keep working).
             extra_metadata={**keep, **({"model_id": meta["model_id"]} if meta.get("model_id") else {}),
                             "recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
@@ -913,7 +914,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": test_accuracy,
                             **({"attribute_data": meta.get("attribute_data", ATTRIBUTE_DATA_TERMS)}
-                               if model_attributes(recipe, meta) else {})},
+                               if exported else {})},
             # The identity half is init_from's, unchanged: so is its open-set rule.
             open_set=export_open_set(resolve_pretrained(recipe.model.init_from), meta))
         log(f"facemtl: exported SavedModel to {export_dir}")
