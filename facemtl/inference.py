@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from facemtl.export import read_metadata
+from facemtl.export import attribute_output, read_metadata
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
 from facemtl.preprocessing import Preprocessor
@@ -22,14 +22,15 @@ def describe_attributes(attributes, raw):
     """
     answer = {}
     for task in attributes:
-        name = task["name"]
-        if task["kind"] == "classification" and f"{name}_probs" in raw:
+        name, key = task["name"], attribute_output(task)
+        if key not in raw:
+            continue
+        if task["kind"] == "classification":
             label = raw[name]
             answer[name] = {"label": label.decode() if isinstance(label, bytes) else str(label),
-                            "probabilities": {c: round(float(p), 6) for c, p in zip(task["classes"],
-                                                                                   raw[f"{name}_probs"])}}
-        elif name in raw:
-            answer[name] = round(float(raw[name]), 2)
+                            "probabilities": {c: round(float(p), 6) for c, p in zip(task["classes"], raw[key])}}
+        else:
+            answer[name] = round(float(raw[key]), 2)
     return answer
 
 
@@ -181,10 +182,10 @@ class Predictor:
         elif "identity_probs" in out:
             out["identity"] = np.array([self.identities[i].encode() for i in out["identity_probs"].argmax(1)],
                                        dtype=object)
-        for task in self.attributes:
+        for task in self.attributes:  # the label the SavedModel's graph gives, from the same probabilities
             if task["kind"] == "classification":
                 out[task["name"]] = np.array([task["classes"][i].encode() for i in
-                                              out[f"{task['name']}_probs"].argmax(1)], dtype=object)
+                                              out[attribute_output(task)].argmax(1)], dtype=object)
         return out
 
     def describe(self, raw):

@@ -7,10 +7,10 @@ what these write; `facemtl.litert` runs the LiteRT copy.
 """
 
 from facemtl.export.saved_model import (FORMAT_VERSION, MAX_FACES, MAX_PHOTO_SIDE, METADATA_FILE, OWN_METADATA,
-                                        SIGNATURES, crop_layout, export_run, export_saved_model, load_run_model,
+                                        SIGNATURES, attribute_output, crop_layout, export_run, export_saved_model, load_run_model,
                                         make_serving_fns, next_version, read_metadata, resolve_run_path,
                                         run_export, run_relative, update_metadata)
 
 __all__ = ["FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "METADATA_FILE", "OWN_METADATA", "SIGNATURES",
-           "crop_layout", "export_run", "export_saved_model", "load_run_model", "make_serving_fns", "next_version",
+           "attribute_output", "crop_layout", "export_run", "export_saved_model", "load_run_model", "make_serving_fns", "next_version",
            "read_metadata", "resolve_run_path", "run_export", "run_relative", "update_metadata"]

@@ -73,6 +73,19 @@ MAX_FACES = 16
 MAX_PHOTO_SIDE = 2048
 
 
+def attribute_output(task):
+    """The name of the output that carries an attribute head's tensor.
+
+    `<name>_probs` for classes (then `<name>` is the label), else `<name>`
+    itself (a number: age in years). The SavedModel, the LiteRT copy and the
+    answers name them alike.
+
+    Args:
+        task: an export's `attributes` entry (`name`, `kind`).
+    """
+    return f"{task['name']}_probs" if task["kind"] == "classification" else task["name"]
+
+
 def make_serving_fns(model, identity_names, expression_names, *, preprocessor=None, max_faces=MAX_FACES,
                      max_side=MAX_PHOTO_SIDE, rule=None, attributes=()):
     """The functions that the SavedModel serves, by signature name.
@@ -93,8 +106,6 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     height, width, channels = model.input_shape[1:]
     id_names = tf.constant(list(identity_names) or [""])
     ex_names = tf.constant(list(expression_names))
-    attribute_names = {t["name"]: tf.constant(t["classes"]) if t["kind"] == "classification" else None
-                       for t in attributes}
 
     def decode(data):
         # Any format decode_image knows, 16-bit PNGs rescaled to uint8; animations give their first frame.
@@ -118,12 +129,10 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
             result["embedding"] = out["embedding"]
             if rule is not None:
                 result.update(rule.tf_outputs(out["embedding"]))
-        for task, names in attribute_names.items():
-            if names is None:
-                result[task] = out[task]
-            else:
-                result[f"{task}_probs"] = out[task]
-                result[task] = tf.gather(names, tf.argmax(out[task], axis=-1))
+        for task in attributes:
+            result[attribute_output(task)] = out[task["name"]]
+            if task["kind"] == "classification":
+                result[task["name"]] = tf.gather(tf.constant(task["classes"]), tf.argmax(out[task["name"]], axis=-1))
         return result
 
     fns = {"serving_default": serve, "serving_bytes": serve_bytes}

@@ -26,6 +26,8 @@ QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 def _serving_function(model, attributes=()):
     import tensorflow as tf
 
+    from facemtl.export.saved_model import attribute_output
+
     _, _, channels = model.input_shape[1:]
 
     def serve(images):
@@ -37,7 +39,7 @@ def _serving_function(model, attributes=()):
         if "identity" in out:
             result.update(identity_probs=out["identity"], embedding=out["embedding"])
         for task in attributes:  # a number (age), or probabilities (gender_probs): labels are the host's
-            result[task["name"] if task["kind"] != "classification" else f"{task['name']}_probs"] = out[task["name"]]
+            result[attribute_output(task)] = out[task["name"]]
         return result
 
     return serve
@@ -75,9 +77,10 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         flat = _convert(converter, quantize, calibration)
+    from facemtl.export.saved_model import attribute_output
+
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
-            "outputs": ["expression_probs", "identity_probs", "embedding",
-                        *[t["name"] if t["kind"] != "classification" else f"{t['name']}_probs" for t in attributes]]}
+            "outputs": ["expression_probs", "identity_probs", "embedding", *map(attribute_output, attributes)]}
     return add_metadata(flat, meta)
 
 
