@@ -267,6 +267,11 @@ def preset_from_export(saved_model_dir, folder=None):
     return write_preset(model, {k: v for k, v in meta.items() if k != "preset"}, folder, extra_files=extra)
 
 
+def cached_saved_model(meta):
+    """Where a preset's SavedModel is written on first use: `cache_root()/<name>/<version>`."""
+    return os.path.join(cache_root(), meta["name"], str(meta["version"]))
+
+
 def cache_root():
     """Where SavedModels written from presets are kept: `$FACEMTL_HOME/pretrained` (default `~/.cache/facemtl`)."""
     home = os.environ.get("FACEMTL_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facemtl")
@@ -346,20 +351,26 @@ def saved_model_for(name="release", log=None):
 
     The SavedModel records the digest of the preset weights it was written
     from, and the weights file's size and time: while those are unchanged
-    (every start-up but the first after an install) nothing is hashed.
+    (every start-up but the first after an install) nothing is hashed. When
+    only the time changed (the same weights installed again), the digest is
+    read once and the new time recorded.
 
     Returns:
         The SavedModel version folder.
     """
+    from facemtl.export import update_metadata
+
     folder = preset_dir(name)
-    meta = read_preset_metadata(folder)
-    target = os.path.join(cache_root(), meta["name"], str(meta["version"]))
+    target = cached_saved_model(read_preset_metadata(folder))
     if os.path.isfile(os.path.join(target, "saved_model.pb")):
         try:
             with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
                 written = json.load(f).get("preset", {})
-            if written.get("weights_stamp") == _weights_stamp(folder) or \
-                    written.get("weights_sha1") == _weights_sha1(folder):
+            stamp = _weights_stamp(folder)
+            if written.get("weights_stamp") == stamp:
+                return target
+            if written.get("weights_sha1") == _weights_sha1(folder):
+                update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
                 return target
         except (OSError, ValueError):
             pass
@@ -367,6 +378,6 @@ def saved_model_for(name="release", log=None):
     return export_preset(folder, log=log)
 
 
-__all__ = ["build_from_metadata", "cache_root", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
+__all__ = ["build_from_metadata", "cache_root", "cached_saved_model", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
            "preset_from_export",
            "read_preset_metadata", "saved_model_for", "write_preset"]

@@ -67,7 +67,7 @@ def installed_models(root=PRETRAINED_DIR):
         ['release']
     """
     from facemtl.export import read_metadata
-    from facemtl.models.presets import cache_root, read_preset_metadata
+    from facemtl.models.presets import cached_saved_model, read_preset_metadata
 
     models = []
     for name, version, path in model_folders(root):
@@ -75,7 +75,7 @@ def installed_models(root=PRETRAINED_DIR):
             meta, saved_model = read_metadata(path), path
         else:
             meta = read_preset_metadata(path)
-            saved_model = os.path.join(cache_root(), meta.get("name", name), str(version))
+            saved_model = cached_saved_model(meta)
         models.append({"name": name, "version": version, "path": path, "saved_model": saved_model,
                        "preset": f"{name}/{version}" if saved_model != path else None,
                        "model_id": meta.get("model_id"),

@@ -124,3 +124,21 @@ def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_p
     assert {"saved_model.pb", "variables", "assets.extra"} <= set(os.listdir(path))
     r = run_cli("export", "nonesuch", "--base-dir", str(tmp_path))
     assert r.returncode != 0 and "release/4" in r.stderr
+
+
+@pytest.mark.slow
+def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_not_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
+    _, folder = _tiny_preset(tmp_path)
+    target = presets.saved_model_for(folder)
+    assert target == presets.cached_saved_model(presets.read_preset_metadata(folder))
+    written = os.path.getmtime(os.path.join(target, "saved_model.pb"))
+    weights = os.path.join(folder, presets.WEIGHTS_FILE)
+    os.utime(weights, ns=(1, 10**18))  # the same file installed again: a new time, the same bytes
+    monkeypatch.setattr(presets, "export_preset", lambda *a, **k: pytest.fail("written again"))
+    assert presets.saved_model_for(folder) == target
+    with open(os.path.join(target, presets.METADATA_FILE), encoding="utf-8") as f:
+        assert json.load(f)["preset"]["weights_stamp"] == [os.path.getsize(weights), 10**18]  # recorded: no more hashing
+    monkeypatch.setattr(presets, "_weights_sha1", lambda *_: pytest.fail("hashed again"))
+    assert presets.saved_model_for(folder) == target
+    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written
