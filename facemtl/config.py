@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from typing import Literal, Optional
@@ -312,14 +313,14 @@ _POSITIVE = {
     "data.synthetic.test_per_pair", "train.epochs", "train.batch_size", "data.shuffle_buffer",
     "optimizer.learning_rate", "schedule.step_epochs", "train.backup_every_steps", "export.max_faces",
     "optimizer.reference_batch_size", "data.steps_per_epoch", "model.margin_scale", "feature_cache.max_faces",
-    "feature_cache.attribute_epochs", "feature_cache.attribute_learning_rate",
+    "feature_cache.attribute_epochs", "feature_cache.attribute_learning_rate", "tasks.units", "tasks.max_value",
     "model.expression_branches",
 }
 _NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "loss_weights.expression", "optimizer.weight_decay", "schedule.warmup_epochs",
                  "data.augment.rotation", "data.augment.translation", "data.augment.zoom", "data.augment.brightness",
                  "data.augment.contrast", "data.crop_margin", "data.grayscale_probability", "model.margin",
                  "feature_cache.label_smoothing", "feature_cache.map_shift", "feature_cache.cutout", "feature_cache.mixup",
-                 "feature_cache.probe_epochs", "feature_cache.class_balance"}
+                 "feature_cache.probe_epochs", "feature_cache.class_balance", "tasks.loss_weight", "tasks.dropout"}
 
 
 def _check(value, tp, key):
@@ -388,9 +389,10 @@ def _from_dict(cls, data, prefix=""):
         if name in data:
             key = f"{prefix}.{name}" if prefix else name
             value = _check(data[name], hints[name], key)
-            if key in _POSITIVE and value is not None and value <= 0:
+            rule = re.sub(r"\[\d+\]", "", key)  # an entry of a list of sections: tasks[1].units is tasks.units
+            if rule in _POSITIVE and value is not None and value <= 0:
                 raise RecipeError(f"Bad value for '{key}': must be > 0. Received: {key}={value!r}")
-            if key in _NON_NEGATIVE and value is not None and value < 0:
+            if rule in _NON_NEGATIVE and value is not None and value < 0:
                 raise RecipeError(f"Bad value for '{key}': must be >= 0. Received: {key}={value!r}")
             kwargs[name] = value
     return cls(**kwargs)
@@ -488,8 +490,6 @@ def task_list(recipe):
             where it needs them, labels from no source, or is an attribute head
             outside a feature-cache recipe (naming the `tasks[i]` key).
     """
-    import re
-
     listed = {t.name: t for t in recipe.tasks}
     out = [listed.pop(name, None) or TaskConfig(name, "embedding" if name == "identity" else "classification",
                                                  loss_weight=getattr(recipe.loss_weights, name), level="trunk")
@@ -504,8 +504,6 @@ def task_list(recipe):
             raise RecipeError(f"Bad value for '{key}.name': {'repeated' if t.name in seen else 'reserved'}. "
                               f"Received: {key}.name={t.name!r}")
         seen.add(t.name)
-        if t.loss_weight < 0:
-            raise RecipeError(f"Bad value for '{key}.loss_weight': must be >= 0. Received: {t.loss_weight}")
         if t.name in BUILT_IN_TASKS:
             continue
         if t.kind == "embedding":
@@ -513,8 +511,6 @@ def task_list(recipe):
         if t.kind == "classification" and len(t.classes) < 2:
             raise RecipeError(f"Bad value for '{key}.classes': a classification task needs two or more classes. "
                               f"Received: {t.classes}")
-        if t.kind == "distribution" and t.max_value < 1:
-            raise RecipeError(f"Bad value for '{key}.max_value': must be >= 1. Received: {t.max_value}")
         if t.level != "embedding":
             raise RecipeError(f"Bad value for '{key}.level': heads beyond identity and expression sit on the "
                               f"identity embedding. Received: {t.level!r}")

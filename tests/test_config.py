@@ -111,6 +111,11 @@ _UTK = {"source": "mixed", "sources": [{"format": "utkface", "path": "u"}]}
          "repeated"),
         ([{"name": "age", "kind": "regression", "sources": ["utkface"], "level": "trunk"}],
          {"feature_cache": {"enabled": True}}, "'tasks[0].level'"),
+        ([{"name": "age", "kind": "regression", "sources": ["utkface"], "loss_weight": -1}],
+         {"feature_cache": {"enabled": True}}, "'tasks[0].loss_weight': must be >= 0"),
+        ([{"name": "age", "kind": "regression", "sources": ["utkface"]},
+          {"name": "old", "kind": "distribution", "max_value": 0, "sources": ["utkface"]}],
+         {"feature_cache": {"enabled": True}}, "'tasks[1].max_value': must be > 0"),
     ],
 )
 def test_bad_tasks_name_the_key(tasks, extra, message):
