@@ -443,6 +443,7 @@ class CachedSplits:
     framing: dict
     expression_names: list
     calibration: np.ndarray = None  # a few training faces in both framings (int8 LiteRT calibration)
+    test: object = None  # the source's test part (`catalog.split_source`), not decoded: `evaluate_framings` scores it
 
 
 EXPRESSION_FORMATS = ("fer2013_folders", "fer2013_csv", "expression_folders")
@@ -506,7 +507,7 @@ def prepare_caches(recipe, log=print):
     # Only the views some trained branch draws from are cached (each view costs a pass of the trunk).
     train_views = tuple(v for v in TRAIN_VIEWS if v in wanted)
     # The same source, split and held out as `facemtl train` does it (`catalog.split_source`).
-    src, train, val, _ = split_source(recipe, k, log)
+    src, train, val, test = split_source(recipe, k, log)
     limit = recipe.feature_cache.max_faces
     if limit and limit < len(train) + len(val):  # a smoke run: the same split, fewer faces
         rng = np.random.default_rng(recipe.feature_cache.seed)
@@ -527,7 +528,7 @@ def prepare_caches(recipe, log=print):
             pick = np.linspace(0, len(mat.images) - 1, min(200, len(mat.images))).astype(int)
             calibration = np.concatenate([view_images(mat.images[pick], framed.crops[pick], "plain"),
                                           framed.crops[pick]])
-    return CachedSplits(caches["train"], caches["val"], framing, class_names(src), calibration)
+    return CachedSplits(caches["train"], caches["val"], framing, class_names(src), calibration, test)
 
 
 def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, settings=None):
@@ -760,7 +761,7 @@ def resolve_pretrained(name):
     return resolve_model(shipped if not os.path.exists(name) and os.path.exists(shipped) else name)
 
 
-def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
+def evaluate_framings(model, recipe, test, run_dir, log=print, batch_size=128):
     """Scores the whole model on the expression source's test split, as a crop and as a photo.
 
     `crop`: the test crop resized as `serving_default` resizes it. `photo`: the
@@ -768,17 +769,18 @@ def evaluate_framings(model, recipe, run_dir, log=print, batch_size=128):
     (`facemtl.data.photo_framing`); `photo_found` counts only the faces the
     detector found (the others get no answer when served as photos).
 
+    Args:
+        test: the test part of the expression source (`CachedSplits.test`, from `catalog.split_source`).
+
     Returns:
         `{framing: classification report}`, also written to `run_dir/test/report.json`.
     """
-    from facemtl.data.catalog import split_source
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
 
-    k, cfg = expression_source(recipe)
+    _, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
-    test = split_source(recipe, k, log).test
     names = class_names(test)
     mat = materialize(test, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
     framed = cached_framing(mat.images, data.cache_dir, f"{test.name}-{test.split}", log=log,
@@ -880,7 +882,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
     if not caches:  # every expression branch is init_from's: its figures stand (benchmarks/age_gender.py --base)
         log(f"facemtl: expression branches unchanged from {recipe.model.init_from}: its test figures are kept")
     elif expression_source(recipe)[1].test_split:
-        report = evaluate_framings(model, recipe, run_dir, log)
+        report = evaluate_framings(model, recipe, caches.test, run_dir, log)
     else:
         log("facemtl: no test split (data.sources: test_split): the test report is skipped")
     export_dir = None
