@@ -133,18 +133,13 @@ def load_faces(faces, side=128, log=print):
         `(images uint8 [m, side, side, 3], kept bool [n])`: `kept[i]` says
         whether `faces.paths[i]` was decoded (the images are those, in order).
     """
-    from facemtl.images import ImageError, load_image
+    from facemtl.images import decode_each, load_image
     from facemtl.preprocessing import resize_face
 
-    images, kept = [], np.zeros(len(faces.paths), bool)
-    for i, path in enumerate(faces.paths):
-        try:
-            image = load_image(path)
-        except ImageError as exc:
-            log(f"utkface: skipped {exc}")
-            continue
-        images.append(image if image.shape[:2] == (side, side) else resize_face(image, side))
-        kept[i] = True
+    entries, images, _ = decode_each(faces.paths, load_image)
+    kept = np.array([e is None for e in entries], bool)
+    for error in (e for e in entries if e is not None):
+        log(f"utkface: skipped {error}")
     if (~kept).any():
         log(f"utkface: {int((~kept).sum())} unreadable file(s) skipped")
-    return np.stack(images), kept
+    return np.stack([im if im.shape[:2] == (side, side) else resize_face(im, side) for im in images]), kept

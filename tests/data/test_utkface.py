@@ -32,6 +32,18 @@ def test_names_give_age_gender_race_and_bad_ones_say_why(tmp_path):
         read_utkface(str(tmp_path / "empty"))
 
 
+def test_an_unreadable_face_is_reported_and_counted_and_the_others_kept(tmp_path):
+    from facemtl.data.utkface import load_faces
+
+    Image.new("RGB", (200, 200), (90, 10, 10)).save(tmp_path / "20_0_0_1.jpg.chip.jpg")
+    (tmp_path / "30_1_1_2.jpg.chip.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (128, 128), (10, 90, 10)).save(tmp_path / "40_1_2_3.jpg.chip.jpg")
+    lines = []
+    images, kept = load_faces(read_utkface(str(tmp_path)), log=lines.append)
+    assert images.shape == (2, 128, 128, 3) and list(kept) == [True, False, True]
+    assert any("30_1_1_2.jpg.chip.jpg" in line for line in lines) and "1 unreadable file(s) skipped" in lines[-1]
+
+
 def test_the_test_split_is_fixed_by_name_not_by_order():
     names = [f"{i}_0_0_{i}.jpg.chip.jpg" for i in range(2000)]
     picked = {n for n in names if in_test_split(n)}
