@@ -172,7 +172,7 @@ def _calibrate(args):
 def _installed_model_of(gallery):
     """The installed model (shipped with facemtl) that made a gallery's embeddings.
 
-    The model path recorded in a gallery file is never loaded: the file may come from
+    The model path recorded in a gallery is never loaded: the gallery may come from
     someone else, and loading a SavedModel runs its graph.
     """
     from facemtl.pretrained import installed_models, resolve_model
@@ -183,21 +183,29 @@ def _installed_model_of(gallery):
             return resolve_model(m["path"])
     raise FacemtlError(f"{gallery.path} was made with the model at {gallery.model.get('path')!r}, which is not one "
                        "installed with facemtl; pass --model with that model's folder (facemtl does not load a "
-                       "model path read from a gallery file)")
+                       "model path read from a gallery)")
 
 
 def _gallery(args):
-    from facemtl.recognition.gallery import (Gallery, default_store, gallery_lock, gallery_path, list_galleries,
-                                             model_info)
+    from facemtl.recognition.gallery import Gallery, list_galleries, model_info
+    from facemtl.recognition.stores import open_store
 
-    store = args.store or default_store()
+    store = args.store
     if args.action == "list" and not args.gallery:
-        print(json.dumps({"store": store, "galleries": list_galleries(store)}))
+        print(json.dumps({"store": open_store(store).uri, "galleries": list_galleries(store)}))
         return 0
-    if args.action == "enroll":
-        embedder = _embedder(args, args.model)
-        info = model_info(embedder.metadata, args.model)
-        Gallery.open(args.gallery, store, model=info, create=True)  # a wrong model is refused before any work
+    if args.action in ("enroll", "cluster"):
+        embedder = _embedder(args, args.model) if args.action == "enroll" else None
+        metadata = embedder.metadata if embedder else None
+        if args.action == "cluster":
+            from facemtl.inference import FaceAnalyzer
+
+            analyzer = FaceAnalyzer(args.model, detector=args.detector)
+            metadata = analyzer.predictor.metadata
+        # A wrong model is refused before any photo is read.
+        gallery = Gallery.open(args.gallery, store, model=model_info(metadata, args.model), create=True)
+        if args.action == "cluster":
+            return _cluster(args, analyzer, gallery)
         faces = embedder.embed(args.photos)
         good = [f for f in faces if f.embedding is not None]
         for f in faces:
@@ -205,24 +213,26 @@ def _gallery(args):
                 print(f"facemtl: skipping {f.source}: {f.error}", file=sys.stderr)
         if not good:
             raise FacemtlError(f"No face to enrol for {args.name!r}: the gallery was not changed")
-        with gallery_lock(args.gallery, store):  # read, add, save: concurrent enrolments lose nothing
-            gallery = Gallery.open(args.gallery, store, model=info, create=True)
-            total = gallery.enroll(args.name, [f.embedding for f in good], [f.source for f in good])
-            gallery.save()
+        total = gallery.enroll(args.name, [f.embedding for f in good], [f.source for f in good])
         print(json.dumps({"gallery": gallery.path, "name": args.name, "enrolled": len(good),
                           "skipped": [f.source for f in faces if f.embedding is None],
                           "several_faces": [f.source for f in good if f.faces > 1], "photos_of_name": total}))
         return 1 if len(good) < len(faces) else 0
-    gallery = Gallery.load(gallery_path(args.gallery, store))
+    gallery = Gallery.open(args.gallery, store)
     if args.action == "list":
         print(json.dumps({"gallery": gallery.path, "model": gallery.model, "people": gallery.people()}))
         return 0
     if args.action == "remove":
-        with gallery_lock(args.gallery, store):
-            gallery = Gallery.load(gallery_path(args.gallery, store))
-            removed = gallery.remove(args.name)
-            gallery.save()
+        removed = gallery.remove(args.name)
         print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
+        return 0
+    if args.action == "rename":
+        gallery.rename(args.name, args.new_name)
+        print(json.dumps({"gallery": gallery.path, "renamed": args.name, "to": args.new_name}))
+        return 0
+    if args.action == "merge":
+        total = gallery.merge(args.name, args.into)
+        print(json.dumps({"gallery": gallery.path, "merged": args.name, "into": args.into, "photos_of_name": total}))
         return 0
     model = args.model or _installed_model_of(gallery)
     failures = 0
@@ -248,6 +258,24 @@ def _gallery(args):
         print(json.dumps({"path": path, "faces": [{"box": f["box"], "detection_score": f["score"], **f["match"]}
                                                   for f in result["faces"]]}))
     return 1 if failures else 0
+
+
+def _cluster(args, analyzer, gallery):
+    from facemtl.recognition.clustering import cluster_photos
+
+    sheets = args.sheets or f"{args.gallery}-people"
+    faces, summary = cluster_photos(analyzer, args.photos, gallery, threshold=args.threshold, sheets=sheets,
+                                    min_size=args.min_size)
+    for face in faces:
+        print(json.dumps(face))
+    for bad in summary["unreadable"]:
+        print(f"facemtl: skipping {bad['path']}: {bad['error']}", file=sys.stderr)
+    print(f"facemtl: {summary['faces']} face(s) in {summary['photos']} photo(s): {summary['groups']} group(s) "
+          f"({len(summary['new_people'])} new in gallery {args.gallery!r}"
+          + (f", {len(summary['joined'])} joined people already there" if summary["joined"] else "")
+          + f"), {summary['unclustered']} face(s) left unclustered; contact sheets in {sheets}/; name a group with "
+          f"`facemtl gallery rename {args.gallery} person-0001 \"Ann Lee\"`", file=sys.stderr)
+    return 1 if summary["unreadable"] else 0
 
 
 def _models(args):
@@ -362,7 +390,8 @@ def build_parser():
     p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
     p.add_argument("--gallery", help="name every face from this gallery (see `facemtl gallery`)")
-    p.add_argument("--store", help="gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)")
+    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries) "
+                                   "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
     p.set_defaults(func=_analyze)
 
@@ -406,9 +435,10 @@ def build_parser():
     p.add_argument("--dry-run", action="store_true", help="report the threshold; write nothing (unless --out is given)")
     p.set_defaults(func=_calibrate)
 
-    p = sub.add_parser("gallery", help="enrol people and identify faces against them")
+    p = sub.add_parser("gallery", help="enrol people, identify faces, find the people of a photo collection")
     gsub = p.add_subparsers(dest="action", required=True)
-    store_help = "gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)"
+    store_help = ("where galleries live: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries), "
+                  "milvus://HOST:19530[/DB], milvus+https://HOST or milvus-lite:PATH.db (docs/identity.md)")
     g = gsub.add_parser("enroll", help="add photos of a person (several photos are combined)")
     g.add_argument("gallery", help="gallery name (created when new)")
     g.add_argument("name", help="the person's name")
@@ -416,17 +446,35 @@ def build_parser():
     g.add_argument("--model", help=MODEL_HELP)
     photo_options(g)
     g = gsub.add_parser("identify", help="who is in these photos? top-k names with scores, or unknown")
-    g.add_argument("gallery")
-    g.add_argument("photos", nargs="+")
+    g.add_argument("gallery", help="gallery name")
+    g.add_argument("photos", nargs="+", help="photos (every face is identified) or, with --crops, face crops")
     g.add_argument("--model", help="default: the model the gallery was made with")
     g.add_argument("-k", type=int, default=3, help="candidates per face")
-    g.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
+    g.add_argument("--threshold", type=float, help="default: the model's calibrated threshold for the gallery's size")
     photo_options(g)
+    g = gsub.add_parser("cluster", help="find the people in photos (no enrolment first): groups written into the "
+                                        "gallery as person-0001..., one JSON line per face, a contact sheet per group")
+    g.add_argument("gallery", help="gallery name (created when new)")
+    g.add_argument("photos", nargs="+", help="photos, folders (walked recursively) and videos")
+    g.add_argument("--model", help=MODEL_HELP)
+    g.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
+    g.add_argument("--threshold", type=float, help="similarity that links two faces (default: the model's "
+                                                   "verification threshold)")
+    g.add_argument("--min-size", type=int, default=2, help="smallest group kept (default 2; smaller: unclustered)")
+    g.add_argument("--sheets", help="folder for the contact sheets (default: ./<gallery>-people)")
     g = gsub.add_parser("list", help="the galleries of the store, or the people of one gallery")
-    g.add_argument("gallery", nargs="?")
+    g.add_argument("gallery", nargs="?", help="gallery name (default: list the galleries)")
     g = gsub.add_parser("remove", help="remove a person from a gallery")
-    g.add_argument("gallery")
-    g.add_argument("name")
+    g.add_argument("gallery", help="gallery name")
+    g.add_argument("name", help="the person to remove")
+    g = gsub.add_parser("rename", help='name a person, e.g. a group found by cluster: rename G person-0001 "Ann Lee"')
+    g.add_argument("gallery", help="gallery name")
+    g.add_argument("name", help="the person's current name")
+    g.add_argument("new_name", help="the new name")
+    g = gsub.add_parser("merge", help="join two people (e.g. two groups of one person): merge G person-0002 person-0001")
+    g.add_argument("gallery", help="gallery name")
+    g.add_argument("name", help="the person whose photos move (removed afterwards)")
+    g.add_argument("into", help="the person who keeps them")
     for g in gsub.choices.values():
         g.add_argument("--store", help=store_help)
     p.set_defaults(func=_gallery)
@@ -464,7 +512,8 @@ def build_parser():
                    help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "
                         "takes the requests that queued while the model was busy, so a lone request never waits)")
     p.add_argument("--api-key", help="key for gallery writes (default $FACEMTL_API_KEY; none: writes refused)")
-    p.add_argument("--store", help="gallery folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries)")
+    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries) "
+                                   "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="bigger requests are answered 413")
     p.add_argument("--max-instances", type=int, default=256, help="most images per :predict request")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (CORS is off by default)")

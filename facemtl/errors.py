@@ -19,3 +19,7 @@ class ImageTooLarge(ImageError):
 
 class ModelFormatError(FacemtlError, ValueError):
     """A SavedModel directory is missing or was not exported by facemtl."""
+
+
+class GalleryError(FacemtlError):
+    """A gallery or its store is missing, corrupt, made by another model, or asked something it cannot do."""

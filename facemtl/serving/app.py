@@ -103,6 +103,7 @@ class ServerState:
         self.load_error = None
         self.ready = threading.Event()
         self.gallery_lock = threading.Lock()
+        self.galleries = {}  # name -> Gallery, opened once: the store follows other writers by itself
         # Detection is CPU-heavy: a small pool keeps concurrent photos from thrashing the cores.
         self.photo_pool = concurrent.futures.ThreadPoolExecutor(analyze_workers, thread_name_prefix="facemtl-photo")
 
@@ -121,6 +122,16 @@ class ServerState:
             log.error("facemtl: the model could not be loaded: %s", self.load_error)
         finally:
             self.ready.set()
+
+    def gallery(self, name, create=False):
+        """Gallery `name` of the store, opened once per process (a blocking call: run it in the pool)."""
+        from facemtl.recognition.gallery import Gallery, model_info
+
+        with self.gallery_lock:
+            if name not in self.galleries:
+                model = model_info(self.model.metadata, self.model.path)
+                self.galleries[name] = Gallery.open(name, self.gallery_store, model=model, create=create)
+            return self.galleries[name]
 
     def require_model(self):
         if not self.ready.is_set():
@@ -261,7 +272,8 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         detector: face detector for photos (`blazeface`, `mtcnn` or `haar`).
         max_batch_size, max_wait_ms: dynamic batching (see `DynamicBatcher`).
         api_key: required for gallery writes (default `$FACEMTL_API_KEY`; none: writes refused).
-        gallery_store: gallery folder (default `$FACEMTL_GALLERIES` or `~/.facemtl/galleries`).
+        gallery_store: the gallery store, a folder or a Milvus URI (default `$FACEMTL_GALLERIES` or
+            `~/.facemtl/galleries`); opened once, when the server starts.
         max_body_bytes: bigger request bodies are answered 413.
         max_instances: most images per `:predict` request.
         max_pixels: most pixels per image (decompression bombs are refused from their header).
@@ -276,8 +288,8 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         >>> import uvicorn
         >>> uvicorn.run(create_app("saved_models/quickstart"), host="127.0.0.1", port=8501)
     """
-    from facemtl.recognition.gallery import (Gallery, GalleryError, default_store, gallery_lock, gallery_path,
-                                             list_galleries, model_info)
+    from facemtl.recognition.gallery import GalleryError, check_gallery_name, list_galleries
+    from facemtl.recognition.stores import default_store, open_store
 
     for key, value in {"max_batch_size": max_batch_size, "max_body_bytes": max_body_bytes,
                        "max_instances": max_instances, "max_pixels": max_pixels, "max_photos": max_photos,
@@ -288,6 +300,7 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
                         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
                         gallery_store=gallery_store or default_store(), max_instances=max_instances,
                         max_pixels=max_pixels, max_photos=max_photos, analyze_workers=analyze_workers)
+    open_store(state.gallery_store)  # one connection or client per process, kept
 
     @asynccontextmanager
     async def lifespan(app):
@@ -401,32 +414,30 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
 
     # -- photos and galleries -----------------------------------------------------------------------------------
 
-    def open_gallery(name):
-        return Gallery.open(name, state.gallery_store, model=model_info(state.model.metadata, state.model.path))
-
     @app.post("/v1/analyze", tags=["photos"], summary="Every face of photos: box, landmarks, expression, identity")
     async def analyze(request: Request, gallery: str | None = Query(None, description="name faces from this gallery"),
                       threshold: float | None = Query(None, ge=-1, le=1), top_k: int = Query(3, ge=1, le=50)):
         state.require_model()
         photos = await _photos(request, state)
-        found = await in_pool(open_gallery, gallery) if gallery else None
+        found = await in_pool(state.gallery, gallery) if gallery else None
         results = await in_pool(_analyze_photos, state, photos, found, threshold, top_k)
         return {"model": state.model.name, "version": state.model.version, "photos": _check_photo_results(results)}
 
     @app.get("/v1/galleries", tags=["galleries"], summary="The galleries of the store")
     async def galleries():
-        return {"galleries": list_galleries(state.gallery_store)}
+        return {"galleries": await in_pool(list_galleries, state.gallery_store)}
 
     @app.get("/v1/galleries/{gallery}", tags=["galleries"], summary="The people of a gallery")
     async def gallery_people(gallery: str):
-        found = await in_pool(Gallery.load, gallery_path(gallery, state.gallery_store))
-        return {"gallery": gallery, "people": found.people()}
+        state.require_model()
+        found = await in_pool(state.gallery, gallery)
+        return {"gallery": gallery, "people": await in_pool(found.people)}
 
     @app.post("/v1/galleries/{gallery}:identify", tags=["galleries"], summary="Who is in these photos?")
     async def identify(gallery: str, request: Request, threshold: float | None = Query(None, ge=-1, le=1),
                        top_k: int = Query(3, ge=1, le=50)):
         state.require_model()
-        found = await in_pool(open_gallery, gallery)
+        found = await in_pool(state.gallery, gallery)
         photos = await _photos(request, state)
         results = await in_pool(_analyze_photos, state, photos, found, threshold, top_k)
         return {"gallery": gallery, "photos": _check_photo_results(results)}
@@ -445,12 +456,8 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         if not embeddings:
             raise RequestError(f"No face to enrol for {person!r}: the gallery was not changed ("
                                + "; ".join(f"{s['source']}: {s['error']}" for s in skipped) + ")")
-        # Concurrent enrolments (threads here, other servers or CLI processes) must not lose each other's writes.
-        with state.gallery_lock, gallery_lock(gallery, state.gallery_store):
-            found = Gallery.open(gallery, state.gallery_store, create=True,
-                                 model=model_info(state.model.metadata, state.model.path))
-            total = found.enroll(person, embeddings, sources)
-            found.save()
+        # One transaction in the store: concurrent enrolments (threads, other servers, CLI processes) queue there.
+        total = state.gallery(gallery, create=True).enroll(person, embeddings, sources)
         return {"gallery": gallery, "name": person, "enrolled": len(embeddings), "skipped": skipped,
                 "photos_of_name": total}
 
@@ -461,7 +468,7 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         state.require_model()
         from facemtl.recognition.gallery import check_person_name
 
-        gallery_path(gallery, state.gallery_store)
+        check_gallery_name(gallery)
         check_person_name(person)
         photos = await _photos(request, state)
         return await in_pool(enroll_photos, gallery, person, photos)
@@ -470,14 +477,11 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
                 summary="Remove a person (needs the API key)")
     async def remove(gallery: str, person: str, request: Request):
         state.check_api_key(request)
+        state.require_model()
         return await in_pool(remove_person, gallery, person)
 
     def remove_person(gallery, person):
-        # The file lock blocks while another process writes: never on the event loop.
-        with state.gallery_lock, gallery_lock(gallery, state.gallery_store):
-            found = Gallery.load(gallery_path(gallery, state.gallery_store))
-            removed = found.remove(person)
-            found.save()
+        removed = state.gallery(gallery).remove(person)
         return {"gallery": gallery, "removed": person, "embeddings": removed}
 
     return app

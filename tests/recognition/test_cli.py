@@ -103,8 +103,12 @@ def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, traine
         r = run_cli("gallery", "enroll", "team", name, *photos[name][:3], "--model", model, "--crops", "--store", store)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["enrolled"] == 3
-    path = store / "team.npz"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    folder = store / "team.gallery"  # the embedded store: readable by its owner only
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(folder / "gallery.sqlite").st_mode) == 0o600
+
+    def contents():
+        return run_cli("gallery", "list", "team", "--store", store).stdout
 
     r = run_cli("gallery", "list", "team", "--store", store)
     assert json.loads(r.stdout)["people"] == {"person_0": 3, "person_1": 3}
@@ -125,10 +129,10 @@ def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, traine
     assert json.loads(r.stdout)["name"] == "unknown"
 
     # A model other than the gallery's is refused; the gallery stays as it was.
-    before = path.read_bytes()
+    before = contents()
     r = run_cli("gallery", "enroll", "team", "person_2", photos["person_2"][0], "--model", trained.export_dir,
                 "--crops", "--store", store)
-    assert r.returncode == 2 and "another model" in r.stderr and path.read_bytes() == before
+    assert r.returncode == 2 and "another model" in r.stderr and contents() == before
 
     # Bad photos are skipped and named; only bad photos: nothing changes.
     junk = tmp_path / "junk.png"
@@ -136,12 +140,19 @@ def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, traine
     r = run_cli("gallery", "enroll", "team", "person_2", junk, photos["person_2"][0], "--model", model, "--crops",
                 "--store", store)
     assert r.returncode == 1 and "junk.png" in r.stderr and json.loads(r.stdout)["skipped"] == [str(junk)]
-    before = path.read_bytes()
+    before = contents()
     r = run_cli("gallery", "enroll", "team", "person_3", junk, "--model", model, "--crops", "--store", store)
-    assert r.returncode == 2 and "gallery was not changed" in r.stderr and path.read_bytes() == before
+    assert r.returncode == 2 and "gallery was not changed" in r.stderr and contents() == before
 
     r = run_cli("gallery", "remove", "team", "person_0", "--store", store)
     assert r.returncode == 0 and json.loads(r.stdout)["embeddings"] == 3
+    r = run_cli("gallery", "rename", "team", "person_1", "Ann Lee", "--store", store)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("gallery", "merge", "team", "person_2", "Ann Lee", "--store", store)
+    assert r.returncode == 0 and json.loads(r.stdout)["photos_of_name"] == 4
+    assert json.loads(contents())["people"] == {"Ann Lee": 4}
+    r = run_cli("gallery", "rename", "team", "nobody", "Bob", "--store", store)
+    assert r.returncode == 2 and "'nobody' is not enrolled" in r.stderr
     r = run_cli("gallery", "enroll", "../../etc", "x", photos["person_0"][0], "--model", model, "--crops",
                 "--store", store)
     assert r.returncode == 2 and "Bad gallery name" in r.stderr

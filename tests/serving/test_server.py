@@ -181,8 +181,11 @@ def test_galleries_need_the_key_and_never_leave_the_store(server, astronaut_jpeg
     status, answer, _ = server.request("DELETE", path, headers={"X-API-Key": API_KEY})
     assert status == 200 and answer["embeddings"] == 1
     assert server.request("GET", "/v1/galleries/crew")[1]["people"] == {}
-    # Nothing else was written, nothing outside: the gallery and its lock file.
-    assert sorted(os.listdir(server.store)) == [".crew.npz.lock", "crew.npz"]
+    # Nothing else was written, nothing outside: the gallery's folder in the embedded store.
+    assert sorted(os.listdir(server.store)) == ["crew.gallery"]
+    written = set(os.listdir(os.path.join(server.store, "crew.gallery")))
+    assert {"gallery.sqlite"} <= written <= {"gallery.sqlite", "gallery.sqlite-wal", "gallery.sqlite-shm",
+                                             "compact.lock"}
 
 
 def test_bad_input_is_4xx_json_and_the_server_keeps_serving(server, crops, astronaut_jpeg):
