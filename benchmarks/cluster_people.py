@@ -116,6 +116,8 @@ def main(argv=None):
     parser.add_argument("--model", help="a SavedModel (default: the release model)")
     parser.add_argument("--synthetic", type=int, default=0, help="also time grouping N synthetic people")
     parser.add_argument("--choose", action="store_true", help="only sweep the link threshold on the CelebA subset")
+    parser.add_argument("--update-preset", action="store_true",
+                        help="with --choose: record the chosen threshold in the preset's metadata (the release's)")
     parser.add_argument("--out", default="runs/cluster_people")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -128,6 +130,16 @@ def main(argv=None):
         rows = choose(FaceAnalyzer(args.model), args.data, np.round(np.arange(0.90, 0.9501, 0.005), 4))
         best = max(rows, key=lambda r: r["f1"])
         print(json.dumps({"chosen_threshold": best["threshold"], "f1": best["f1"]}))
+        if args.update_preset:
+            from facemtl.models.presets import preset_dir, update_preset_metadata
+
+            folder = preset_dir(args.model or "release")
+            update_preset_metadata(folder, {"clustering": {
+                "threshold": best["threshold"], "validation_f1": best["f1"],
+                "chosen_on": f"CelebA subset, {best['faces']} faces of 299 people (each photo's largest face): the best "
+                             "pairwise F1 over link thresholds 0.900-0.950 in steps of 0.005",
+                "measured_by": "benchmarks/cluster_people.py --choose"}})
+            print(f"clustering threshold written into {folder}", file=sys.stderr)
         datasets = []
     if datasets and all(os.path.isdir(r) for _, roots in datasets for r in roots):
         from facemtl.inference import FaceAnalyzer

@@ -18,7 +18,16 @@ else is a stranger and must be answered "unknown". This script:
    target, for G = 1, 10, 100 (simulated, 20 draws each) and 1,000 (estimated:
    FPIR_G = 1 - (1 - p)^G, with p the per-template false-match rate measured on
    every stranger-template pair; the same estimate is printed beside the
-   simulations for 10 and 100 as a check).
+   simulations for 10 and 100 as a check), and 10,000 to 1,000,000 (extrapolated:
+   no data set here has that many people, and p must be read far below the
+   1/2.9M resolution of the measured pairs, so its tail is fitted: above the
+   0.1% highest impostor scores u, P(score > t) = 0.001 * exp(-(t - u) / sigma),
+   sigma their mean excess over u (an exponential tail, peaks over threshold).
+   Where the fitted threshold passes MAX_THRESHOLD, the table keeps
+   MAX_THRESHOLD and states the FPIR estimated there instead of the target).
+
+With `--update-preset`, writes the gallery thresholds into the shipped preset's metadata
+(`open_set.gallery_thresholds`; SavedModels written from it take them at their next use).
 
 With `--export BASE`, writes the model again under `BASE/<name>/<version>`
 with the rule inside (directions, threshold, gallery thresholds; the LiteRT
@@ -38,6 +47,9 @@ from _runs import cpu_name, git_commit, write_results
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DATA = "../shared/data"
 GALLERY_SIZES = (1, 10, 100)
+EXTRAPOLATED_SIZES = (10_000, 100_000, 1_000_000)
+TAIL_SHARE = 1e-3
+MAX_THRESHOLD = 0.99  # beyond it the embedding names almost nobody (the results give the genuine acceptance)
 TEMPLATE_PHOTOS = 5
 
 
@@ -89,7 +101,36 @@ def per_template_rate(emb, people, rng, threshold_grid):
                                     for n in names]))
     sims = unit_rows(emb) @ templates.T
     impostor = sims[people[:, None] != names[None, :]]
-    return np.array([(impostor >= t).mean() for t in threshold_grid]), int(impostor.size)
+    return np.array([(impostor >= t).mean() for t in threshold_grid]), int(impostor.size), impostor
+
+
+def genuine_scores(emb, people, rng):
+    """Each photo against a template of up to TEMPLATE_PHOTOS *other* photos of its person (people with 2+)."""
+    from facemtl.recognition.open_set import unit_rows
+
+    e, out = unit_rows(emb), []
+    for n in np.unique(people):
+        idx = np.flatnonzero(people == n)
+        for i in idx if len(idx) > 1 else []:
+            others = rng.permutation(idx[idx != i])[:TEMPLATE_PHOTOS]
+            out.append(float(e[i] @ unit_rows(e[others].mean(0, keepdims=True))[0]))
+    return np.asarray(out)
+
+
+def tail_thresholds(impostor, fpir, sizes):
+    """Thresholds for `fpir` at gallery sizes beyond the data, from an exponential fit of the impostor tail."""
+    scores = np.sort(np.asarray(impostor, np.float64))[::-1]
+    k = int(TAIL_SHARE * len(scores))
+    u, sigma = float(scores[k]), float((scores[:k] - scores[k]).mean())
+    out = {}
+    for g in sizes:
+        p = 1 - (1 - fpir) ** (1 / g)  # per-template false-match rate that gives `fpir` over g templates
+        fitted = u + sigma * np.log(TAIL_SHARE / p)
+        used = min(fitted, MAX_THRESHOLD)
+        p_used = TAIL_SHARE * np.exp(-(used - u) / sigma)
+        out[str(g)] = {"threshold_fitted": round(float(fitted), 4), "threshold": round(float(used), 4),
+                       "fpir_estimated": float(1 - (1 - p_used) ** g)}
+    return {"tail_share": TAIL_SHARE, "u": u, "sigma": sigma, "sizes": out}
 
 
 def main():
@@ -97,6 +138,8 @@ def main():
     parser.add_argument("--model", default=None, help="export to calibrate (default: the shipped release)")
     parser.add_argument("--fpir", type=float, default=0.005, help="target false-positive identification rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--update-preset", action="store_true",
+                        help="write the gallery thresholds into the preset's metadata (the shipped release by default)")
     parser.add_argument("--export", metavar="BASE", help="write the model with the rule under BASE/<name>/<version>")
     parser.add_argument("--out", default="runs/strangers/results.json")
     args = parser.parse_args()
@@ -168,7 +211,7 @@ def main():
     one_to_one = model_threshold(meta)[0]
     sims = gallery_trials(all_emb, all_people, one_to_one, args.fpir, GALLERY_SIZES, rng)
     grid = np.linspace(0.80, 1.0, 2001)
-    p, pairs = per_template_rate(all_emb, all_people, rng, grid)
+    p, pairs, impostor = per_template_rate(all_emb, all_people, rng, grid)
     table = {}
     for g in (*GALLERY_SIZES, 1000):
         fpir_grid = 1 - (1 - p) ** g
@@ -177,10 +220,29 @@ def main():
         entry["threshold_estimated"] = estimate
         entry["fpir_at_1to1_threshold_estimated"] = float(1 - (1 - np.interp(one_to_one, grid, p)) ** g)
         table[str(g)] = entry.get("threshold_for_target", estimate)
+    tail = tail_thresholds(impostor, args.fpir, EXTRAPOLATED_SIZES)
+    for g, entry in tail["sizes"].items():
+        table[g] = entry["threshold"]
+    genuine = genuine_scores(all_emb, all_people, rng)
+    tail["genuine_accepted"] = {g: float((genuine >= t).mean()) for g, t in table.items()}
+    results["tail"] = tail
     results["galleries"] = {"one_to_one_threshold": one_to_one, "people_in_pool": int(len(np.unique(all_people))),
                             "template_photos": TEMPLATE_PHOTOS, "stranger_template_pairs": pairs, "sizes": sims,
                             "thresholds": table}
     write_results(args.out, results)
+    print("gallery thresholds:", table, "extrapolated:", tail, flush=True)
+    if args.update_preset:
+        from facemtl.models.presets import preset_dir, update_preset_metadata
+
+        folder = preset_dir(args.model or "release")
+        open_set = {**meta["open_set"], "gallery_thresholds": table,
+                    "gallery_thresholds_estimated": {
+                        "1000": "1 - (1 - p)^N with p measured on every stranger-template pair",
+                        "10000+": f"exponential fit of the top {TAIL_SHARE:g} impostor scores (u {tail['u']:.4f}, "
+                                  f"sigma {tail['sigma']:.5f}); capped at {MAX_THRESHOLD}, FPIR estimated there: "
+                                  + ", ".join(f"{g}: {e['fpir_estimated']:.3g}" for g, e in tail["sizes"].items())}}
+        update_preset_metadata(folder, {"open_set": open_set})
+        print(f"gallery thresholds written into {folder}")
 
     if args.export:
         export_with_rule(path, meta, chosen, threshold, table, args, results)

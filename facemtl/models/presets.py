@@ -318,7 +318,8 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
                 shutil.copyfile(os.path.join(folder, inside), os.path.join(path, inside))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder),
-                                                              "weights_stamp": _weights_stamp(folder)}},
+                                                              "weights_stamp": _weights_stamp(folder),
+                                                              "metadata_sha1": _metadata_sha1(folder)}},
                       f, indent=2)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -336,6 +337,23 @@ def _weights_stamp(folder):
     """`(size, mtime_ns)` of the preset's weights file: when unchanged, its digest need not be read again."""
     st = os.stat(os.path.join(folder, WEIGHTS_FILE))
     return [st.st_size, st.st_mtime_ns]
+
+
+def _metadata_sha1(folder):
+    with open(os.path.join(folder, METADATA_FILE), "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def update_preset_metadata(folder, updates):
+    """Merges `updates` into a preset's metadata (figures and calibrations measured later), atomically.
+
+    SavedModels written from the preset take the new metadata at their next use (`saved_model_for`).
+    """
+    from facemtl.files import write_json_atomically
+
+    meta = {**read_preset_metadata(folder), **updates}
+    write_json_atomically(os.path.join(folder, METADATA_FILE), meta, indent=2)
+    return meta
 
 
 def _weights_sha1(folder):
@@ -366,11 +384,15 @@ def saved_model_for(name="release", log=None):
         try:
             with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
                 written = json.load(f).get("preset", {})
-            stamp = _weights_stamp(folder)
-            if written.get("weights_stamp") == stamp:
-                return target
-            if written.get("weights_sha1") == _weights_sha1(folder):
-                update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
+            stamp, described = _weights_stamp(folder), _metadata_sha1(folder)
+            if written.get("weights_stamp") == stamp or written.get("weights_sha1") == _weights_sha1(folder):
+                if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
+                    meta = read_preset_metadata(folder)
+                    update_metadata(target, {**meta, "version": meta["version"],
+                                             "preset": {**written, "weights_stamp": stamp,
+                                                        "metadata_sha1": described}})
+                elif written.get("weights_stamp") != stamp:
+                    update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
                 return target
         except (OSError, ValueError):
             pass
@@ -380,4 +402,4 @@ def saved_model_for(name="release", log=None):
 
 __all__ = ["build_from_metadata", "cache_root", "cached_saved_model", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
            "preset_from_export",
-           "read_preset_metadata", "saved_model_for", "write_preset"]
+           "read_preset_metadata", "saved_model_for", "update_preset_metadata", "write_preset"]

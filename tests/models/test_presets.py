@@ -142,3 +142,9 @@ def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_n
     monkeypatch.setattr(presets, "_weights_sha1", lambda *_: pytest.fail("hashed again"))
     assert presets.saved_model_for(folder) == target
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written
+    # Newer metadata for the same weights (a calibration measured later) reaches the SavedModel without a rewrite.
+    presets.update_preset_metadata(folder, {"clustering": {"threshold": 0.5}})
+    assert presets.saved_model_for(folder) == target
+    with open(os.path.join(target, presets.METADATA_FILE), encoding="utf-8") as f:
+        assert json.load(f)["clustering"] == {"threshold": 0.5}
+    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written
