@@ -91,7 +91,7 @@ def test_cluster_command_finds_the_people_of_real_photos(tmp_path):
 
     root = os.path.join(SHARED_DATA, "lfw_subset", "train")
     people = ["Colin_Powell", "Gerhard_Schroeder", "Tony_Blair"]
-    photos = {p: sorted(os.path.join(root, p, f) for f in os.listdir(os.path.join(root, p)))[:6] for p in people}
+    photos = {p: sorted(os.path.join(root, p, f) for f in os.listdir(os.path.join(root, p)))[:10] for p in people}
     everything = [f for p in people for f in photos[p]]
     store, sheets = tmp_path / "store", tmp_path / "sheets"
     r = run_cli("gallery", "cluster", "album", *everything, "--store", store, "--sheets", sheets)
@@ -106,7 +106,7 @@ def test_cluster_command_finds_the_people_of_real_photos(tmp_path):
     truth = [p for p in people for _ in photos[p]]
     groups = {g: i for i, g in enumerate(sorted({g for g in labels if g != -1}))}
     scores = pairwise_scores(np.asarray([groups.get(g, -1) for g in labels]), np.asarray(truth))
-    assert scores["f1"] >= 0.9, scores
+    assert scores["precision"] >= 0.95 and scores["f1"] >= 0.8, scores  # whole set: docs/identity.md
     listed = json.loads(run_cli("gallery", "list", "album", "--store", store).stdout)["people"]
     assert sorted(listed) == sorted(groups) and all(n.startswith("person-") for n in listed)
     assert sorted(os.listdir(sheets)) == sorted(f"{g}.png" for g in groups)

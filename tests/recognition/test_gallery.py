@@ -274,3 +274,20 @@ def test_two_processes_enrolling_at_once_lose_neither_s_people(folder):
     people = Gallery.open("g", folder, model=MODEL).people()
     assert len(people) == 301 and people["shared"] == 300
     assert all(people[f"{p}{i:03d}"] == 1 for p in "ab" for i in range(150))
+
+
+def test_a_gallery_object_follows_another_process_s_compaction(folder, monkeypatch):
+    """A long-lived reader (the server) sees the new index file and drops the changes it folded in."""
+    monkeypatch.setattr(local, "INDEX_MIN_PEOPLE", 10)
+    rng = np.random.default_rng(10)
+    people = _unit(rng, 40)
+    reader = Gallery.open("g", folder, model=MODEL, create=True)
+    writer = Gallery(local.LocalStore(folder).open("g"), "g")  # a second connection, as another process has
+    writer.enroll_many([(f"p{i:02d}", people[i:i + 1], None) for i in range(20)])
+    assert [row[0][0] for row in reader.search(people[:20], k=1)] == [f"p{i:02d}" for i in range(20)]
+    writer.enroll_many([(f"p{i:02d}", people[i:i + 1], None) for i in range(20, 40)])
+    assert writer.compact() and writer.backend.pending() == 0
+    rows = reader.search(people, k=3)
+    assert [row[0][0] for row in rows] == [f"p{i:02d}" for i in range(40)]
+    assert all(len({name for name, _ in row}) == len(row) for row in rows)  # nobody twice (index + stale tail)
+    assert reader.backend.pending() == 0

@@ -284,26 +284,31 @@ class LocalGallery:
 
     def _refresh(self):
         """Follows other writers: a newer index file, and the people changed since the one in use."""
+        with self._lock:
+            self._follow()
+
+    def _follow(self):
         newest = _newest_index(self.folder)
+        reset = False
         if newest is not None and newest[0] > self._index_seq:
             from usearch.index import Index
 
             self._index = Index.restore(newest[1], view=True)  # memory-mapped: no load time at a million
-            self._index_seq = newest[0]
-            self._tail, self._seen_seq = {}, newest[0]
+            self._index_seq, reset = newest[0], True
         elif newest is None and self._index is not None:
-            self._index, self._index_seq, self._tail, self._seen_seq = None, 0, {}, 0
-        with self._lock:
-            self._db.execute("BEGIN")  # one snapshot for both reads
-            try:
-                last = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-                if last == self._seen_seq:
-                    return
-                rows = self._db.execute(
-                    "SELECT c.person, p.sum FROM (SELECT DISTINCT person FROM changes WHERE seq > ?) c "
-                    "LEFT JOIN people p ON p.id = c.person", (self._seen_seq,)).fetchall()
-            finally:
-                self._db.execute("COMMIT")
+            self._index, self._index_seq, reset = None, 0, True
+        if reset:
+            self._tail, self._seen_seq = {}, self._index_seq
+        self._db.execute("BEGIN")  # one snapshot for both reads
+        try:
+            last = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+            rows = [] if last == self._seen_seq else self._db.execute(
+                "SELECT c.person, p.sum FROM (SELECT DISTINCT person FROM changes WHERE seq > ?) c "
+                "LEFT JOIN people p ON p.id = c.person", (self._seen_seq,)).fetchall()
+        finally:
+            self._db.execute("COMMIT")
+        if not rows and not reset:
+            return
         for pid, blob in rows:
             self._tail[pid] = None if blob is None else _vector(blob)
         self._seen_seq = last
@@ -325,16 +330,17 @@ class LocalGallery:
             k: candidates per query.
             exact: compare with every template (ignores the index).
         """
-        self._refresh()
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
-        if exact or self._index is None:
-            if exact and self._index is not None:
-                ids, matrix = self._all_templates()
+        with self._lock:  # one search at a time per gallery object: the server's threads share it
+            self._refresh()
+            if exact or self._index is None:
+                if exact and self._index is not None:
+                    ids, matrix = self._all_templates()
+                else:
+                    ids, matrix = self._tail_ids, self._tail_matrix
+                found = _top_k(q @ matrix.T, ids, k)
             else:
-                ids, matrix = self._tail_ids, self._tail_matrix
-            found = _top_k(q @ matrix.T, ids, k)
-        else:
-            found = self._search_index(q, k)
+                found = self._search_index(q, k)
         names = self._names(pid for row in found for pid, _ in row)
         return [[(names[pid], score) for pid, score in row if pid in names] for row in found]
 
@@ -384,9 +390,11 @@ class LocalGallery:
             import fcntl
 
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            self._refresh()
+            with self._lock:  # a consistent snapshot of the changes; the index is built outside the lock
+                self._refresh()
+                tail, tail_ids, tail_matrix, seq = set(self._tail), self._tail_ids, self._tail_matrix, self._seen_seq
             people = self.count()
-            if not self._tail or (not force and (people < INDEX_MIN_PEOPLE or len(self._tail) < max(64, people // 100))):
+            if not tail or (not force and (people < INDEX_MIN_PEOPLE or len(tail) < max(64, people // 100))):
                 return False
             newest = _newest_index(self.folder)
             if newest is None:
@@ -394,12 +402,11 @@ class LocalGallery:
                               expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
             else:
                 index = Index.restore(newest[1])
-            gone = np.asarray([p for p in self._tail if index.contains(p)], np.uint64)
+            gone = np.asarray([p for p in tail if index.contains(p)], np.uint64)
             if len(gone):
                 index.remove(gone)
-            if len(self._tail_ids):
-                index.add(self._tail_ids.astype(np.uint64), self._tail_matrix, threads=os.cpu_count() or 1)
-            seq = self._seen_seq
+            if len(tail_ids):
+                index.add(tail_ids.astype(np.uint64), tail_matrix, threads=os.cpu_count() or 1)
             tmp = os.path.join(self.folder, f".index-{seq}.usearch.tmp")
             index.save(tmp)
             with open(tmp, "rb+") as f:
