@@ -158,6 +158,46 @@ def test_gallery_enrol_identify_list_remove(calibrated, people, tmp_path, traine
     assert r.returncode == 2 and "Bad gallery name" in r.stderr
 
 
+def test_gallery_commands_on_a_milvus_store(calibrated, people, tmp_path):
+    """The same commands against Milvus (Milvus Lite: the real engine in a local folder) through a store URI."""
+    pytest.importorskip("milvus_lite")
+    from facemtl.recognition.stores import close_stores, open_store
+
+    model, _ = calibrated
+    store = f"milvus-lite:{tmp_path}/milvus/galleries.db"
+    local = tmp_path / "local"
+    photos = {p.name: sorted(p.iterdir()) for p in people.iterdir()}
+    # Milvus Lite's server thread is started here, outside run_cli's redirected stdout/stderr (whose
+    # objects it would keep writing to after the call): the commands reuse the process's one client.
+    open_store(store)
+    try:
+        for name in ("person_0", "person_1", "person_2"):
+            for where in (store, local):
+                r = run_cli("gallery", "enroll", "team", name, *photos[name][:3], "--model", model, "--crops",
+                            "--store", where)
+                assert r.returncode == 0, r.stderr
+        assert json.loads(run_cli("gallery", "list", "--store", store).stdout)["galleries"] == ["team"]
+        probes = [photos[name][4] for name in ("person_0", "person_1", "person_3")]
+        answers = {}
+        for where in (store, local):
+            r = run_cli("gallery", "identify", "team", *probes, "--crops", "--store", where, "-k", "3",
+                        "--threshold", "0.5", "--model", model)
+            assert r.returncode == 0, r.stderr
+            answers[where] = [json.loads(line) for line in r.stdout.splitlines()]
+        for milvus, embedded in zip(answers[store], answers[local]):  # the same answers from either engine
+            assert [c["name"] for c in milvus["candidates"]] == [c["name"] for c in embedded["candidates"]]
+            assert [c["score"] for c in milvus["candidates"]] == pytest.approx(
+                [c["score"] for c in embedded["candidates"]], abs=1e-4)
+        assert run_cli("gallery", "rename", "team", "person_1", "Ann Lee", "--store", store).returncode == 0
+        assert run_cli("gallery", "merge", "team", "person_2", "Ann Lee", "--store", store).returncode == 0
+        assert run_cli("gallery", "remove", "team", "person_0", "--store", store).returncode == 0
+        assert json.loads(run_cli("gallery", "list", "team", "--store", store).stdout)["people"] == {"Ann Lee": 6}
+        r = run_cli("gallery", "list", "--store", "milvus://:19530")
+        assert r.returncode == 2 and "names a host" in r.stderr
+    finally:
+        close_stores()
+
+
 def test_concurrent_enrolments_lose_nothing(calibrated, people, tmp_path):
     import subprocess
     import sys
