@@ -134,6 +134,24 @@ def run_store(kind, n, workdir, queries_noisy, queries_random, log):
     log(f"{kind} {n}: indexed in {row['index_s']} s")
     # Approximate vs exact, top-1 person, and warm latency one query at a time.
     truth_noisy, truth_random = exact_top1(templates, queries_noisy), exact_top1(templates, queries_random)
+    if kind == "local":  # the HNSW search breadth: agreement and latency per efSearch (the shipped one below)
+        from facemtl.recognition.stores import local
+
+        shipped, row["ef_sweep"] = local.EXPANSION_SEARCH, []
+        for ef in (64, 128, 256, 512, 1024):
+            local.EXPANSION_SEARCH = ef
+            got, times = [], []
+            for q in queries_noisy[:1000]:
+                t = time.perf_counter()
+                got.append(gallery.search(q, k=5)[0][0][0])
+                times.append(time.perf_counter() - t)
+            rand = [r[0][0] for r in gallery.search(queries_random, k=5)]
+            row["ef_sweep"].append({
+                "ef": ef, "identify_warm_ms": median_ms(times),
+                "top1_agreement_noisy": float(np.mean([g == f"p{t:07d}" for g, t in zip(got, truth_noisy)])),
+                "top1_agreement_random": float(np.mean([g == f"p{t:07d}" for g, t in zip(rand, truth_random)]))})
+            log(f"{kind} {n}: {row['ef_sweep'][-1]}")
+        local.EXPANSION_SEARCH = shipped
     if kind == "milvus-lite":  # its search scans rows in Python (~0.1 s per query at 10,000 people)
         queries_noisy, queries_random = queries_noisy[:200], queries_random[:200]
     truth_noisy, truth_random = truth_noisy[:len(queries_noisy)], truth_random[:len(queries_random)]

@@ -208,7 +208,8 @@ def test_an_old_npz_gallery_is_converted_on_first_use_and_left_as_it_was(folder)
              names=np.asarray(["ann", "bob", "ann"]), embeddings=emb, sources=np.asarray(["a.jpg", "b.jpg", "c.jpg"]))
     before = open(old, "rb").read()
     assert list_galleries(folder) == ["team"]
-    g = Gallery.open("team", folder, model=MODEL)
+    with pytest.warns(UserWarning, match="readable by other users; its converted copy is not"):
+        g = Gallery.open("team", folder, model=MODEL)
     assert g.people() == {"ann": 2, "bob": 1} and g.sources("ann") == ["a.jpg", "c.jpg"]
     assert g.search(emb[1], k=1)[0][0][0] == "bob"
     assert open(old, "rb").read() == before
