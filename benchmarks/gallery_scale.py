@@ -275,6 +275,8 @@ def main(argv=None):
     parser.add_argument("--people", choices=["uniform", "face-like"], default="uniform",
                         help="how synthetic people are drawn (see the module docstring)")
     parser.add_argument("--data", default="../shared/data", help="with --people face-like: holds celeba_subset/")
+    parser.add_argument("--connectivity", type=int, help="HNSW links per node for the embedded store (default: "
+                                                         "the shipped facemtl.recognition.stores.local.CONNECTIVITY)")
     args = parser.parse_args(argv)
     global LIKE
 
@@ -282,6 +284,10 @@ def main(argv=None):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     os.makedirs(args.out, exist_ok=True)
+    if args.connectivity:
+        from facemtl.recognition.stores import local
+
+        local.CONNECTIVITY = args.connectivity
     if args.people == "face-like":
         LIKE = face_like(args.data, args.out)
     rows = []
@@ -300,7 +306,8 @@ def main(argv=None):
             workdir = tempfile.mkdtemp(prefix=f"gallery-{kind}-{n}-", dir=args.workdir)
             try:
                 log(f"{kind} at {n} people")
-                rows.append({**run_store(kind, n, workdir, noisy, strangers, log), "people_kind": args.people})
+                rows.append({**run_store(kind, n, workdir, noisy, strangers, log), "people_kind": args.people,
+                             "connectivity": args.connectivity or "shipped"})
                 log(json.dumps(rows[-1]))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
