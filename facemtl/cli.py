@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from facemtl import __version__
 from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.faces.detect import DETECTORS as DETECTOR_NAMES
@@ -351,6 +352,7 @@ MODEL_HELP = "a SavedModel version folder (default: the release model shipped wi
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
+    parser.add_argument("--version", action="version", version=f"facemtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train, evaluate and export the model a recipe describes")

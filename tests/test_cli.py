@@ -142,3 +142,10 @@ def test_analyze_is_quiet_ignores_non_images_in_folders_and_succeeds(tmp_path):
     assert records[0]["faces"][0]["identity"]["label"] == "unknown"  # a stranger to the 12 trained people
     verbose = analyze("--verbose")
     assert verbose.returncode == 0 and len(verbose.stderr.splitlines()) > len(lines)
+
+
+def test_version_is_printed():
+    from facemtl import __version__
+
+    r = run_cli_here("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"facemtl {__version__}"
