@@ -136,7 +136,7 @@ class Gallery:
         elif model is None:
             raise GalleryError("A new gallery needs the model whose embeddings it will hold")
         else:
-            gallery = cls(st.create(name, model_info_of(model)), name)
+            gallery = cls(st.create(name, model_info(model, model.get("path"))), name)
         if model is not None:
             gallery.check_model(model)
         return gallery
@@ -312,10 +312,6 @@ def model_info(metadata, path=None):
     if path:
         info["path"] = os.path.abspath(path)
     return info
-
-
-def model_info_of(model):
-    return {k: model.get(k) for k in ("model_id", "name", "version", "embedding_dim", "path") if k in model}
 
 
 def _describe(model):

@@ -33,6 +33,7 @@ import threading
 import numpy as np
 
 from facemtl.errors import GalleryError
+from facemtl.recognition.metrics import normalize
 
 FORMAT_VERSION = 2
 SUFFIX = ".gallery"
@@ -62,11 +63,6 @@ CREATE TRIGGER IF NOT EXISTS people_removed AFTER DELETE ON people BEGIN
     INSERT INTO changes (person) VALUES (old.id); UPDATE counts SET people = people - 1;
     DELETE FROM faces WHERE person = old.id; END;
 """
-
-
-def _unit(x):
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _blob(vector):
@@ -271,7 +267,7 @@ class LocalGallery:
         with self._lock:
             rows = self._db.execute("SELECT name, sum FROM people ORDER BY name").fetchall()
         matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, self.dim)
-        return np.asarray([r[0] for r in rows], dtype=str), _unit(matrix)
+        return np.asarray([r[0] for r in rows], dtype=str), normalize(matrix)
 
     def _names(self, ids):
         ids = sorted({int(i) for i in ids})
@@ -315,7 +311,7 @@ class LocalGallery:
         self._seen_seq = last
         live = [(pid, v) for pid, v in self._tail.items() if v is not None]
         self._tail_ids = np.asarray([p for p, _ in live], np.int64)
-        self._tail_matrix = _unit(np.stack([v for _, v in live])) if live else np.zeros((0, self.dim), np.float32)
+        self._tail_matrix = normalize(np.stack([v for _, v in live])) if live else np.zeros((0, self.dim), np.float32)
         self._exact = None
 
     def pending(self):
@@ -351,7 +347,7 @@ class LocalGallery:
                 rows = self._db.execute("SELECT id, sum FROM people").fetchall()
             ids = np.asarray([r[0] for r in rows], np.int64)
             matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(-1, self.dim)
-            self._exact = (ids, _unit(matrix))
+            self._exact = (ids, normalize(matrix))
         return self._exact
 
     def _search_index(self, q, k):

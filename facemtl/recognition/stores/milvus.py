@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from facemtl.errors import GalleryError
-from facemtl.recognition.stores.local import _unit
+from facemtl.recognition.metrics import normalize
 
 REGISTRY = "facemtl_galleries"
 EF_SEARCH = 256
@@ -157,15 +157,18 @@ class MilvusGallery:
         for collection in (self.people_collection, self.faces_collection):
             self.client.load_collection(collection)
 
-    def _faces_of(self, name, fields):
+    def _paged(self, collection, expression, fields):
+        """Every row of `collection` matching `expression` (Milvus answers at most a page per query)."""
         rows, offset = [], 0
         while True:
-            page = self.client.query(self.faces_collection, filter=f"person == {_literal(name)}",
-                                     output_fields=fields, limit=_PAGE, offset=offset)
+            page = self.client.query(collection, filter=expression, output_fields=fields, limit=_PAGE, offset=offset)
             rows += page
             if len(page) < _PAGE:
                 return rows
             offset += _PAGE
+
+    def _faces_of(self, name, fields):
+        return self._paged(self.faces_collection, f"person == {_literal(name)}", fields)
 
     def _set_template(self, name):
         """Recomputes a person's template from all of their face rows (see the module docstring)."""
@@ -175,7 +178,7 @@ class MilvusGallery:
             return 0
         total = np.asarray([r["embedding"] for r in rows], np.float32).sum(0)
         self.client.upsert(self.people_collection, [{"name": name, "faces": len(rows), "sum": total.tolist(),
-                                                     "template": _unit(total).tolist()}])
+                                                     "template": normalize(total).tolist()}])
         return len(rows)
 
     def add(self, items, added=None):
@@ -196,7 +199,7 @@ class MilvusGallery:
             for start in range(0, len(names), _PAGE):
                 known |= {r["name"] for r in self.client.get(self.people_collection, ids=names[start:start + _PAGE],
                                                              output_fields=["name"])}
-            new = [{"name": n, "faces": sums[n][0], "sum": sums[n][1].tolist(), "template": _unit(sums[n][1]).tolist()}
+            new = [{"name": n, "faces": sums[n][0], "sum": sums[n][1].tolist(), "template": normalize(sums[n][1]).tolist()}
                    for n in names if n not in known]
             for start in range(0, len(new), _PAGE):
                 self.client.upsert(self.people_collection, new[start:start + _PAGE])
@@ -240,14 +243,7 @@ class MilvusGallery:
         return int(rows[0]["count(*)"])
 
     def _all(self, fields):
-        rows, offset = [], 0
-        while True:
-            page = self.client.query(self.people_collection, filter='name != ""', output_fields=fields,
-                                     limit=_PAGE, offset=offset)
-            rows += page
-            if len(page) < _PAGE:
-                return rows
-            offset += _PAGE
+        return self._paged(self.people_collection, 'name != ""', fields)
 
     def people(self):
         return {r["name"]: int(r["faces"]) for r in sorted(self._all(["name", "faces"]), key=lambda r: r["name"])}
