@@ -17,6 +17,7 @@ from facemtl import __version__
 from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.faces.detect import DETECTORS as DETECTOR_NAMES
+from facemtl.pipelines import LOCAL
 from facemtl.quiet import VERBOSE_HELP, route_native_logs
 
 
@@ -58,6 +59,10 @@ def _analyze(args):
         raise FacemtlError(f"--every must be a positive number of frames. Received: --every {args.every}")
     if args.max_frames is not None and args.max_frames < 1:
         raise FacemtlError(f"--max-frames must be positive. Received: --max-frames {args.max_frames}")
+    if args.runner != LOCAL:
+        return _analyze_on_beam(args)
+    if args.parquet or args.num_shards is not None:
+        raise FacemtlError("--parquet and --num-shards are for sharded output: use them with --runner beam")
     gallery = None
     if args.gallery:
         from facemtl.recognition.gallery import Gallery
@@ -109,10 +114,54 @@ def _analyze(args):
     return 130 if interrupted else (1 if failures else 0)
 
 
+def _analyze_on_beam(args):
+    from facemtl.pipelines.analyze import analyze_collection, dead_letter_prefix
+
+    if not args.out:
+        raise FacemtlError("--runner beam writes sharded files: give --out PREFIX (e.g. --out answers/photos)")
+    if args.annotate:
+        raise FacemtlError("--annotate is not available with --runner beam (annotated pictures are written in one "
+                           "process: run `facemtl analyze --annotate` on the photos you want to see)")
+    if args.gallery:  # a missing gallery is one line here, not an error in every worker
+        from facemtl.recognition.gallery import Gallery
+
+        Gallery.open(args.gallery, args.store)
+    shards = args.num_shards or 8
+    start = time.perf_counter()
+    counts = analyze_collection(
+        args.paths, args.out, runner=args.runner, beam_args=args.beam_args, num_shards=shards, parquet=args.parquet,
+        model=args.model, detector=args.detector, fallback=args.fallback, min_score=args.min_score,
+        min_face_size=args.min_face_size, max_side=args.max_side, every=args.every, max_frames=args.max_frames,
+        batch_photos=args.batch_photos, embedding=args.embedding, gallery=args.gallery, store=args.store,
+        threshold=args.threshold)
+    seconds = time.perf_counter() - start
+    n = counts["photos"] + counts["frames"]
+    print(f"facemtl: analysed {n} photo(s)/frame(s) in {seconds:.1f} s on {args.runner} ({n / max(seconds, 1e-9):.1f}"
+          f"/s, start-up included), found {counts['faces']} face(s), {counts['unreadable']} unreadable file(s)"
+          + (f", {counts['ignored']} file(s) in folders ignored (not images or videos by name)"
+             if counts["ignored"] else "")
+          + f"; answers in {args.out}-*-of-{shards:05d}.jsonl"
+          + (" and .parquet" if args.parquet else "")
+          + (f", unreadable files in {dead_letter_prefix(args.out)}-00000-of-00001.jsonl"
+             if counts["unreadable"] else ""), file=sys.stderr)
+    return 1 if counts["unreadable"] else 0
+
+
 def _align(args):
     from facemtl.faces.detect import get_detector
     from facemtl.faces.align_folder import align_folder
 
+    if args.runner != LOCAL:
+        from facemtl.pipelines.align import align_collection, report_prefix
+
+        counts = align_collection(args.src, args.dst, detector=args.detector, size=(args.size, args.size),
+                                  face_scale=args.face_scale, max_side=args.max_side, runner=args.runner,
+                                  beam_args=args.beam_args)
+        print(f"facemtl: {counts['aligned']} aligned, {counts['cached']} already cached, {counts['no_face']} "
+              f"without a face, {counts['unreadable']} unreadable, {counts['several_faces']} with several faces "
+              f"(largest kept), {counts['ignored']} ignored (not images by name); the list is in "
+              f"{report_prefix(args.dst)}-00000-of-00001.jsonl", file=sys.stderr)
+        return 0
     if not os.path.isdir(args.src):
         raise FacemtlError(f"{args.src}: no such folder")
     report = align_folder(args.src, args.dst, get_detector(args.detector), size=(args.size, args.size),
@@ -195,6 +244,8 @@ def _gallery(args):
     if args.action == "list" and not args.gallery:
         print(json.dumps({"store": open_store(store).uri, "galleries": list_galleries(store)}))
         return 0
+    if args.action == "enroll-folders":
+        return _enroll_folders(args)
     if args.action in ("enroll", "cluster"):
         embedder = _embedder(args, args.model) if args.action == "enroll" else None
         metadata = embedder.metadata if embedder else None
@@ -259,6 +310,37 @@ def _gallery(args):
         print(json.dumps({"path": path, "faces": [{"box": f["box"], "detection_score": f["score"], **f["match"]}
                                                   for f in result["faces"]]}))
     return 1 if failures else 0
+
+
+def _enroll_folders(args):
+    from facemtl.recognition.enrolment import enroll_folders, enrolment_summary
+    from facemtl.recognition.gallery import Gallery, model_info
+
+    args.crops = False
+    if args.runner == LOCAL:
+        embedder = _embedder(args, args.model)
+        gallery = Gallery.open(args.gallery, args.store, model=model_info(embedder.metadata, args.model), create=True)
+        counts, report = enroll_folders(gallery, args.root, embedder)
+    else:
+        from facemtl.export.saved_model import read_metadata
+        from facemtl.pipelines.enroll import enroll_collection
+        from facemtl.pretrained import resolve_model
+
+        # Made here, once, with the model's info: the workers only add to it.
+        metadata = read_metadata(resolve_model(args.model))
+        gallery = Gallery.open(args.gallery, args.store, model=model_info(metadata, args.model), create=True)
+        prefix = args.report or f"{args.gallery}-enrolment-report"
+        counts = enroll_collection(args.root, args.gallery, prefix, store=args.store, model=args.model,
+                                   detector=args.detector, runner=args.runner, beam_args=args.beam_args)
+        report = [json.loads(line) for line in _read_lines(f"{prefix}-00000-of-00001.jsonl")]
+    print(json.dumps(enrolment_summary(gallery, counts, report)))
+    return 1 if counts["no_face"] or counts["unreadable"] else 0
+
+
+def _read_lines(path):
+    from facemtl.pipelines.io import read_bytes
+
+    return read_bytes(path).decode("utf-8").splitlines()
 
 
 def _cluster(args, analyzer, gallery):
@@ -347,6 +429,9 @@ def _serve(args):
 
 DETECTORS = sorted(DETECTOR_NAMES, key=lambda n: n != DEFAULT_DETECTOR)  # the default first
 DETECTOR_HELP = "face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"
+RUNNER_HELP = ("local (default: this process), beam (Apache Beam's local runner; add --direct_num_workers N) or a Beam "
+               "runner: DirectRunner, FlinkRunner, SparkRunner, DataflowRunner...; Beam's own options (--project, "
+               "--flink_master...) are passed to it as written (docs/pipelines.md; needs facemtl[beam])")
 MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
 
 
@@ -395,6 +480,10 @@ def build_parser():
     p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries) "
                                    "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
+    p.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
+    p.add_argument("--num-shards", type=int, help="--runner beam: output files PREFIX-SSSSS-of-NNNNN.jsonl (default "
+                                                  "8; about one per 100,000 photos)")
+    p.add_argument("--parquet", action="store_true", help="--runner beam: also write each shard as Parquet")
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("align", help="detect and align the main face of every photo of a folder (dataset preprocessing)")
@@ -403,7 +492,8 @@ def build_parser():
     p.add_argument("--size", type=int, default=112, help="crop side in pixels")
     p.add_argument("--face-scale", type=float, default=1.0, help="< 1 leaves more context around the face")
     p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
-    p.add_argument("--max-side", type=int, default=2048)
+    p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
+    p.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
     p.set_defaults(func=_align)
 
     p = sub.add_parser("evaluate", help="per-task accuracy, macro-F1, per-class table and confusion matrices")
@@ -447,6 +537,15 @@ def build_parser():
     g.add_argument("photos", nargs="+", help="photos of that person (the largest face of each is used)")
     g.add_argument("--model", help=MODEL_HELP)
     photo_options(g)
+    g = gsub.add_parser("enroll-folders", help="enrol everyone of a labelled folder tree ROOT/<person>/<photos> "
+                                               "(reruns add nothing twice; --runner beam for big trees)")
+    g.add_argument("gallery", help="gallery name (created when new)")
+    g.add_argument("root", help="folder with one sub-folder of photos per person (the folder name is the name)")
+    g.add_argument("--model", help=MODEL_HELP)
+    g.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
+    g.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
+    g.add_argument("--report", help="--runner beam: prefix of the report of photos not used (default "
+                                    "./<gallery>-enrolment-report; somewhere the workers can write)")
     g = gsub.add_parser("identify", help="who is in these photos? top-k names with scores, or unknown")
     g.add_argument("gallery", help="gallery name")
     g.add_argument("photos", nargs="+", help="photos (every face is identified) or, with --crops, face crops")
@@ -539,10 +638,41 @@ def run():
     sys.exit(main())
 
 
+def _option_strings(parser):
+    """Every option string of a parser and its sub-commands."""
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _option_strings(child)
+    return found
+
+
+def _parse(parser, argv):
+    """Parses facemtl's arguments; with `--runner` other than local, Beam's own options are set apart for Beam."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    args.beam_args = []
+    if getattr(args, "runner", LOCAL) == LOCAL:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    from facemtl.pipelines.runner import split_beam_args
+
+    mine, args_for_beam = split_beam_args(argv, _option_strings(parser))
+    args = parser.parse_args(mine)
+    args.beam_args = args_for_beam
+    return args
+
+
 def main(argv=None):
     parser = build_parser()
     _add_verbose(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)
+    except FacemtlError as exc:  # --runner beam without Apache Beam installed
+        print(f"facemtl: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except FacemtlError as exc:

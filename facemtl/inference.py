@@ -42,9 +42,11 @@ class Predictor:
             `None` for the release model shipped with facemtl.
         batch_size: most crops per forward pass.
         backend: `"auto"` (the export's LiteRT copy, `assets.extra/model.tflite`,
-            for calls with one face, where it is faster on a CPU; the
-            SavedModel for batches), `"savedmodel"` (always the SavedModel) or
-            `"tflite"` (always the LiteRT copy, one face per invocation).
+            for calls with one face, where it is faster on a CPU, when the copy
+            is not quantized; the SavedModel otherwise: a face's answer never
+            depends on how many faces it was sent with), `"savedmodel"`
+            (always the SavedModel) or `"tflite"` (always the LiteRT copy, one
+            face per invocation).
         align_crops: `predict` frames each crop as a photo is framed
             (`frame_crops`: the serving detector finds the face in the crop and
             it is aligned onto the model's layout; a crop in which no face is
@@ -94,6 +96,8 @@ class Predictor:
 
             self._lite = TFLitePredictor(lite)
         self.backend = backend
+        # A quantized copy answers up to a year of age apart from the SavedModel: "auto" then keeps to the SavedModel.
+        self._lite_for_one = not (self.metadata.get("tflite") or {}).get("quantize")
         self.align_crops = bool(align_crops)
         self._crop_detector = None
 
@@ -163,7 +167,7 @@ class Predictor:
         Returns:
             numpy outputs `[n, ...]`, keyed as `serving_default`'s.
         """
-        if self._lite is not None and (self.backend == "tflite" or len(batch) == 1):
+        if self._lite is not None and (self.backend == "tflite" or (len(batch) == 1 and self._lite_for_one)):
             return self._forward_lite(batch)
         out = self._serve(images=self._tf.constant(batch, dtype=self._tf.uint8))
         return {k: v.numpy() for k, v in out.items()}
@@ -391,6 +395,24 @@ class FaceAnalyzer:
         return results
 
 
+def photo_record(path, frame, image, faces, embedding=True):
+    """The record `facemtl analyze` writes for a photo or a video frame.
+
+    Args:
+        path: the file. frame: the frame index (None for a photo).
+        image: the decoded photo or frame. faces: `FaceAnalyzer`'s faces of it.
+        embedding: keep each face's embedding (dropped in place otherwise).
+
+    Returns:
+        `{"path", "frame" (videos only), "size": [h, w], "faces"}`.
+    """
+    if not embedding:
+        for face in faces:
+            face.pop("embedding", None)
+    return {"path": path, **({"frame": frame} if frame is not None else {}), "size": list(image.shape[:2]),
+            "faces": faces}
+
+
 def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True, ignored=None):
     """Analyses photos, folders (walked recursively), videos and cameras; yields one record per photo or frame.
 
@@ -444,8 +466,7 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         if bar:
             bar.update(len(batch))
         for (path, frame, img), faces in zip(batch, results):
-            record = {"path": path, **({"frame": frame} if frame is not None else {})}
-            yield {**record, "size": list(img.shape[:2]), "faces": faces}, img
+            yield photo_record(path, frame, img, faces), img
         batch.clear()
 
     try:

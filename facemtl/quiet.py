@@ -44,8 +44,10 @@ def route_native_logs(verbose=False):
         return None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore", module=_LIBRARIES)
-    for name in ("absl", "tensorflow", "keras", "h5py"):
+    for name in ("absl", "tensorflow", "keras", "h5py", "apache_beam"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Apache Beam warns on the root logger at import (optional GCP clients missing, no memory metrics).
+    logging.getLogger().setLevel(logging.ERROR)
     path = native_log_path()
     try:
         sys.stderr.flush()

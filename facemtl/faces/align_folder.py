@@ -8,13 +8,14 @@ cached: a photo whose crop already exists is not detected again.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 from PIL import Image
 
 from facemtl.errors import FacemtlError
 from facemtl.faces.align import align_face
-from facemtl.files import temporary_name
+from facemtl.files import write_bytes_atomically
 from facemtl.images import load_image
 from facemtl.media import Progress, expand_paths
 
@@ -37,6 +38,34 @@ class AlignReport:
 def largest(detections):
     """The detection with the largest box (the photo's subject in labelled datasets)."""
     return max(detections, key=lambda d: d.box[2] * d.box[3]) if detections else None
+
+
+def main_face_crop(image, detector, size=(112, 112), face_scale=1.0, layout="arcface"):
+    """The aligned crop of a photo's main (largest) face, and how many faces it has.
+
+    The one rule for a training photo's crop: `align_folder` and the Beam
+    pipeline (`facemtl.pipelines.align`) both call it.
+
+    Returns:
+        `(crop, faces)`: `crop` is `uint8 [h, w, 3]`, or None when `faces` is 0.
+    """
+    detections = detector.detect(image)
+    main = largest(detections)
+    if main is None:
+        return None, 0
+    return align_face(image, main.landmarks, size, face_scale, layout, main.points)[0], len(detections)
+
+
+def encode_png(crop):
+    """A crop as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(crop).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def crop_name(rel):
+    """The crop file of a photo at `rel` (a path relative to the source folder): same path, `.png`."""
+    return os.path.splitext(rel)[0] + ".png"
 
 
 def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2048, progress=True,
@@ -66,7 +95,7 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
     bar = Progress(len(files), "align") if progress else None
     for path, error in files:
         rel = os.path.relpath(path, src)
-        target = os.path.join(dst, os.path.splitext(rel)[0] + ".png")
+        target = os.path.join(dst, crop_name(rel))
         try:
             if error:  # a path that vanished since the folder was listed
                 report.unreadable.append(path)
@@ -79,24 +108,16 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
             except FacemtlError:
                 report.unreadable.append(path)
                 continue
-            detections = detector.detect(image)
-            if not detections:
+            crop, faces = main_face_crop(image, detector, size, face_scale, layout)
+            if crop is None:
                 report.no_face.append(path)
                 continue
-            if len(detections) > 1:
+            if faces > 1:
                 report.several_faces.append(path)
-            main = largest(detections)
-            crop, _ = align_face(image, main.landmarks, size, face_scale, layout, main.points)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            # A hidden temporary name (never read as a photo), renamed into place: a crash never leaves a
-            # half-written crop in the cache, and a failed write leaves no file behind.
-            tmp = temporary_name(target)
-            try:
-                Image.fromarray(crop).save(tmp, format="PNG")
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            # Written under a hidden temporary name (never read as a photo) and renamed into place: a crash never
+            # leaves a half-written crop in the cache.
+            write_bytes_atomically(target, encode_png(crop))
             report.aligned += 1
         finally:
             if bar:

@@ -225,6 +225,26 @@ class Gallery:
         self.backend.compact()
         return totals
 
+    def enroll_new(self, people):
+        """`enroll_many` that skips the photos a person already has (by source): a rerun adds nothing twice.
+
+        An enrolment pipeline whose bundle is retried after its commit, or a
+        rerun of the same folders, leaves the gallery as one run would.
+
+        Returns:
+            `[(name, added, total)]`, one per person given.
+        """
+        fresh, added = [], []
+        for name, embeddings, sources in people:
+            have = set(self.sources(name))
+            keep = [i for i, s in enumerate(sources) if str(s) not in have]
+            added.append((name, len(keep)))
+            if keep:
+                fresh.append((name, np.asarray(embeddings)[keep], [sources[i] for i in keep]))
+        totals = dict(zip([f[0] for f in fresh], self.enroll_many(fresh))) if fresh else {}
+        people_now = self.people() if len(totals) < len(added) else {}
+        return [(name, n, totals.get(name, people_now.get(name, 0))) for name, n in added]
+
     def remove(self, name):
         """Removes every embedding of `name`; returns how many."""
         removed = self.backend.remove(name)
