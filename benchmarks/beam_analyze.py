@@ -73,9 +73,9 @@ def main():
                    stderr=subprocess.DEVNULL)  # the release SavedModel written into the cache before any timing
     results = {"cpu": cpu_name(), "cores": os.cpu_count(), "commit": git_commit(), "photos": len(photos),
                "command": "python benchmarks/beam_analyze.py --data ../shared/data", "arms": {}}
-    for name, command in arms.items():
-        short_s, _ = timed(command(photos[:args.warm], os.path.join(work, f"{name[:4]}-short")))
-        full_s, rss = timed(command(photos, os.path.join(work, f"{name[:4]}-full")))
+    for i, (name, command) in enumerate(arms.items()):
+        short_s, _ = timed(command(photos[:args.warm], os.path.join(work, f"arm{i}-short", "answers")))
+        full_s, rss = timed(command(photos, os.path.join(work, f"arm{i}-full", "answers")))
         results["arms"][name] = {
             "seconds": round(full_s, 1), "photos_per_s": round(len(photos) / full_s, 1),
             "steady_photos_per_s": round((len(photos) - args.warm) / (full_s - short_s), 1),
