@@ -1,5 +1,5 @@
 """The `facemtl` command line: train, predict, analyze, align, evaluate, verify, calibrate, gallery, models,
-export, serve.
+export, serve (analyze, align and gallery enroll-folders also on Apache Beam: `--runner`).
 
 Every user-facing error (bad recipe, missing file, unreadable image, wrong
 model folder) is printed as one `facemtl: error: ...` line with exit status 2.
@@ -24,9 +24,10 @@ from facemtl.quiet import VERBOSE_HELP, route_native_logs
 
 def _train(args):
     from facemtl.config import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides=args.set, smoke=args.smoke)  # a bad recipe is said before TF starts
     from facemtl.training.trainer import train
 
-    recipe = load_recipe(args.recipe, overrides=args.set, smoke=args.smoke)
     train(recipe, run_dir=args.run_dir)
     return 0
 
@@ -322,7 +323,7 @@ def _enroll_folders(args):
         gallery = Gallery.open(args.gallery, args.store, model=model_info(embedder.metadata, args.model), create=True)
         counts, report = enroll_folders(gallery, args.root, embedder)
     else:
-        from facemtl.export.saved_model import read_metadata
+        from facemtl.export.metadata import read_metadata
         from facemtl.pipelines.enroll import enroll_collection
         from facemtl.pretrained import resolve_model
 
@@ -436,7 +437,9 @@ MODEL_HELP = "a SavedModel version folder (default: the release model shipped wi
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: identity and expression.")
+    parser = argparse.ArgumentParser(prog="facemtl", description="Multi-task face analysis: who a face is (trained "
+                                     "people or unknown, galleries), its expression, apparent age and gender; "
+                                     "training, export and serving.")
     parser.add_argument("--version", action="version", version=f"facemtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -453,7 +456,7 @@ def build_parser():
                    "folder first is taken as --model")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--embedding", action="store_true", help="include the embedding vector in the output")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
     p.add_argument("--no-align", action="store_true",
                    help="give the model each crop as it is (default: the face in the crop is found and aligned "
                         "as in a photo, where one is found)")
@@ -477,7 +480,7 @@ def build_parser():
     p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
     p.add_argument("--gallery", help="name every face from this gallery (see `facemtl gallery`)")
-    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries) "
+    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries) "
                                    "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
     p.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
@@ -500,7 +503,8 @@ def build_parser():
     p.add_argument("model", help="a SavedModel version folder or a run folder")
     p.add_argument("--recipe", help="recipe naming the data (default: the run's own recipe)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test (the held-out split, default) or val (the split checkpoints were chosen on)")
     p.add_argument("--out", help="folder for report.json and the confusion PNGs")
     p.set_defaults(func=_evaluate)
 
@@ -519,7 +523,8 @@ def build_parser():
     p = sub.add_parser("calibrate", help="pick the verification threshold for a target false-accept rate")
     p.add_argument("--model", required=True, help="a SavedModel version folder (its metadata gets the threshold)")
     p.add_argument("--data", required=True, help="labelled faces, e.g. one folder per person")
-    p.add_argument("--format", default="identity_folders", choices=["identity_folders", "celeba", "vggface2"])
+    p.add_argument("--format", default="identity_folders", choices=["identity_folders", "celeba", "vggface2"],
+                   help="the layout of --data: one folder per person (default), CelebA's, or VGGFace2's")
     p.add_argument("--split", help="the dataset split to use, where it has splits (e.g. test)")
     p.add_argument("--align", action="store_true", help="detect and align in-the-wild photos first (cached)")
     p.add_argument("--far", type=float, default=1e-3, help="target false-accept rate (default 1e-3)")
@@ -529,7 +534,7 @@ def build_parser():
 
     p = sub.add_parser("gallery", help="enrol people, identify faces, find the people of a photo collection")
     gsub = p.add_subparsers(dest="action", required=True)
-    store_help = ("where galleries live: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries), "
+    store_help = ("where galleries live: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries), "
                   "milvus://HOST:19530[/DB], milvus+https://HOST or milvus-lite:PATH.db (docs/identity.md)")
     g = gsub.add_parser("enroll", help="add photos of a person (several photos are combined)")
     g.add_argument("gallery", help="gallery name (created when new)")
@@ -588,7 +593,8 @@ def build_parser():
     p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000, or a preset: release, release/4")
     p.add_argument("--like", help="the earlier export whose class names, calibration and model id to keep "
                                   "(default: the run's own export)")
-    p.add_argument("--base-dir", default="saved_models")
+    p.add_argument("--base-dir", default="saved_models", help="the model repository the export goes into, in TF "
+                                                               "Serving's layout <base-dir>/<name>/<version>")
     p.add_argument("--name", help="default: the earlier export's name")
     p.add_argument("--version", type=int, help="default: the next free version (a preset: its own version)")
     p.add_argument("--max-faces", type=int, default=16,
@@ -613,12 +619,13 @@ def build_parser():
                    help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "
                         "takes the requests that queued while the model was busy, so a lone request never waits)")
     p.add_argument("--api-key", help="key for gallery writes (default $FACEMTL_API_KEY; none: writes refused)")
-    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES or ~/.facemtl/galleries) "
+    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries) "
                                    "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="bigger requests are answered 413")
     p.add_argument("--max-instances", type=int, default=256, help="most images per :predict request")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (CORS is off by default)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the server's log level (default info)")
     p.set_defaults(func=_serve)
     return parser
 

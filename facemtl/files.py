@@ -69,3 +69,31 @@ def write_bytes_atomically(path, data):
 def write_json_atomically(path, data, indent=None):
     """Writes `data` as JSON, atomically (see `write_text_atomically`)."""
     write_text_atomically(path, json.dumps(data, indent=indent))
+
+
+def facemtl_home():
+    """`$FACEMTL_HOME`, else `~/.cache/facemtl`: the model cache, and the galleries when it is set."""
+    return os.environ.get("FACEMTL_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facemtl")
+
+
+def writable_folder(folder, what, variable, mode=0o777):
+    """Makes `folder` (and its parents) if needed; a folder that cannot be written is one clear error.
+
+    Args:
+        folder: the folder. what: what goes there ("the model cache").
+        variable: the environment variable that moves it.
+
+    Raises:
+        FacemtlError: naming the folder, why, and the variable.
+    """
+    from facemtl.errors import FacemtlError
+
+    try:
+        os.makedirs(folder, mode=mode, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise FacemtlError(f"{folder}: cannot write {what} there ({reason.lower()}); set {variable} to a writable "
+                           "folder") from None
+    return folder

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import warnings
 
+# The native log is rotated when a command starts and finds it larger than this.
+MAX_LOG_BYTES = 4 << 20
 VERBOSE_HELP = "also show TensorFlow's, absl's, oneDNN's and LiteRT's own log lines (hidden by default)"
 # Modules whose Python warnings are library chatter, not facemtl's answers.
 _LIBRARIES = r"(keras|tensorflow|tf_keras|absl|google|ai_edge_litert|mtcnn|h5py)(\..*)?$"
@@ -32,6 +34,9 @@ def native_log_path():
 
 def route_native_logs(verbose=False):
     """Sends what native code writes to stderr into `native_log_path()`; Python's stderr keeps the terminal.
+
+    The log is bounded: a command that finds it over `MAX_LOG_BYTES` moves it
+    to `<log>.1` (replacing the older copy) and starts a new one.
 
     Call it once, at the start of a process (the CLI's entry point), before
     TensorFlow is imported. Library warnings and absl/TensorFlow Python logs
@@ -49,6 +54,11 @@ def route_native_logs(verbose=False):
     # Apache Beam warns on the root logger at import (optional GCP clients missing, no memory metrics).
     logging.getLogger().setLevel(logging.ERROR)
     path = native_log_path()
+    try:
+        if os.path.getsize(path) > MAX_LOG_BYTES:  # bounded: one older copy kept beside it
+            os.replace(path, path + ".1")
+    except OSError:
+        pass
     try:
         sys.stderr.flush()
         terminal = os.dup(2)

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from facemtl.errors import FacemtlError
 from facemtl.labels import EXPRESSIONS
 from tests.conftest import QUICKSTART, REPO, tiny_overrides
 
@@ -149,3 +150,61 @@ def test_version_is_printed():
 
     r = run_cli_here("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"facemtl {__version__}"
+
+
+def test_commands_without_a_model_answer_before_tensorflow_is_imported():
+    code = ("import sys; from facemtl.cli import main; main({argv}); "
+            "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'no TF', file=sys.stderr)")
+    for argv in (["models"], ["train", "no-such-recipe.yaml"], ["train", "recipes/quickstart.yaml", "--set",
+                                                                     "train.epochz=3"]):
+        r = subprocess.run([sys.executable, "-c", code.format(argv=argv)], capture_output=True, text=True, cwd=REPO)
+        assert r.stderr.strip().endswith("no TF"), (argv, r.stderr)
+
+
+def test_an_unwritable_home_is_one_line_naming_it_and_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    home = tmp_path / "a_file" / "home"  # under a file: no user, root included, can write there
+    monkeypatch.setenv("FACEMTL_HOME", str(home))
+    monkeypatch.delenv("FACEMTL_GALLERIES", raising=False)
+    from facemtl.recognition.stores import default_store, open_store
+
+    assert default_store() == str(home / "galleries")  # FACEMTL_HOME moves the galleries too
+    with pytest.raises(FacemtlError, match=f"^{home / 'galleries'}: cannot write galleries there .*set "
+                                           "FACEMTL_GALLERIES or FACEMTL_HOME"):
+        open_store(str(home / "galleries")).create("g", {"model_id": "m", "embedding_dim": 2})
+    from facemtl.models.presets import saved_model_for
+
+    with pytest.raises(FacemtlError, match=f"^{home / 'pretrained'}: cannot write the model cache there "
+                                           r"\(not a directory\); set FACEMTL_HOME"):
+        saved_model_for("release")
+    monkeypatch.setenv("FACEMTL_GALLERIES", str(tmp_path / "elsewhere"))
+    assert default_store() == str(tmp_path / "elsewhere")  # its own variable wins
+
+
+def test_the_native_log_is_bounded(tmp_path, monkeypatch):
+    from facemtl import quiet
+
+    log = tmp_path / "native.log"
+    log.write_bytes(b"x" * (quiet.MAX_LOG_BYTES + 1))
+    monkeypatch.setenv("FACEMTL_NATIVE_LOG", str(log))
+    code = "from facemtl.quiet import route_native_logs; route_native_logs()"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=os.environ.copy())
+    assert (tmp_path / "native.log.1").stat().st_size == quiet.MAX_LOG_BYTES + 1
+    assert log.stat().st_size < quiet.MAX_LOG_BYTES
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    from facemtl.cli import build_parser
+
+    def walk(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{where} {name}")
+            elif action.option_strings and action.dest != "help":
+                yield where, action
+
+    missing = [f"{where} {'/'.join(a.option_strings)}" for where, a in walk(build_parser(), "facemtl") if not a.help]
+    assert not missing, missing

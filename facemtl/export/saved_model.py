@@ -47,11 +47,11 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.errors import ModelFormatError
+from facemtl.export.metadata import METADATA_FILE, read_metadata
 from facemtl.files import write_json_atomically
 from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
-METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
 FORMAT_VERSION = 1
 
 
@@ -320,24 +320,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def read_metadata(saved_model_dir):
-    """Reads `assets.extra/facemtl.json` of an export, with clear errors."""
-    if not os.path.isdir(saved_model_dir):
-        raise ModelFormatError(f"{saved_model_dir}: no such model directory")
-    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
-        versions = sorted((d for d in os.listdir(saved_model_dir) if d.isdigit()), key=int)
-        hint = f" (did you mean {os.path.join(saved_model_dir, versions[-1])}?)" if versions else ""
-        raise ModelFormatError(f"{saved_model_dir}: not a SavedModel directory (no saved_model.pb){hint}")
-    path = os.path.join(saved_model_dir, METADATA_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ModelFormatError(f"{saved_model_dir}: not exported by facemtl (no {METADATA_FILE})") from None
-    except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
 
 
 def crop_layout(metadata):

@@ -1,8 +1,15 @@
 """Backbones, heads, the multi-task model and the presets (the shipped models as Keras models)."""
 
-from facemtl.models.backbones import build_resnet
-from facemtl.models.multitask import TASKS, build_from_recipe, build_multitask_model, set_backbone_trainable
-from facemtl.models.presets import from_preset, list_presets
+_WHERE = {"build_resnet": "backbones", "TASKS": "multitask", "build_from_recipe": "multitask",
+          "build_multitask_model": "multitask", "set_backbone_trainable": "multitask", "from_preset": "presets",
+          "list_presets": "presets"}
+__all__ = sorted(_WHERE)
 
-__all__ = ["TASKS", "build_from_recipe", "build_multitask_model", "build_resnet", "from_preset", "list_presets",
-           "set_backbone_trainable"]
+
+def __getattr__(name):
+    # Imported when first asked for: `facemtl.models.presets` (metadata, paths) is read without Keras.
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"facemtl.models.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -274,8 +274,9 @@ def cached_saved_model(meta):
 
 def cache_root():
     """Where SavedModels written from presets are kept: `$FACEMTL_HOME/pretrained` (default `~/.cache/facemtl`)."""
-    home = os.environ.get("FACEMTL_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "facemtl")
-    return os.path.join(home, "pretrained")
+    from facemtl.files import facemtl_home
+
+    return os.path.join(facemtl_home(), "pretrained")
 
 
 def export_preset(name="release", base_dir=None, *, version=None, log=None):
@@ -397,6 +398,9 @@ def saved_model_for(name="release", log=None):
         except (OSError, ValueError):
             pass
         shutil.rmtree(target, ignore_errors=True)  # written from other weights (another install): written again
+    from facemtl.files import writable_folder
+
+    writable_folder(cache_root(), "the model cache", "FACEMTL_HOME")
     return export_preset(folder, log=log)
 
 

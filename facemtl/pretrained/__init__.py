@@ -66,7 +66,7 @@ def installed_models(root=PRETRAINED_DIR):
         >>> [m["name"] for m in installed_models()]
         ['release']
     """
-    from facemtl.export import read_metadata
+    from facemtl.export.metadata import read_metadata
     from facemtl.models.presets import cached_saved_model, read_preset_metadata
 
     models = []

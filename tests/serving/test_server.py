@@ -198,7 +198,7 @@ def test_bad_input_is_4xx_json_and_the_server_keeps_serving(server, crops, astro
         ("bomb photo", "POST", "/v1/analyze", bomb, {"Content-Type": "image/png"}, 413),
         ("bomb crop", "POST", f"{MODEL}:predict", {"instances": [b64(bomb)]}, None, 413),
         ("corrupt crop", "POST", f"{MODEL}:predict", {"instances": [b64(truncated)]}, None, 400),
-        ("wrong content type", "POST", f"{MODEL}:predict", b"instances", {"Content-Type": "text/plain"}, 415),
+        ("not json, any content type", "POST", f"{MODEL}:predict", b"instances", {"Content-Type": "text/plain"}, 400),
         ("photo content type", "POST", "/v1/analyze", b"x", {"Content-Type": "application/pdf"}, 415),
         ("malformed json", "POST", f"{MODEL}:predict", b'{"instances": [', {"Content-Type": "application/json"}, 400),
         ("not utf-8 json", "POST", f"{MODEL}:predict", b"\xff\xfe{", {"Content-Type": "application/json"}, 400),
@@ -235,6 +235,26 @@ def test_bad_input_is_4xx_json_and_the_server_keeps_serving(server, crops, astro
     status, answer, _ = server.request("POST", f"{MODEL}:predict", {"instances": crops.tolist()})
     assert status == 200 and len(answer["predictions"]) == 2
     assert server.request("GET", "/readyz")[0] == 200
+
+
+def test_the_documented_curl_lines_work_unchanged(server, astronaut_jpeg, crops, tmp_path):
+    """Every `curl ... -d "..."` of docs/serving.md, its `$(base64 -w0 FILE)` filled in, sent as curl sends it."""
+    import base64
+    import re
+
+    files = {"face_crop.jpg": io.BytesIO(), "group.jpg": io.BytesIO(astronaut_jpeg)}
+    Image.fromarray(crops[0]).save(files["face_crop.jpg"], "JPEG", quality=95)
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "serving.md"), encoding="utf-8").read()
+    calls = re.findall(r'curl -s localhost:8501(\S+) \\\n\s+-d "(.*)"\n', text)
+    assert len(calls) >= 3, calls
+    for path, body in calls:
+        body = body.replace('\\"', '"')
+        body = re.sub(r"\$\(base64 -w0 (\S+)\)", lambda m: base64.b64encode(files[m.group(1)].getvalue()).decode(), body)
+        # curl -d labels its body application/x-www-form-urlencoded, which stock TF Serving reads as JSON too.
+        status, answer, _ = server.request("POST", path, body.encode(),
+                                           {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200, (path, answer)
+        assert answer["predictions"], answer
 
 
 def test_docs_and_page_work_offline(server):

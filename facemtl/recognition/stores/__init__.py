@@ -2,7 +2,7 @@
 
 | `--store` / `store=` | store |
 |---|---|
-| a folder (default `$FACEMTL_GALLERIES` or `~/.facemtl/galleries`) | embedded: SQLite + HNSW index, no server (`local.py`) |
+| a folder (default `$FACEMTL_GALLERIES`, `$FACEMTL_HOME/galleries` or `~/.facemtl/galleries`) | embedded: SQLite + HNSW index, no server (`local.py`) |
 | `milvus://host:19530[/database]`, `milvus+https://host[:port][/database]` | a Milvus server or cluster (`milvus.py`) |
 | `milvus-lite:PATH` | Milvus Lite in a local folder (one process at a time) |
 
@@ -26,8 +26,12 @@ _OPEN_LOCK = threading.Lock()
 
 
 def default_store():
-    """`$FACEMTL_GALLERIES`, else `~/.facemtl/galleries`."""
-    return os.environ.get("FACEMTL_GALLERIES") or os.path.join(os.path.expanduser("~"), ".facemtl", "galleries")
+    """`$FACEMTL_GALLERIES`, else `$FACEMTL_HOME/galleries` when `FACEMTL_HOME` is set, else `~/.facemtl/galleries`."""
+    if os.environ.get("FACEMTL_GALLERIES"):
+        return os.environ["FACEMTL_GALLERIES"]
+    if os.environ.get("FACEMTL_HOME"):
+        return os.path.join(os.environ["FACEMTL_HOME"], "galleries")
+    return os.path.join(os.path.expanduser("~"), ".facemtl", "galleries")
 
 
 def open_store(uri=None):

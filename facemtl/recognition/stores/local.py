@@ -33,6 +33,7 @@ import threading
 import numpy as np
 
 from facemtl.errors import GalleryError
+from facemtl.files import writable_folder
 from facemtl.recognition.metrics import normalize
 
 FORMAT_VERSION = 2
@@ -114,7 +115,7 @@ class LocalStore:
         half-made under its name; when another process created it meanwhile,
         theirs is kept and opened.
         """
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        writable_folder(self.folder, "galleries", "FACEMTL_GALLERIES or FACEMTL_HOME (or --store)", 0o700)
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)  # mode 0700
         try:
             gallery = LocalGallery(tmp, model=model)
