@@ -373,6 +373,18 @@ def _models(args):
     return 0
 
 
+def _recipes(args):
+    from facemtl.config import RECIPES_DIR, shipped_recipes
+
+    recipes = shipped_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, line in recipes.items():
+        print(f"{name:<{width}}  {line}")
+    print(f"facemtl: {len(recipes)} recipe(s) in {RECIPES_DIR}; run one with `facemtl train NAME` (`--smoke` for a "
+          "tiny run; copy the file to change it)", file=sys.stderr)
+    return 0
+
+
 def _export(args):
     if args.format == "tflite":
         from facemtl.export.tflite import export_tflite
@@ -444,7 +456,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train, evaluate and export the model a recipe describes")
-    p.add_argument("recipe", help="a YAML recipe, e.g. recipes/quickstart.yaml")
+    p.add_argument("recipe", help="a shipped recipe's name (quickstart, finetune_release...: `facemtl recipes`) or a "
+                                  "YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--smoke", action="store_true", help="apply the recipe's tiny smoke-test variant")
@@ -587,6 +600,10 @@ def build_parser():
 
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("recipes", help="the training recipes installed with facemtl, one line each "
+                                       "(`facemtl train NAME`)")
+    p.set_defaults(func=_recipes)
 
     p = sub.add_parser("export", help="export a run's best checkpoint again, or a preset (facemtl export release): "
                                       "a SavedModel (keeps its metadata) or a .tflite")

@@ -275,7 +275,7 @@ class ExportConfig:
     version: Optional[int] = None  # defaults to the next free integer
     max_faces: int = 16  # the most faces the `analyze_photo` signature answers per photo
     # feature_cache recipes: also write the model as a LiteRT (TFLite) file inside the export
-    # (assets.extra/model.tflite, which TF Serving ignores); `Predictor` uses it for one face per call.
+    # (assets.extra/model.tflite, which TF Serving ignores); `Predictor` answers every call through it.
     tflite: Optional[Literal["float32", "float16", "dynamic", "int8"]] = None
 
 
@@ -575,11 +575,56 @@ def branch_settings(recipe):
     return out
 
 
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipes")
+
+
+def shipped_recipes():
+    """The recipes installed with facemtl: `{name: the first line of its comment}`, by name.
+
+    Example:
+        >>> list(shipped_recipes())[:2]
+        ['celeba_identity_cpu', 'fer2013_celeba_cpu']
+    """
+    out = {}
+    for file in sorted(os.listdir(RECIPES_DIR)) if os.path.isdir(RECIPES_DIR) else []:
+        if file.endswith(".yaml"):
+            words = []
+            with open(os.path.join(RECIPES_DIR, file), encoding="utf-8") as f:
+                for line in f:  # the opening comment, up to its first sentence's end or its example commands
+                    text = line.strip()
+                    if not text.startswith("#") or text.lstrip("# ").startswith("facemtl "):
+                        break
+                    words.append(text.lstrip("#").strip())
+            summary = " ".join(w for w in words if w)
+            end = re.search(r"\.\s+(?=[A-Z])", summary)  # "e.g. x" does not end a sentence
+            summary = summary[:end.start() + 1] if end else summary
+            out[file[:-len(".yaml")]] = summary if len(summary) <= 110 else summary[:107].rstrip() + "..."
+    return out
+
+
+def recipe_path(recipe):
+    """The file of a recipe given as a path, or as the name of a shipped one (`quickstart`).
+
+    Raises:
+        RecipeError: neither a file nor a shipped recipe's name (the names are listed).
+    """
+    recipe = os.fspath(recipe)
+    if os.path.isfile(recipe):
+        return recipe
+    name = os.path.basename(recipe)[:-len(".yaml")] if recipe.endswith(".yaml") else recipe
+    shipped = os.path.join(RECIPES_DIR, name + ".yaml")
+    if os.sep not in recipe and "/" not in recipe and os.path.isfile(shipped):
+        return shipped
+    raise RecipeError(f"Recipe file not found: {recipe} (a YAML file, or one of the recipes shipped with facemtl: "
+                      f"{', '.join(shipped_recipes())}; `facemtl recipes` describes them)")
+
+
 def load_recipe(path, overrides=(), smoke=False):
     """Reads and validates a YAML recipe.
 
     Args:
-        path: the recipe file.
+        path: the recipe file, or the name of a shipped recipe (`"quickstart"`,
+            see `shipped_recipes`).
         overrides: `"dotted.key=value"` strings (the CLI's `--set`).
         smoke: apply the recipe's `smoke:` section (the CLI's `--smoke`).
 
@@ -591,8 +636,7 @@ def load_recipe(path, overrides=(), smoke=False):
         >>> recipe.train.epochs
         2
     """
-    if not os.path.isfile(path):
-        raise RecipeError(f"Recipe file not found: {path}")
+    path = recipe_path(path)
     with open(path, encoding="utf-8") as f:
         try:
             raw = yaml.safe_load(f)

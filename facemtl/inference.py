@@ -42,11 +42,12 @@ class Predictor:
             `None` for the release model shipped with facemtl.
         batch_size: most crops per forward pass.
         backend: `"auto"` (the export's LiteRT copy, `assets.extra/model.tflite`,
-            for calls with one face, where it is faster on a CPU, when the copy
-            is not quantized; the SavedModel otherwise: a face's answer never
-            depends on how many faces it was sent with), `"savedmodel"`
-            (always the SavedModel) or `"tflite"` (always the LiteRT copy, one
-            face per invocation).
+            for every call when the export has one, else the SavedModel: one
+            engine, so a face's answer never depends on how many faces it was
+            sent with; the release's int8-weight copy is 2-4x faster than the
+            SavedModel at every batch size on a CPU, see docs/serving.md),
+            `"savedmodel"` (always the SavedModel, what TF Serving runs) or
+            `"tflite"` (always the LiteRT copy; an error without one).
         align_crops: `predict` frames each crop as a photo is framed
             (`frame_crops`: the serving detector finds the face in the crop and
             it is aligned onto the model's layout; a crop in which no face is
@@ -96,8 +97,6 @@ class Predictor:
 
             self._lite = TFLitePredictor(lite)
         self.backend = backend
-        # A quantized copy answers up to a year of age apart from the SavedModel: "auto" then keeps to the SavedModel.
-        self._lite_for_one = not (self.metadata.get("tflite") or {}).get("quantize")
         self.align_crops = bool(align_crops)
         self._crop_detector = None
 
@@ -167,7 +166,7 @@ class Predictor:
         Returns:
             numpy outputs `[n, ...]`, keyed as `serving_default`'s.
         """
-        if self._lite is not None and (self.backend == "tflite" or (len(batch) == 1 and self._lite_for_one)):
+        if self._lite is not None:  # "auto" or "tflite" with a copy: one engine for every call shape
             return self._forward_lite(batch)
         out = self._serve(images=self._tf.constant(batch, dtype=self._tf.uint8))
         return {k: v.numpy() for k, v in out.items()}

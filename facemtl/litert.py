@@ -1,7 +1,7 @@
 """Running LiteRT (TFLite) models on the CPU: one interpreter per thread, and the exported model's runner.
 
 `BlazeFaceDetector` and `TFLitePredictor` (the LiteRT copy of an export, which
-`facemtl.inference.Predictor` runs for one face per call) share `PerThread`:
+`facemtl.inference.Predictor` answers every call with) share `PerThread`:
 a LiteRT interpreter must not be invoked from two threads at once.
 """
 

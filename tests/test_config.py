@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from facemtl.config import load_recipe, recipe_from_dict
@@ -135,3 +137,18 @@ def test_tasks_are_data_and_two_tasks_stay_the_default():
     assert [(t.name, t.loss_weight) for t in task_list(recipe)] == [
         ("identity", 1.0), ("expression", 3.0), ("age", 0.25), ("gender", 1.0)]
     assert [t.name for t in attribute_tasks(recipe)] == ["age", "gender"]
+
+
+def test_shipped_recipes_are_named_and_listed():
+    from facemtl.config import RECIPES_DIR, recipe_path, shipped_recipes
+    from tests.test_cli import run_cli_here
+
+    names = shipped_recipes()
+    assert {"quickstart", "finetune_release", "release_cpu"} <= set(names)
+    assert all(line and len(line) <= 110 for line in names.values())
+    assert recipe_path("quickstart") == os.path.join(RECIPES_DIR, "quickstart.yaml")
+    assert load_recipe("quickstart", smoke=True).name == load_recipe(QUICKSTART, smoke=True).name
+    with pytest.raises(RecipeError, match="Recipe file not found: nope .*quickstart.*`facemtl recipes`"):
+        recipe_path("nope")
+    r = run_cli_here("recipes")
+    assert r.returncode == 0 and [line.split()[0] for line in r.stdout.splitlines()] == list(names)

@@ -72,7 +72,7 @@ def test_bad_files_are_clear_errors(tmp_path):
         export_tflite(str(tmp_path), str(tmp_path / "x.tflite"))
 
 
-def test_predictor_uses_the_exports_lite_copy_for_one_face(trained, crops, tmp_path):
+def test_predictor_uses_the_exports_lite_copy_for_every_call(trained, crops, tmp_path):
     import shutil
 
     from facemtl.export.tflite import EXPORT_FILE, write_into_export
@@ -88,8 +88,8 @@ def test_predictor_uses_the_exports_lite_copy_for_one_face(trained, crops, tmp_p
     calls = []
     run = auto._lite.run
     auto._lite.run = lambda images: calls.append(len(images)) or run(images)
-    one, batch = auto.run(crops[:1]), auto.run(crops[:3])  # one face: LiteRT; three of one size: the SavedModel
-    assert calls == [1]
+    one, batch = auto.run(crops[:1]), auto.run(crops[:3])  # one engine for every call shape
+    assert calls == [1, 3]
     want = saved.run(crops[:3])
     for got in (one[0], batch[0]):
         for key in ("expression_probs", "identity_probs", "embedding"):

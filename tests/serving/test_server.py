@@ -45,7 +45,7 @@ def crops():
 def expected(crops):
     from facemtl.inference import Predictor
 
-    predictor = Predictor()
+    predictor = Predictor(backend="savedmodel")  # :predict runs the SavedModel, as TF Serving does
     return predictor.forward(crops)
 
 
