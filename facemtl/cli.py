@@ -373,6 +373,25 @@ def _models(args):
     return 0
 
 
+def _docs(args):
+    docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs")
+    pages = {f[:-3]: os.path.join(docs, f) for f in sorted(os.listdir(docs)) if f.endswith(".md")}
+    if args.page:
+        name = args.page[:-3] if args.page.endswith(".md") else args.page
+        if name not in pages:
+            raise FacemtlError(f"No page {args.page!r}; the pages: {', '.join(pages)}")
+        with open(pages[name], encoding="utf-8") as f:
+            sys.stdout.write(f.read())
+        return 0
+    width = max(map(len, pages))
+    for name, path in pages.items():
+        with open(path, encoding="utf-8") as f:
+            title = f.readline().lstrip("#").strip()
+        print(f"{name:<{width}}  {title}")
+    print(f"facemtl: {len(pages)} page(s) in {docs}; read one with `facemtl docs NAME`", file=sys.stderr)
+    return 0
+
+
 def _recipes(args):
     from facemtl.config import RECIPES_DIR, shipped_recipes
 
@@ -600,6 +619,10 @@ def build_parser():
 
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("docs", help="the documentation installed with facemtl: the pages, or one page as text")
+    p.add_argument("page", nargs="?", help="a page's name (e.g. pipelines, serving); default: list the pages")
+    p.set_defaults(func=_docs)
 
     p = sub.add_parser("recipes", help="the training recipes installed with facemtl, one line each "
                                        "(`facemtl train NAME`)")

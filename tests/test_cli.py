@@ -208,3 +208,32 @@ def test_every_option_has_help_text():
 
     missing = [f"{where} {'/'.join(a.option_strings)}" for where, a in walk(build_parser(), "facemtl") if not a.help]
     assert not missing, missing
+
+
+def test_the_docs_ship_and_a_page_prints():
+    r = run_cli_here("docs")
+    pages = [line.split()[0] for line in r.stdout.splitlines()]
+    assert r.returncode == 0 and {"pipelines", "serving", "identity"} <= set(pages)
+    r = run_cli_here("docs", "pipelines")
+    assert r.returncode == 0 and r.stdout.startswith("# Photo collections on Apache Beam")
+    r = run_cli_here("docs", "nope")
+    assert r.returncode == 2 and "No page 'nope'; the pages: age_gender" in r.stderr
+
+
+def test_the_sdist_holds_what_the_wheel_and_the_tests_need(tmp_path, monkeypatch):
+    """The real sdist (setuptools' own build backend): every test folder with its conftest, docs, recipes, licences."""
+    import glob
+    import tarfile
+
+    from setuptools import build_meta
+
+    monkeypatch.chdir(REPO)
+    name = build_meta.build_sdist(str(tmp_path))
+    with tarfile.open(tmp_path / name) as tar:
+        files = {"/".join(m.split("/")[1:]) for m in tar.getnames()}
+    wanted = {os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "tests", "**", "*.py"), recursive=True)}
+    assert wanted and wanted <= files, sorted(wanted - files)
+    for needed in ("LICENSE", "NOTICE", "README.md", "pyproject.toml", "docs/pipelines.md", "recipes/quickstart.yaml",
+                   "facemtl/recipes/quickstart.yaml", "facemtl/docs/serving.md", "facemtl/pretrained/MODEL_CARD.md",
+                   ".ci/run"):
+        assert needed in files, needed
