@@ -1,6 +1,7 @@
 """The models shipped inside the package: lookup, listing, and the release model on a real photo."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -170,3 +171,26 @@ def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_
     for name, p in aligned["expression"]["probabilities"].items():
         assert abs(p - photo_answer["expression"]["probabilities"][name]) < 2e-3
     assert aligned["embedding"] != plain["embedding"]
+
+
+def test_the_shipped_metadata_names_no_path_of_the_machine_that_made_it():
+    """`facemtl verify` says where its threshold came from, `evaluate` reads `run_dir`: neither may be ours."""
+    from facemtl.models.presets import read_preset_metadata
+    from facemtl.pretrained import model_folders
+    from facemtl.recognition.metrics import model_threshold
+
+    def strings(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    for _, _, folder in model_folders():
+        meta = read_preset_metadata(folder)
+        machine = [s for s in strings(meta) if os.path.isabs(s) or "../" in s or "shared/data" in s]
+        assert not machine and "run_dir" not in meta, machine
+        assert model_threshold(meta)[1].endswith("of lfw_subset")

@@ -264,7 +264,21 @@ def preset_from_export(saved_model_dir, folder=None):
     folder = folder or os.path.join(_pretrained_dir(), meta["name"], str(meta["version"]))
     extra = [(os.path.join(saved_model_dir, inside), inside) for inside in (DIRECTIONS_FILE, "assets.extra/model.tflite")
              if os.path.isfile(os.path.join(saved_model_dir, inside))]
-    return write_preset(model, {k: v for k, v in meta.items() if k != "preset"}, folder, extra_files=extra)
+    return write_preset(model, portable_metadata({k: v for k, v in meta.items() if k != "preset"}), folder,
+                        extra_files=extra)
+
+
+def portable_metadata(meta):
+    """Export metadata without the paths of the machine that made it (a preset ships to other machines).
+
+    The run folder is dropped (`facemtl evaluate` then asks for `--recipe`) and
+    a calibration names its dataset, not where it lay.
+    """
+    meta = {k: v for k, v in meta.items() if k != "run_dir"}
+    if isinstance(meta.get("verification"), dict) and meta["verification"].get("data"):
+        meta["verification"] = {**meta["verification"],
+                                "data": os.path.basename(os.path.normpath(meta["verification"]["data"]))}
+    return meta
 
 
 def cached_saved_model(meta):
@@ -352,7 +366,7 @@ def update_preset_metadata(folder, updates):
     """
     from facemtl.files import write_json_atomically
 
-    meta = {**read_preset_metadata(folder), **updates}
+    meta = portable_metadata({**read_preset_metadata(folder), **updates})
     write_json_atomically(os.path.join(folder, METADATA_FILE), meta, indent=2)
     return meta
 

@@ -70,7 +70,8 @@ def calibrate(model, data, *, far=1e-3, fmt="identity_folders", split=None, alig
     calibration = {"threshold": chosen["threshold"], "target_far": far, "far": chosen["far"], "tar": chosen["tar"],
                    "auc": report["auc"], "pairs": report["pairs"], "genuine_pairs": report["genuine_pairs"],
                    "sampled_pairs": report["sampled"], "people": int(len(np.unique(labels))),
-                   "images": int(len(labels)), "data": data}
+                   "images": int(len(labels)),
+                   "data": os.path.basename(os.path.normpath(data))}  # its name: the model may travel
     if out is None and not dry_run:
         out = os.path.join(model, "assets.extra", "calibration")
     if out:
