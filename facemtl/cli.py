@@ -231,7 +231,7 @@ def _installed_model_of(gallery):
     wanted = gallery.model.get("model_id")
     for m in installed_models():
         if m["model_id"] == wanted:
-            return resolve_model(m["path"])
+            return resolve_model(m["path"], write=False)
     raise FacemtlError(f"{gallery.path} was made with the model at {gallery.model.get('path')!r}, which is not one "
                        "installed with facemtl; pass --model with that model's folder (facemtl does not load a "
                        "model path read from a gallery)")
@@ -323,12 +323,11 @@ def _enroll_folders(args):
         gallery = Gallery.open(args.gallery, args.store, model=model_info(embedder.metadata, args.model), create=True)
         counts, report = enroll_folders(gallery, args.root, embedder)
     else:
-        from facemtl.export.metadata import read_metadata
         from facemtl.pipelines.enroll import enroll_collection
-        from facemtl.pretrained import resolve_model
+        from facemtl.pretrained import model_metadata
 
         # Made here, once, with the model's info: the workers only add to it.
-        metadata = read_metadata(resolve_model(args.model))
+        metadata = model_metadata(args.model)
         gallery = Gallery.open(args.gallery, args.store, model=model_info(metadata, args.model), create=True)
         prefix = args.report or f"{args.gallery}-enrolment-report"
         counts = enroll_collection(args.root, args.gallery, prefix, store=args.store, model=args.model,

@@ -66,36 +66,41 @@ class Predictor:
     def __init__(self, saved_model_dir=None, batch_size=64, backend="auto", align_crops=True):
         import os
 
-        import tensorflow as tf  # heavy; imported when a model is actually used
-
         from facemtl.errors import ModelFormatError
-        from facemtl.pretrained import resolve_model
         from facemtl.export.tflite import EXPORT_FILE
+        from facemtl.models.presets import is_preset, read_preset_metadata
+        from facemtl.pretrained import resolve_model
 
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
 
-        saved_model_dir = resolve_model(saved_model_dir)
-        self.metadata = read_metadata(saved_model_dir)
-        self.path = saved_model_dir
+        # A shipped preset answers from its metadata and LiteRT copy: no SavedModel is written for that (the first
+        # answer after an install takes seconds); the SavedModel is written and loaded only when it must run.
+        folder = resolve_model(saved_model_dir, write=backend == "savedmodel")
+        lite = os.path.join(folder, EXPORT_FILE)
+        if not os.path.isfile(os.path.join(folder, "saved_model.pb")) and is_preset(folder) and not os.path.isfile(lite):
+            folder = resolve_model(folder)  # a preset without a LiteRT copy runs its SavedModel
+            lite = os.path.join(folder, EXPORT_FILE)
+        if os.path.isfile(os.path.join(folder, "saved_model.pb")) or not is_preset(folder):
+            self.metadata = read_metadata(folder)  # a folder that is neither: one clear error
+        else:
+            self.metadata = read_preset_metadata(folder)
+        self.path = folder
         self.batch_size = batch_size
-        self._tf = tf
-        self._loaded = tf.saved_model.load(saved_model_dir)
-        self._serve = self._loaded.signatures["serving_default"]
+        self._saved_model = None
         self.expressions = self.metadata["expressions"]
         self.identities = self.metadata["identities"]
         self.attributes = self.metadata.get("attributes", [])  # age, gender... (exports with attribute heads)
         # The export's open-set rule (None for exports without one): the LiteRT copy's answers go through it here,
         # the SavedModel's inside its graph.
-        self.open_set = rule_for_export(saved_model_dir, self.metadata)
-        lite = os.path.join(saved_model_dir, EXPORT_FILE)
+        self.open_set = rule_for_export(folder, self.metadata)
         self._lite = None
         if backend == "tflite" and not os.path.isfile(lite):
-            raise ModelFormatError(f"{saved_model_dir}: no LiteRT copy ({EXPORT_FILE}) for backend='tflite'")
+            raise ModelFormatError(f"{folder}: no LiteRT copy ({EXPORT_FILE}) for backend='tflite'")
         if backend != "savedmodel" and os.path.isfile(lite):
             from facemtl.litert import TFLitePredictor
 
-            self._lite = TFLitePredictor(lite)
+            self._lite = TFLitePredictor(lite, metadata=self.metadata)  # the copy's own: the same input size
         self.backend = backend
         self.align_crops = bool(align_crops)
         self._crop_detector = None
@@ -168,8 +173,21 @@ class Predictor:
         """
         if self._lite is not None:  # "auto" or "tflite" with a copy: one engine for every call shape
             return self._forward_lite(batch)
-        out = self._serve(images=self._tf.constant(batch, dtype=self._tf.uint8))
+        import tensorflow as tf
+
+        out = self.saved_model.signatures["serving_default"](images=tf.constant(batch, dtype=tf.uint8))
         return {k: v.numpy() for k, v in out.items()}
+
+    @property
+    def saved_model(self):
+        """The loaded SavedModel (written first from a preset, the first time it is needed)."""
+        if self._saved_model is None:
+            import tensorflow as tf  # heavy: imported when the SavedModel must run
+
+            from facemtl.pretrained import resolve_model
+
+            self._saved_model = tf.saved_model.load(resolve_model(self.path))
+        return self._saved_model
 
     def _forward_lite(self, batch):
         rows = self._lite.run(list(batch))

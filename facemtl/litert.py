@@ -48,10 +48,13 @@ class TFLitePredictor:
         (7,)
     """
 
-    def __init__(self, path, threads=2):
-        from facemtl.export.tflite import read_metadata  # the exporter's module; LiteRT runners load without it
+    def __init__(self, path, threads=2, metadata=None):
+        """`metadata`: the export's, when the caller has it (reading the file's own needs TensorFlow)."""
+        if metadata is None:
+            from facemtl.export.tflite import read_metadata  # the exporter's module; LiteRT runners load without it
 
-        self.metadata = read_metadata(path)
+            metadata = read_metadata(path)
+        self.metadata = metadata
         path = os.fspath(path)
 
         def load():  # no reference to self: the predictor and its interpreters form no cycle
@@ -72,6 +75,8 @@ class TFLitePredictor:
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
+        if all(img.shape[:2] == self.size for img in images):
+            return images  # aligned crops are made at the model's size: TensorFlow is not even imported
         import tensorflow as tf
 
         from facemtl.preprocessing import prepare_images

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import tensorflow as tf
-
 from facemtl.faces.detection import DEFAULT_DETECTOR
 
 # A loose face crop smaller than this (square) is upscaled to this side before detection: the small photo it
@@ -91,6 +89,8 @@ def prepare_images(images, height, width, channels):
     Returns:
         A float32 tensor `[..., height, width, channels]` in [0, 255].
     """
+    import tensorflow as tf  # imported when pixels are prepared: the Preprocessor itself needs none
+
     x = resize_images(images, height, width)
     if channels == 1:
         x = tf.image.rgb_to_grayscale(x)
@@ -115,6 +115,8 @@ def prepare_batch(images, height, width, channels, *, augmenters=(), grayscale_p
     Returns:
         float32 `[batch, height, width, channels]` in [0, 255].
     """
+    import tensorflow as tf  # imported when pixels are prepared: the Preprocessor itself needs none
+
     x = resize_images(images, height, width)
     if grayscale_probability:
         x = random_grayscale(x, grayscale_probability, seed)
@@ -127,6 +129,8 @@ def prepare_batch(images, height, width, channels, *, augmenters=(), grayscale_p
 
 def random_grayscale(images, probability, seed=None):
     """Turns each image gray (still 3 channels) with `probability`, so colour cannot tell which dataset a face is from."""
+    import tensorflow as tf  # imported when pixels are prepared: the Preprocessor itself needs none
+
     gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(images))
     pick = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < probability
     return tf.where(pick, gray, images)
@@ -146,6 +150,8 @@ def resize_images(images, height, width):
     Returns:
         float32 `[..., height, width, 3]`.
     """
+    import tensorflow as tf  # imported when pixels are prepared: the Preprocessor itself needs none
+
     x = tf.cast(images, tf.float32)
     if x.shape[-3] == height and x.shape[-2] == width:
         return x
@@ -169,6 +175,8 @@ def resize_face(image, size):
 
 @functools.lru_cache(maxsize=8)
 def _resize_fn(size):
+    import tensorflow as tf  # imported when pixels are prepared: the Preprocessor itself needs none
+
     # One traced function per output size: eager calls cost several times more per crop.
     return tf.function(lambda image: resize_images(image, size, size), autograph=False,
                        input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])

@@ -14,7 +14,7 @@ __all__ = ["FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "METADATA_FILE", "OW
 
 def __getattr__(name):
     # Imported when first asked for: importing facemtl.export does not start TensorFlow.
-    if name in ("METADATA_FILE", "read_metadata"):
+    if name in ("METADATA_FILE", "attribute_output", "read_metadata"):
         from facemtl.export import metadata
 
         return getattr(metadata, name)

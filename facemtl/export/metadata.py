@@ -30,3 +30,16 @@ def read_metadata(saved_model_dir):
         raise ModelFormatError(f"{saved_model_dir}: not exported by facemtl (no {METADATA_FILE})") from None
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
+
+
+def attribute_output(task):
+    """The name of the output that carries an attribute head's tensor.
+
+    `<name>_probs` for classes (then `<name>` is the label), else `<name>`
+    itself (a number: age in years). The SavedModel, the LiteRT copy and the
+    answers name them alike.
+
+    Args:
+        task: an export's `attributes` entry (`name`, `kind`).
+    """
+    return f"{task['name']}_probs" if task["kind"] == "classification" else task["name"]

@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.errors import ModelFormatError
-from facemtl.export.metadata import METADATA_FILE, read_metadata
+from facemtl.export.metadata import METADATA_FILE, attribute_output, read_metadata
 from facemtl.files import write_json_atomically
 from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
@@ -71,19 +71,6 @@ OWN_METADATA = ("format_version", "name", "version", "created", "input", "expres
 # (larger photos are downscaled first, as `FaceAnalyzer(max_side=2048)` does).
 MAX_FACES = 16
 MAX_PHOTO_SIDE = 2048
-
-
-def attribute_output(task):
-    """The name of the output that carries an attribute head's tensor.
-
-    `<name>_probs` for classes (then `<name>` is the label), else `<name>`
-    itself (a number: age in years). The SavedModel, the LiteRT copy and the
-    answers name them alike.
-
-    Args:
-        task: an export's `attributes` entry (`name`, `kind`).
-    """
-    return f"{task['name']}_probs" if task["kind"] == "classification" else task["name"]
 
 
 def make_serving_fns(model, identity_names, expression_names, *, preprocessor=None, max_faces=MAX_FACES,

@@ -29,13 +29,17 @@ def _versions(base):
     return sorted((d for d in os.listdir(base) if d.isdigit() and _is_model(os.path.join(base, d))), key=int)
 
 
-def _loadable(folder):
-    """A SavedModel folder for `folder`: itself, or for a preset its SavedModel (written on first use)."""
+def _loadable(folder, write=True):
+    """A SavedModel folder for `folder`: itself, or for a preset its SavedModel (written on first use).
+
+    With `write=False` a preset's own folder is returned instead (its
+    metadata and LiteRT copy answer without a SavedModel).
+    """
     if os.path.isfile(os.path.join(folder, "saved_model.pb")):
         return folder
     from facemtl.models.presets import is_preset, saved_model_for
 
-    if is_preset(folder):
+    if is_preset(folder) and write:
         import sys
 
         return saved_model_for(folder, log=lambda m: print(m, file=sys.stderr))
@@ -85,8 +89,10 @@ def installed_models(root=PRETRAINED_DIR):
     return models
 
 
-def default_model(root=PRETRAINED_DIR):
+def default_model(root=PRETRAINED_DIR, write=True):
     """The folder of the newest installed release model (what commands use without `--model`).
+
+    `write=False`: the preset folder itself, no SavedModel written (see `resolve_model`).
 
     Raises:
         ModelFormatError: no release model is installed.
@@ -96,10 +102,10 @@ def default_model(root=PRETRAINED_DIR):
     if not versions:
         raise ModelFormatError(f"No release model is installed in {base}: pass --model (a SavedModel version "
                                "folder), or reinstall facemtl")
-    return _loadable(os.path.join(base, versions[-1]))
+    return _loadable(os.path.join(base, versions[-1]), write)
 
 
-def resolve_model(path=None):
+def resolve_model(path=None, write=True):
     """The SavedModel version folder a command should load.
 
     Args:
@@ -112,10 +118,26 @@ def resolve_model(path=None):
         'saved_models/quickstart/2'
     """
     if not path:
-        return default_model()
+        return default_model(write=write)
     path = os.fspath(path)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         versions = _versions(path)
         if versions:
-            return _loadable(os.path.join(path, versions[-1]))
-    return _loadable(path)
+            return _loadable(os.path.join(path, versions[-1]), write)
+    return _loadable(path, write)
+
+
+def model_metadata(path=None):
+    """The metadata of the model `path` names (as `resolve_model` takes it), read without writing anything.
+
+    Example:
+        >>> model_metadata()["name"]
+        'release'
+    """
+    from facemtl.export.metadata import read_metadata
+    from facemtl.models.presets import is_preset, read_preset_metadata
+
+    folder = resolve_model(path, write=False)
+    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return read_preset_metadata(folder)
+    return read_metadata(folder)

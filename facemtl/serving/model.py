@@ -44,7 +44,7 @@ class ServedModel:
         self.metadata = self.predictor.metadata
         self.name = name or self.metadata.get("name") or os.path.basename(os.path.dirname(self.path))
         self.version = int(self.metadata.get("version") or os.path.basename(self.path))
-        self.signatures = dict(self.predictor._loaded.signatures)
+        self.signatures = dict(self.predictor.saved_model.signatures)
         self.batcher = DynamicBatcher(self._call, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
         # FaceAnalyzer's crops go through the same batcher as `:predict` requests.
         self.predictor.forward = lambda batch: self.batcher.submit((DEFAULT_SIGNATURE, batch.shape[1:]), batch).result()
