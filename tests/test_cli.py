@@ -68,7 +68,11 @@ def test_train_smoke_then_predict(tmp_path, face_files):
     for name in ("recipe.yaml", "history.csv", "summary.json", "training_curves.png", "checkpoints/best.keras",
                  "test/report.json", "test/confusion_expression.png"):
         assert (run_dirs[0] / name).is_file(), name
-    assert any((run_dirs[0] / "logs").rglob("events.out.tfevents*"))
+    import importlib.util
+
+    # TensorBoard's event files where its package is installed (it is not a dependency), none otherwise.
+    events = list((run_dirs[0] / "logs").rglob("events.out.tfevents*"))
+    assert bool(events) == (importlib.util.find_spec("tensorboard") is not None)
 
     r = run_cli("predict", export, face_files["rgb"], face_files["gray"], face_files["rgba"], face_files["text"])
     assert r.returncode == 1  # one file could not be read

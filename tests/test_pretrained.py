@@ -88,7 +88,7 @@ def test_analyze_photo_matches_face_analyzer_on_real_photos(tmp_path):
         canvas.save(photos[-1], quality=95)
     analyzer = FaceAnalyzer()
     expected = analyzer.analyze(photos)
-    signature = analyzer.predictor._loaded.signatures["analyze_photo"]
+    signature = analyzer.predictor.saved_model.signatures["analyze_photo"]
     served = {k: v.numpy() for k, v in signature(images=tf.constant([open(p, "rb").read() for p in photos])).items()}
     assert [len(r["faces"]) for r in expected] == served["count"].tolist()
     assert min(served["count"][-2:]) >= 4  # several faces per group photo
@@ -125,7 +125,7 @@ def test_analyze_photo_on_awkward_photos_answers_like_face_analyzer():
     big = Image.new("RGB", (3000, 2000))
     big.paste(astronaut.resize((1500, 1500)), (1200, 300))
     analyzer = FaceAnalyzer()
-    signature = analyzer.predictor._loaded.signatures["analyze_photo"]
+    signature = analyzer.predictor.saved_model.signatures["analyze_photo"]
     faceless = [encoded(Image.new("RGB", (1, 1))), encoded(Image.fromarray(data.coffee()), "JPEG")]
     out = signature(images=tf.constant(faceless))  # the model is never given an empty batch
     assert out["count"].numpy().tolist() == [0, 0] and out["embedding"].shape == (2, 16, 128)

@@ -319,13 +319,22 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
 
 
 def fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint):
-    """`model.fit`'s callbacks: NaN stop, best checkpoint, CSV history, TensorBoard, backup, early stopping."""
+    """`model.fit`'s callbacks: NaN stop, best checkpoint, CSV history, TensorBoard, backup, early stopping.
+
+    TensorBoard logs (`<run>/logs`) are written where the `tensorboard` package is
+    installed (`pip install tensorboard`, which also views them); the history CSV and
+    its PNG always are.
+    """
+    import importlib.util
+
     callbacks = [
         nan_guard,
         checkpoint,
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
     ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
+                                                     profile_batch=0))
     if data.splits.skips is not None:  # streamed files: report unreadable ones as they are met, epoch by epoch
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: data.splits.skips.report()))
     if recipe.train.early_stopping_patience:
