@@ -1,0 +1,45 @@
+"""The wheel as a new user gets it: built, installed into a fresh venv, used from outside the clone."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # a venv with TensorFlow: about a minute with pip's cache warm
+
+
+def test_the_installed_wheel_trains_a_named_recipe_and_analyzes_a_photo(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), REPO],
+                   check=True)
+    [wheel] = (tmp_path / "dist").glob("facemtl-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True)
+
+    here = tmp_path / "elsewhere"  # no clone in sight: recipes, docs and the model come from the wheel
+    here.mkdir()
+    Image.fromarray(data.astronaut()).save(here / "astronaut.jpg", quality=95)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FACEMTL_GALLERIES")}
+    env["FACEMTL_HOME"] = str(tmp_path / "home")
+
+    def facemtl(*args):
+        r = subprocess.run([str(venv / "bin" / "facemtl"), *args], cwd=here, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, (args, r.stderr[-3000:])
+        return r
+
+    assert "quickstart" in facemtl("recipes").stdout
+    assert facemtl("docs", "install").stdout.startswith("# Installing facemtl")
+    answer = json.loads(facemtl("analyze", "astronaut.jpg").stdout)
+    assert len(answer["faces"]) == 1 and answer["faces"][0]["expression"]["label"] == "happy"
+    assert not (tmp_path / "home").exists()  # the first answer wrote nothing: no SavedModel from the preset
+    facemtl("train", "quickstart", "--smoke")
+    exports = list((here / "runs" / "smoke" / "saved_models" / "quickstart").glob("*/saved_model.pb"))
+    assert exports, list(here.rglob("*"))[:20]
