@@ -4,7 +4,8 @@ Steps, each timed (wall): build the wheel (`pip wheel --no-deps .`); `pip instal
 fresh venv (dependencies from the package index or pip's cache, as a user's pip finds them) and the
 venv's size on disk; then, from an empty temporary folder with an empty `FACEMTL_HOME`: `facemtl
 --version`, `facemtl models`, the first `facemtl analyze PHOTO` (scikit-image's astronaut photo,
-written as JPEG) and a second one.
+written as JPEG) and a second one; `facemtl train quickstart` (which needs TensorFlow: its one-line
+error); then `pip install <wheel>[cpu]` (TensorFlow and Keras) and the venv's size again.
 
 Targets (issue #29): install at most 1 min and 1.5 GB; first analyze at most 8 s, later ones 5 s;
 `models` and `--version` at most 1 s.
@@ -104,6 +105,10 @@ def main():
         results[name], r = timed([facemtl, *argv], cwd=here, env=env)
         if name == "first_analyze_s":
             results["first_answer"] = r.stdout.strip()[:200]
+    r = subprocess.run([facemtl, "train", "quickstart", "--smoke"], cwd=here, env=env, capture_output=True, text=True)
+    results["train_without_tensorflow"] = {"status": r.returncode, "stderr": r.stderr.strip()}
+    results["install_cpu_s"], _ = timed([os.path.join(venv, "bin", "pip"), "install", "-q", f"{wheel}[cpu]"])
+    results["venv_cpu_gb"] = round(folder_size(venv) / 2**30, 2)
     results["home_written_mb"] = round(folder_size(env["FACEMTL_HOME"]) / 2**20, 1) \
         if os.path.isdir(env["FACEMTL_HOME"]) else 0.0
     targets = {"install_s": 60, "venv_gb": 1.5, "first_analyze_s": 8, "second_analyze_s": 5, "models_s": 1,

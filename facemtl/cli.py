@@ -460,6 +460,7 @@ def _serve(args):
 
 DETECTORS = sorted(DETECTOR_NAMES, key=lambda n: n != DEFAULT_DETECTOR)  # the default first
 DETECTOR_HELP = "face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"
+TENSORFLOW_HINT = 'pip install "facemtl[cpu]" (or "facemtl[gpu]"; any tensorflow 2.21 with keras 3.15 works)'
 RUNNER_HELP = ("local (default: this process), beam (Apache Beam's local runner; add --direct_num_workers N) or a Beam "
                "runner: DirectRunner, FlinkRunner, SparkRunner, DataflowRunner...; Beam's own options (--project, "
                "--flink_master...) are passed to it as written (docs/pipelines.md; needs facemtl[beam])")
@@ -730,6 +731,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("facemtl: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # TensorFlow is optional: the commands that need it say how to get it
+        if (exc.name or "").split(".")[0] not in ("tensorflow", "keras"):
+            raise
+        print(f"facemtl: error: `facemtl {args.command}` {'with these options ' if args.command == 'analyze' else ''}"
+              f"needs TensorFlow, which is not installed: {TENSORFLOW_HINT}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow  # a venv with TensorFlow: about a minute with pip's cache warm
 
 
-def test_the_installed_wheel_trains_a_named_recipe_and_analyzes_a_photo(tmp_path):
+def test_the_installed_wheel_analyzes_without_tensorflow_and_trains_with_it(tmp_path):
     from PIL import Image
     from skimage import data
 
@@ -29,10 +29,10 @@ def test_the_installed_wheel_trains_a_named_recipe_and_analyzes_a_photo(tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FACEMTL_GALLERIES")}
     env["FACEMTL_HOME"] = str(tmp_path / "home")
 
-    def facemtl(*args):
+    def facemtl(*args, status=0):
         r = subprocess.run([str(venv / "bin" / "facemtl"), *args], cwd=here, env=env, capture_output=True, text=True,
                            timeout=900)
-        assert r.returncode == 0, (args, r.stderr[-3000:])
+        assert r.returncode == status, (args, r.stderr[-3000:])
         return r
 
     assert "quickstart" in facemtl("recipes").stdout
@@ -40,6 +40,12 @@ def test_the_installed_wheel_trains_a_named_recipe_and_analyzes_a_photo(tmp_path
     answer = json.loads(facemtl("analyze", "astronaut.jpg").stdout)
     assert len(answer["faces"]) == 1 and answer["faces"][0]["expression"]["label"] == "happy"
     assert not (tmp_path / "home").exists()  # the first answer wrote nothing: no SavedModel from the preset
+    assert not list(venv.glob("lib/python*/site-packages/tensorflow*"))  # and needed no TensorFlow
+    r = facemtl("train", "quickstart", "--smoke", status=2)
+    assert r.stderr.strip().splitlines() == [
+        'facemtl: error: `facemtl train` needs TensorFlow, which is not installed: pip install "facemtl[cpu]" (or '
+        '"facemtl[gpu]"; any tensorflow 2.21 with keras 3.15 works)']
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[cpu]"], check=True)
     facemtl("train", "quickstart", "--smoke")
     exports = list((here / "runs" / "smoke" / "saved_models" / "quickstart").glob("*/saved_model.pb"))
     assert exports, list(here.rglob("*"))[:20]
