@@ -441,8 +441,10 @@ def _serve(args):
 
         from facemtl.serving.app import create_app
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] in ("tensorflow", "keras"):
+            raise  # said by main(): TensorFlow is missing
         raise FacemtlError(f"`facemtl serve` needs the serve extra ({exc.name} is missing): "
-                           'pip install "facemtl[serve]"') from None
+                           'pip install "facemtl[serve,cpu]"') from None
     from facemtl.export import read_metadata
     from facemtl.pretrained import resolve_model
 
