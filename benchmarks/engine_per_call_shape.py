@@ -7,8 +7,12 @@ real face chips (UTKFace's aligned faces, through the release's own framing), fa
 each engine's answers are from the SavedModel's (age in years, probabilities) and how far a face's
 answer alone is from its answer in a batch of 64 under `backend="auto"`.
 
+`--cli N` also checks the command line: `facemtl analyze` on N real photos one per call, against
+one call on all of them (a folder), age and probability differences per face.
+
 Usage:
     python benchmarks/engine_per_call_shape.py --data ../shared/data --out runs/engine_per_call_shape
+    python benchmarks/engine_per_call_shape.py --data ../shared/data --cli 500 --only-cli
 """
 
 from __future__ import annotations
@@ -59,13 +63,52 @@ def gaps(a, b):
             "prob_max": round(float(prob.max()), 4), "labels_equal": round(float(labels), 4)}
 
 
+def cli_check(data, n):
+    """`facemtl analyze` one photo per call against one call on a folder of the same photos."""
+    import json
+    import subprocess
+    import tempfile
+
+    paths = sorted(glob.glob(os.path.join(data, "utkface", "images", "*.jpg")))[3::11][:n]
+    folder = tempfile.mkdtemp(prefix="one-vs-many-")
+    for i, p in enumerate(paths):
+        os.symlink(os.path.abspath(p), os.path.join(folder, f"{i:05d}.jpg"))
+    command = [sys.executable, "-m", "facemtl", "analyze"]
+
+    def faces(out):
+        return [json.loads(line) for line in out.splitlines()]
+
+    together = {os.path.basename(r["path"]): r["faces"] for r in
+                faces(subprocess.run(command + [folder], capture_output=True, text=True, check=True).stdout)}
+    ages, probs, labels, compared = [], [], 0, 0
+    for name in sorted(together):
+        [alone] = faces(subprocess.run(command + [os.path.join(folder, name)], capture_output=True, text=True,
+                                       check=True).stdout)
+        for a, b in zip(alone["faces"], together[name]):
+            ages.append(abs(a["age"] - b["age"]))
+            probs.append(max(abs(a["expression"]["probabilities"][k] - b["expression"]["probabilities"][k])
+                             for k in a["expression"]["probabilities"]))
+            labels += a["expression"]["label"] == b["expression"]["label"] and a["gender"]["label"] == b["gender"]["label"]
+            compared += 1
+    return {"photos": len(paths), "faces": compared, "age_max": max(ages), "prob_max": max(probs),
+            "labels_equal": labels / max(compared, 1)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--faces", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="runs/engine_per_call_shape")
+    parser.add_argument("--cli", type=int, default=0, help="photos for the command-line check (0: none)")
+    parser.add_argument("--only-cli", action="store_true", help="only the command-line check")
     args = parser.parse_args()
+    if args.cli:
+        results = {"cpu": cpu_name(), "commit": git_commit(), "cli_one_per_call_vs_folder": cli_check(args.data,
+                                                                                                       args.cli)}
+        if args.only_cli:
+            write_results(os.path.join(args.out, "cli.json"), results)
+            return
 
     from facemtl.inference import Predictor
 
