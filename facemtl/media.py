@@ -143,6 +143,8 @@ class Progress:
         self.every_s = every_s
 
     def update(self, n=1):
+        if not n:  # nothing new (an empty batch): no line drawn twice
+            return
         self.done += n
         now = time.time()
         if self.tty or now - self.last >= self.every_s or self.done >= self.total:
