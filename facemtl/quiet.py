@@ -32,6 +32,11 @@ def native_log_path():
                                                                  f"facemtl-native-{os.getuid()}.log")
 
 
+def _not_beam_chatter(record):
+    """False for a record Apache Beam logged on the root logger."""
+    return f"{os.sep}apache_beam{os.sep}" not in record.pathname
+
+
 def route_native_logs(verbose=False):
     """Sends what native code writes to stderr into `native_log_path()`; Python's stderr keeps the terminal.
 
@@ -51,8 +56,9 @@ def route_native_logs(verbose=False):
     warnings.filterwarnings("ignore", module=_LIBRARIES)
     for name in ("absl", "tensorflow", "keras", "h5py", "apache_beam"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Apache Beam warns on the root logger at import (optional GCP clients missing, no memory metrics).
-    logging.getLogger().setLevel(logging.ERROR)
+    # Apache Beam warns on the root logger itself (optional GCP clients missing, no memory metrics): those records
+    # are dropped; facemtl's own loggers (skipped files...) keep the root's level.
+    logging.getLogger().addFilter(_not_beam_chatter)
     path = native_log_path()
     try:
         if os.path.getsize(path) > MAX_LOG_BYTES:  # bounded: one older copy kept beside it

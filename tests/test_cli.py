@@ -241,3 +241,14 @@ def test_the_sdist_holds_what_the_wheel_and_the_tests_need(tmp_path, monkeypatch
                    "facemtl/recipes/quickstart.yaml", "facemtl/docs/serving.md", "facemtl/pretrained/MODEL_CARD.md",
                    ".ci/run"):
         assert needed in files, needed
+
+
+def test_quiet_logs_keep_facemtls_own_warnings():
+    """Beam's root-logger chatter is hidden; a skipped-files warning of facemtl's is not."""
+    code = ("import logging, os; from facemtl.quiet import route_native_logs; route_native_logs(); "
+            "logging.getLogger('facemtl.data').warning('train: skipped 2 unreadable images'); "
+            "record = logging.LogRecord('root', logging.WARNING, os.path.join('x', 'apache_beam', 'io.py'), 1, "
+            "'apitools not found', None, None); logging.getLogger().handle(record)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "FACEMTL_NATIVE_LOG": os.devnull})
+    assert "train: skipped 2 unreadable images" in r.stderr and "apitools" not in r.stderr, r.stderr
