@@ -117,6 +117,7 @@ def _analyze(args):
 
 def _analyze_on_beam(args):
     from facemtl.pipelines.analyze import analyze_collection, dead_letter_prefix
+    from facemtl.pipelines.io import single_shard
 
     if not args.out:
         raise FacemtlError("--runner beam writes sharded files: give --out PREFIX (e.g. --out answers/photos)")
@@ -143,7 +144,7 @@ def _analyze_on_beam(args):
              if counts["ignored"] else "")
           + f"; answers in {args.out}-*-of-{shards:05d}.jsonl"
           + (" and .parquet" if args.parquet else "")
-          + (f", unreadable files in {dead_letter_prefix(args.out)}-00000-of-00001.jsonl"
+          + (f", unreadable files in {single_shard(dead_letter_prefix(args.out))}"
              if counts["unreadable"] else ""), file=sys.stderr)
     return 1 if counts["unreadable"] else 0
 
@@ -154,6 +155,7 @@ def _align(args):
 
     if args.runner != LOCAL:
         from facemtl.pipelines.align import align_collection, report_prefix
+        from facemtl.pipelines.io import single_shard
 
         counts = align_collection(args.src, args.dst, detector=args.detector, size=(args.size, args.size),
                                   face_scale=args.face_scale, max_side=args.max_side, runner=args.runner,
@@ -161,7 +163,7 @@ def _align(args):
         print(f"facemtl: {counts['aligned']} aligned, {counts['cached']} already cached, {counts['no_face']} "
               f"without a face, {counts['unreadable']} unreadable, {counts['several_faces']} with several faces "
               f"(largest kept), {counts['ignored']} ignored (not images by name); the list is in "
-              f"{report_prefix(args.dst)}-00000-of-00001.jsonl", file=sys.stderr)
+              f"{single_shard(report_prefix(args.dst))}", file=sys.stderr)
         return 0
     if not os.path.isdir(args.src):
         raise FacemtlError(f"{args.src}: no such folder")
@@ -317,13 +319,15 @@ def _enroll_folders(args):
     from facemtl.recognition.enrolment import enroll_folders, enrolment_summary
     from facemtl.recognition.gallery import Gallery, model_info
 
-    args.crops = False
     if args.runner == LOCAL:
-        embedder = _embedder(args, args.model)
+        from facemtl.recognition.embed import Embedder
+
+        embedder = Embedder(args.model, detector=args.detector)
         gallery = Gallery.open(args.gallery, args.store, model=model_info(embedder.metadata, args.model), create=True)
         counts, report = enroll_folders(gallery, args.root, embedder)
     else:
         from facemtl.pipelines.enroll import enroll_collection
+        from facemtl.pipelines.io import single_shard
         from facemtl.pretrained import model_metadata
 
         # Made here, once, with the model's info: the workers only add to it.
@@ -332,7 +336,7 @@ def _enroll_folders(args):
         prefix = args.report or f"{args.gallery}-enrolment-report"
         counts = enroll_collection(args.root, args.gallery, prefix, store=args.store, model=args.model,
                                    detector=args.detector, runner=args.runner, beam_args=args.beam_args)
-        report = [json.loads(line) for line in _read_lines(f"{prefix}-00000-of-00001.jsonl")]
+        report = [json.loads(line) for line in _read_lines(single_shard(prefix))]
     print(json.dumps(enrolment_summary(gallery, counts, report)))
     return 1 if counts["no_face"] or counts["unreadable"] else 0
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from facemtl.export import attribute_output, read_metadata
+from facemtl.export import attribute_output
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
 from facemtl.preprocessing import Preprocessor
@@ -68,8 +68,8 @@ class Predictor:
 
         from facemtl.errors import ModelFormatError
         from facemtl.export.tflite import EXPORT_FILE
-        from facemtl.models.presets import is_preset, read_preset_metadata
-        from facemtl.pretrained import resolve_model
+        from facemtl.models.presets import is_preset
+        from facemtl.pretrained import folder_metadata, resolve_model
 
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
@@ -81,10 +81,7 @@ class Predictor:
         if not os.path.isfile(os.path.join(folder, "saved_model.pb")) and is_preset(folder) and not os.path.isfile(lite):
             folder = resolve_model(folder)  # a preset without a LiteRT copy runs its SavedModel
             lite = os.path.join(folder, EXPORT_FILE)
-        if os.path.isfile(os.path.join(folder, "saved_model.pb")) or not is_preset(folder):
-            self.metadata = read_metadata(folder)  # a folder that is neither: one clear error
-        else:
-            self.metadata = read_preset_metadata(folder)
+        self.metadata = folder_metadata(folder)
         self.path = folder
         self.batch_size = batch_size
         self._saved_model = None

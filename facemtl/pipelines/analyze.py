@@ -18,7 +18,7 @@ from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.inference import photo_record
 from facemtl.media import is_video, video_frames
 from facemtl.pipelines.io import (DEAD_LETTER, MatchFiles, WriteShards, local_copy, read_bytes, read_photo,
-                                  remove_other_shards, shard_name)
+                                  remove_other_shards, single_shard)
 from facemtl.pipelines.runner import counter, pipeline_options, run_pipeline
 
 
@@ -187,5 +187,5 @@ def analyze_collection(paths, output, *, runner="beam", beam_args=(), num_shards
     counts = run_pipeline(pipeline)
     remove_other_shards(output, num_shards, parquet)
     # Beam's local runners count a failed bundle's attempt too; the dead-letter file is exact.
-    counts["unreadable"] = len(read_bytes(shard_name(dead_letter_prefix(output), 0, 1, ".jsonl")).splitlines())
+    counts["unreadable"] = len(read_bytes(single_shard(dead_letter_prefix(output))).splitlines())
     return {name: int(counts.get(name, 0)) for name in ("photos", "frames", "faces", "unreadable", "ignored")}

@@ -16,7 +16,7 @@ from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.pipelines.io import DEAD_LETTER, MatchFiles, WriteShards, read_photo, relative_to
 from facemtl.pipelines.runner import counter, pipeline_options, run_pipeline
-from facemtl.recognition.enrolment import person_of
+from facemtl.recognition.enrolment import person_of, unused_photo
 
 PEOPLE_PER_COMMIT = 64
 
@@ -62,9 +62,9 @@ class _Faces(beam.DoFn):
         (person, path), result = element
         face = result.inference
         if face.embedding is None:
-            counter("no_face" if face.faces == 0 else "unreadable").inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"path": path, "status": "no face" if face.faces == 0
-                                                         else "unreadable", "error": f"{path}: {face.error}"})
+            line = unused_photo(face, path)
+            counter("no_face" if line["status"] == "no face" else "unreadable").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, line)
             return
         if face.faces > 1:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, {"path": path, "status": "several faces"})
@@ -87,7 +87,7 @@ class _Enroll(beam.DoFn):
         for person, faces in people:
             faces = sorted(faces, key=lambda f: f[0])  # the same order on every run
             batch.append((person, [f[1] for f in faces], [f[0] for f in faces]))
-        for (person, embeddings, sources), (_, added, _) in zip(batch, self.gallery.enroll_new(batch)):
+        for (_, _, sources), (_, added, _) in zip(batch, self.gallery.enroll_new(batch)):
             counter("people").inc()
             counter("enrolled").inc(added)
             counter("already").inc(len(sources) - added)

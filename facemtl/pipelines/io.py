@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from facemtl.errors import FacemtlError, ImageError
-from facemtl.files import write_bytes_atomically
+from facemtl.files import temporary_name, write_bytes_atomically
 from facemtl.images import load_image
 from facemtl.media import is_camera, media_extensions
 from facemtl.pipelines.runner import counter
@@ -59,7 +59,7 @@ def input_patterns(paths):
             raise FacemtlError(f"{path}: a camera cannot be read by a pipeline; use `facemtl analyze` without "
                                "--runner")
         if path.endswith("/") or (is_local(path) and os.path.isdir(path)):
-            out.append((join(path, "**") if not path.endswith("/") else path + "**", path, True))
+            out.append((join(path, "**"), path, True))
         else:
             out.append((path, None, False))
     return out
@@ -95,7 +95,7 @@ class _Match(beam.DoFn):
                 if os.path.splitext(path)[1].lower() not in media_extensions():
                     counter("ignored").inc()
                     continue
-            yield (path, root) if root is not None else (path, None)
+            yield path, root
 
 
 class MatchFiles(beam.PTransform):
@@ -170,8 +170,7 @@ def write_atomically(path, data):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         write_bytes_atomically(path, data)
         return
-    folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.tmp-{os.getpid()}-{zlib.crc32(os.urandom(8)):08x}-{name}"
+    tmp = temporary_name(path)  # `scheme://bucket/dir/.tmp-...-name`: the same hidden name as on local disks
     with FileSystems.create(tmp) as f:
         f.write(data)
     FileSystems.rename([tmp], [path])
@@ -184,6 +183,11 @@ def record_key(record):
 
 def shard_name(prefix, index, count, suffix):
     return f"{prefix}-{index:05d}-of-{count:05d}{suffix}"
+
+
+def single_shard(prefix):
+    """The one file `WriteShards(prefix, 1)` writes (reports, dead letters)."""
+    return shard_name(prefix, 0, 1, ".jsonl")
 
 
 def parquet_bytes(records):

@@ -127,6 +127,16 @@ def resolve_model(path=None, write=True):
     return _loadable(path, write)
 
 
+def folder_metadata(folder):
+    """The metadata of a SavedModel version folder or of a preset folder (a folder that is neither: one clear error)."""
+    from facemtl.export.metadata import read_metadata
+    from facemtl.models.presets import is_preset, read_preset_metadata
+
+    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return read_preset_metadata(folder)
+    return read_metadata(folder)
+
+
 def model_metadata(path=None):
     """The metadata of the model `path` names (as `resolve_model` takes it), read without writing anything.
 
@@ -134,10 +144,4 @@ def model_metadata(path=None):
         >>> model_metadata()["name"]
         'release'
     """
-    from facemtl.export.metadata import read_metadata
-    from facemtl.models.presets import is_preset, read_preset_metadata
-
-    folder = resolve_model(path, write=False)
-    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
-        return read_preset_metadata(folder)
-    return read_metadata(folder)
+    return folder_metadata(resolve_model(path, write=False))

@@ -11,6 +11,9 @@ from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.errors import FacemtlError
 
 
+NO_FACE = "no face found"
+
+
 @dataclasses.dataclass
 class FaceEmbedding:
     """The embedding of the face used from one photo, or why there is none."""
@@ -68,7 +71,7 @@ class Embedder:
                     detections, photo_crops = self.analyzer.detect_and_align(image)
                     faces = len(detections)
                     if not faces:
-                        results.append(FaceEmbedding(name, None, 0, "no face found"))
+                        results.append(FaceEmbedding(name, None, 0, NO_FACE))
                         continue
                     largest = int(np.argmax([d.box[2] * d.box[3] for d in detections]))
                     if faces > 1:

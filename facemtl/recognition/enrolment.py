@@ -27,6 +27,14 @@ def person_of(rel):
     return check_person_name(parts[0])
 
 
+def unused_photo(face, path):
+    """The report line of a photo that gave no embedding: `{"path", "status": "no face" | "unreadable", "error"}`."""
+    from facemtl.recognition.embed import NO_FACE
+
+    error = face.error if face.error.startswith(f"{path}:") else f"{path}: {face.error}"
+    return {"path": path, "status": "no face" if face.error == NO_FACE else "unreadable", "error": error}
+
+
 def enrolment_summary(gallery, counts, report):
     """The JSON summary `facemtl gallery enroll-folders` prints (both runners)."""
     return {"gallery": gallery.path, **counts, "skipped": [r for r in report if r["status"] != "several faces"],
@@ -72,9 +80,8 @@ def enroll_folders(gallery, root, embedder, *, chunk=16):
         for start in range(0, len(paths), chunk):
             for face in embedder.embed(paths[start:start + chunk]):
                 if face.embedding is None:
-                    status = "no face" if face.faces == 0 and face.error == "no face found" else "unreadable"
-                    counts["no_face" if status == "no face" else "unreadable"] += 1
-                    report.append({"path": face.source, "status": status, "error": face.error})
+                    report.append(unused_photo(face, face.source))
+                    counts["no_face" if report[-1]["status"] == "no face" else "unreadable"] += 1
                     continue
                 if face.faces > 1:
                     report.append({"path": face.source, "status": "several faces"})

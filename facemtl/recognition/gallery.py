@@ -234,16 +234,16 @@ class Gallery:
         Returns:
             `[(name, added, total)]`, one per person given.
         """
-        fresh, added = [], []
+        fresh, out = [], []
         for name, embeddings, sources in people:
-            have = set(self.sources(name))
-            keep = [i for i, s in enumerate(sources) if str(s) not in have]
-            added.append((name, len(keep)))
+            have = self.sources(name)
+            known = set(have)
+            keep = [i for i, s in enumerate(sources) if str(s) not in known]
+            out.append((name, len(keep), len(have)))  # a person with nothing new keeps the count they had
             if keep:
                 fresh.append((name, np.asarray(embeddings)[keep], [sources[i] for i in keep]))
         totals = dict(zip([f[0] for f in fresh], self.enroll_many(fresh))) if fresh else {}
-        people_now = self.people() if len(totals) < len(added) else {}
-        return [(name, n, totals.get(name, people_now.get(name, 0))) for name, n in added]
+        return [(name, n, totals.get(name, had)) for name, n, had in out]
 
     def remove(self, name):
         """Removes every embedding of `name`; returns how many."""
