@@ -101,7 +101,7 @@ def main():
 
         source = f"scikit-image astronaut x{args.limit} (no photos under {args.photos})"
         images = [data.astronaut()] * args.limit
-    from facemtl.pretrained import resolve_model
+    from facemtl.installed import resolve_model
 
     model = quickstart_model() if args.model == "quickstart" else resolve_model(args.model)
     print(f"benchmark: {source}; model {model}; {os.cpu_count()} CPUs", flush=True)

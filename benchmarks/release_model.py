@@ -271,7 +271,7 @@ def main():
     parser.add_argument("--out", default="runs/release_model.json")
     args = parser.parse_args()
 
-    from facemtl.pretrained import resolve_model
+    from facemtl.installed import resolve_model
 
     from _runs import cpu_name, git_commit
 

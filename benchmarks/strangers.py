@@ -146,7 +146,7 @@ def main():
 
     from facemtl.export import crop_layout
     from facemtl.inference import Predictor
-    from facemtl.pretrained import resolve_model
+    from facemtl.installed import resolve_model
     from facemtl.recognition.embed import embed_arrays
     from facemtl.recognition.metrics import model_threshold
     from facemtl.recognition.open_set import (OpenSetRule, class_directions, stranger_fpir, threshold_for_fpir,
@@ -251,7 +251,8 @@ def main():
 def export_with_rule(path, meta, directions, threshold, table, args, results):
     """The model written again with the open-set rule in its graph and metadata."""
     from facemtl.export import OWN_METADATA, export_saved_model
-    from facemtl.training.feature_cache import model_from_export, write_lite_copy
+    from facemtl.models.presets import from_export as model_from_export
+    from facemtl.training.feature_cache import write_lite_copy
 
     model, _ = model_from_export(path)
     chosen = results["directions"]["class means of LFW training photos"]

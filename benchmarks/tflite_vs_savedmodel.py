@@ -54,8 +54,8 @@ def main():
     from facemtl.litert import TFLitePredictor
 
     if not args.run:
-        from facemtl.pretrained import resolve_model
-        from facemtl.training.feature_cache import model_from_export
+        from facemtl.installed import resolve_model
+        from facemtl.models.presets import from_export as model_from_export
 
         args.model = resolve_model(args.model)
         model, metadata = model_from_export(args.model)

@@ -15,7 +15,7 @@ import time
 
 from facemtl import __version__
 from facemtl.errors import FacemtlError
-from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.faces.detect import DETECTORS as DETECTOR_NAMES
 from facemtl.pipelines import LOCAL
 from facemtl.quiet import VERBOSE_HELP, route_native_logs
@@ -179,7 +179,8 @@ def _align(args):
 
 
 def _evaluate(args):
-    from facemtl.evaluation import evaluate_target, format_report
+    from facemtl.evaluation import format_report
+    from facemtl.scoring import evaluate_target
 
     report, out = evaluate_target(args.model, recipe=args.recipe, split=args.split, overrides=args.set, out=args.out,
                                   log=lambda m: print(m, file=sys.stderr))
@@ -228,7 +229,7 @@ def _installed_model_of(gallery):
     The model path recorded in a gallery is never loaded: the gallery may come from
     someone else, and loading a SavedModel runs its graph.
     """
-    from facemtl.pretrained import installed_models, resolve_model
+    from facemtl.installed import installed_models, resolve_model
 
     wanted = gallery.model.get("model_id")
     for m in installed_models():
@@ -328,7 +329,7 @@ def _enroll_folders(args):
     else:
         from facemtl.pipelines.enroll import enroll_collection
         from facemtl.pipelines.io import single_shard
-        from facemtl.pretrained import model_metadata
+        from facemtl.installed import model_metadata
 
         # Made here, once, with the model's info: the workers only add to it.
         metadata = model_metadata(args.model)
@@ -366,7 +367,7 @@ def _cluster(args, analyzer, gallery):
 
 
 def _models(args):
-    from facemtl.pretrained import installed_models
+    from facemtl.installed import installed_models
 
     models = installed_models()
     for m in models:
@@ -421,7 +422,8 @@ def _export(args):
         print(json.dumps({"tflite": path, "bytes": os.path.getsize(path), "quantize": args.quantize or "float32"}))
         return 0
     from facemtl.export import export_run
-    from facemtl.models.presets import export_preset, preset_dir, preset_from_export
+    from facemtl.export.cache import export_preset
+    from facemtl.models.presets import preset_dir, preset_from_export
 
     if args.format == "preset":
         path = preset_from_export(args.run, args.out)
@@ -450,7 +452,7 @@ def _serve(args):
         raise FacemtlError(f"`facemtl serve` needs the serve extra ({exc.name} is missing): "
                            'pip install "facemtl[serve,cpu]"') from None
     from facemtl.export import read_metadata
-    from facemtl.pretrained import resolve_model
+    from facemtl.installed import resolve_model
 
     read_metadata(resolve_model(args.model))  # a wrong folder is one clear error, before the server starts
     if args.host not in ("127.0.0.1", "localhost", "::1"):

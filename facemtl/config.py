@@ -19,7 +19,7 @@ from typing import Literal, Optional
 import yaml
 
 from facemtl.errors import RecipeError
-from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.faces.detection import DEFAULT_DETECTOR
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
 

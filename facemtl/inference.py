@@ -69,7 +69,7 @@ class Predictor:
         from facemtl.errors import ModelFormatError
         from facemtl.export.tflite import EXPORT_FILE
         from facemtl.models.presets import is_preset
-        from facemtl.pretrained import folder_metadata, resolve_model
+        from facemtl.installed import folder_metadata, resolve_model
 
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
@@ -181,7 +181,7 @@ class Predictor:
         if self._saved_model is None:
             import tensorflow as tf  # heavy: imported when the SavedModel must run
 
-            from facemtl.pretrained import resolve_model
+            from facemtl.installed import resolve_model
 
             self._saved_model = tf.saved_model.load(resolve_model(self.path))
         return self._saved_model

@@ -7,12 +7,17 @@ a LiteRT interpreter must not be invoked from two threads at once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
 import numpy as np
 
 from facemtl.errors import ModelFormatError
+
+
+# The name of the metadata entry facemtl writes into a `.tflite` flatbuffer (`facemtl.export.tflite.add_metadata`).
+METADATA_NAME = "facemtl"
 
 
 class PerThread:
@@ -51,9 +56,7 @@ class TFLitePredictor:
     def __init__(self, path, threads=2, metadata=None):
         """`metadata`: the export's, when the caller has it (reading the file's own needs TensorFlow)."""
         if metadata is None:
-            from facemtl.export.tflite import read_metadata  # the exporter's module; LiteRT runners load without it
-
-            metadata = read_metadata(path)
+            metadata = read_tflite_metadata(path)
         self.metadata = metadata
         path = os.fspath(path)
 
@@ -87,3 +90,20 @@ class TFLitePredictor:
     def run(self, images):
         """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1)."""
         return [{k: v[0] for k, v in self._runner(images=img[None]).items()} for img in self.resize(images)]
+
+
+def read_tflite_metadata(path):
+    """The `facemtl` metadata of a `.tflite` file, with a clear error when it is not one of ours."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    try:
+        with open(path, "rb") as f:
+            model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except Exception as exc:  # the flatbuffer reader raises whatever a broken buffer makes it hit
+        raise ModelFormatError(f"{path}: not a TFLite model ({type(exc).__name__}: {exc})") from None
+    for entry in model.metadata or []:
+        if entry.name == METADATA_NAME.encode():
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    raise ModelFormatError(f"{path}: a TFLite model, but not exported by facemtl (no '{METADATA_NAME}' metadata)")

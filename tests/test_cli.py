@@ -176,7 +176,7 @@ def test_an_unwritable_home_is_one_line_naming_it_and_the_variable(tmp_path, mon
     with pytest.raises(FacemtlError, match=f"^{home / 'galleries'}: cannot write galleries there .*set "
                                            "FACEMTL_GALLERIES or FACEMTL_HOME"):
         open_store(str(home / "galleries")).create("g", {"model_id": "m", "embedding_dim": 2})
-    from facemtl.models.presets import saved_model_for
+    from facemtl.export.cache import saved_model_for
 
     with pytest.raises(FacemtlError, match=f"^{home / 'pretrained'}: cannot write the model cache there "
                                            r"\(not a directory\); set FACEMTL_HOME"):

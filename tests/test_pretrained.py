@@ -8,7 +8,8 @@ import pytest
 
 from facemtl.errors import ModelFormatError
 from facemtl.labels import EXPRESSIONS
-from facemtl.pretrained import PRETRAINED_DIR, RELEASE, default_model, installed_models
+from facemtl.installed import default_model, installed_models
+from facemtl.pretrained import PRETRAINED_DIR, RELEASE
 from tests.test_cli import run_cli
 
 
@@ -176,7 +177,7 @@ def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_
 def test_the_shipped_metadata_names_no_path_of_the_machine_that_made_it():
     """`facemtl verify` says where its threshold came from, `evaluate` reads `run_dir`: neither may be ours."""
     from facemtl.models.presets import read_preset_metadata
-    from facemtl.pretrained import model_folders
+    from facemtl.models.presets import model_folders
     from facemtl.recognition.metrics import model_threshold
 
     def strings(value):

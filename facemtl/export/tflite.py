@@ -17,9 +17,9 @@ import tempfile
 
 import numpy as np
 
-from facemtl.errors import FacemtlError, ModelFormatError
+from facemtl.errors import FacemtlError
+from facemtl.litert import METADATA_NAME
 
-METADATA_NAME = "facemtl"
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 
@@ -116,23 +116,6 @@ def add_metadata(flat, metadata):
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(path):
-    """The `facemtl` metadata of a `.tflite` file, with a clear error when it is not one of ours."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    try:
-        with open(path, "rb") as f:
-            model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
-    except FileNotFoundError:
-        raise ModelFormatError(f"{path}: no such file") from None
-    except Exception as exc:  # the flatbuffer reader raises whatever a broken buffer makes it hit
-        raise ModelFormatError(f"{path}: not a TFLite model ({type(exc).__name__}: {exc})") from None
-    for entry in model.metadata or []:
-        if entry.name == METADATA_NAME.encode():
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    raise ModelFormatError(f"{path}: a TFLite model, but not exported by facemtl (no '{METADATA_NAME}' metadata)")
 
 
 def export_tflite(run_dir, out_path, *, like=None, quantize=None, calibration=None):

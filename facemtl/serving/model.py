@@ -36,7 +36,7 @@ class ServedModel:
     def __init__(self, path=None, *, name=None, max_batch_size=32, max_wait_ms=0.0):
         import tensorflow as tf
 
-        from facemtl.pretrained import resolve_model
+        from facemtl.installed import resolve_model
 
         self._tf = tf
         self.predictor = Predictor(resolve_model(path), batch_size=max_batch_size)

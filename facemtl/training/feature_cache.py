@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, attribute_tasks, branch_settings
 from facemtl.files import temporary_name, write_json_atomically
+from facemtl.models.presets import copy_weights_by_name, load_weights_from, source_folder, source_metadata
 
 # Views cached for validation faces (no jitter: scored as served).
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
@@ -169,37 +170,6 @@ def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(
     if weights is not None:
         load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
     return branch
-
-
-def copy_weights_by_name(source, target, prefix="expression", target_prefix=None):
-    """Copies the weights of `source`'s layers named `prefix*` into `target`'s layers of the same names.
-
-    Args:
-        target_prefix: the target's layers are named with this prefix in place
-            of `prefix` (e.g. a branch trained as `expression_*` copied into
-            branch 2, `expression2_*`).
-
-    Returns:
-        The names of the layers copied.
-
-    Raises:
-        ValueError: a layer of `source` has no counterpart in `target`, or shapes differ.
-    """
-    names = [layer.name for layer in source.layers if named_under(layer.name, prefix) and layer.weights]
-    target_prefix = prefix if target_prefix is None else target_prefix
-    for name in names:
-        dst_name = target_prefix + name[len(prefix):]
-        try:
-            dst = target.get_layer(dst_name)
-        except ValueError:
-            raise ValueError(f"{target.name} has no layer {dst_name!r} to copy into") from None
-        dst.set_weights(source.get_layer(name).get_weights())
-    return names
-
-
-def named_under(name, prefix):
-    """Whether layer `name` belongs to the layers named `prefix` or `prefix_*` (`expression` is not `expression2_*`)."""
-    return name == prefix or name.startswith(prefix + "_")
 
 
 def _shift_maps(x, shift, rng):
@@ -581,14 +551,13 @@ def start_from_init(branch, recipe, names, log=print):
         The names of the layers copied.
     """
     from facemtl.errors import RecipeError
-    from facemtl.export import read_metadata
 
     if not recipe.model.init_from:
         raise RecipeError("feature_cache.start: init_from needs model.init_from (e.g. release)")
-    path = resolve_pretrained(recipe.model.init_from)
     fresh = [w.numpy() for w in branch.get_layer("expression").weights]
-    copied = {name.split("/")[0] for name in load_export_weights(branch, path, partial=True)}
-    theirs = list(read_metadata(path)["expressions"])
+    done, meta = load_weights_from(branch, recipe.model.init_from, partial=True)
+    copied = {name.split("/")[0] for name in done}
+    theirs = list(meta["expressions"])
     if "expression" in copied and theirs != list(names):
         layer = branch.get_layer("expression")
         if sorted(theirs) == sorted(names):  # the same classes in another order: the columns follow the names
@@ -614,42 +583,6 @@ def _build_branch(recipe, caches, weights="auto"):
                                      pool=m.expression_pool, learnable_affine=m.learnable_affine)
 
 
-def load_export_weights(model, saved_model_dir, skip=(), partial=False):
-    """Sets `model`'s weights from an export's variables, matched by name (`layer/weight`).
-
-    The export must come from the same architecture (a facemtl SavedModel of
-    the same builder); Keras' seed-generator states are not exported and are
-    left alone.
-
-    Args:
-        skip: layer-name prefixes (`named_under`) whose weights are left alone
-            (e.g. expression branches the export does not have, trained afresh).
-        partial: leave weights the export lacks, or has in another shape, alone
-            (e.g. a class layer for other classes) instead of raising.
-
-    Returns:
-        How many weights were set (`partial`: the list of their names).
-
-    Raises:
-        ValueError: a weight of `model` has no variable of that name and shape in the export.
-    """
-    loaded = tf.saved_model.load(saved_model_dir)
-    by_name = {v.name.rsplit(":", 1)[0]: v for v in loaded._all_variables}
-    done = []
-    for variable in model.variables:
-        if "seed_generator" in variable.path or any(named_under(variable.path.split("/")[0], p) for p in skip):
-            continue
-        source = by_name.get(variable.path)
-        if source is None or tuple(source.shape) != tuple(variable.shape):
-            if partial:
-                continue
-            raise ValueError(f"{saved_model_dir}: no weight {variable.path!r} of shape {tuple(variable.shape)} "
-                             f"(the export is not of this architecture)")
-        variable.assign(source.numpy())
-        done.append(variable.path)
-    return done if partial else len(done)
-
-
 def assemble_model(recipe, branches, log=print, num_expressions=None):
     """The whole multi-task model: `model.init_from`'s trunk and identity, and the trained expression branches.
 
@@ -662,7 +595,6 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
     Returns:
         `(keras model, the init export's metadata)`.
     """
-    from facemtl.export import read_metadata
     from facemtl.models import build_from_recipe
     from facemtl.models.dlib_resnet import expression_branch_prefix
 
@@ -675,8 +607,7 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
 
         raise RecipeError("feature_cache.enabled needs model.init_from (an export whose trunk and identity "
                           "branch to keep, e.g. release)")
-    path = resolve_pretrained(init)
-    meta = read_metadata(path)
+    meta = source_metadata(init)
     model = build_from_recipe(recipe.model, num_identities=len(meta["identities"]),
                               num_expressions=num_expressions or len(meta["expressions"]),
                               attributes=model_attributes(recipe, meta))
@@ -684,7 +615,8 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
     # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not; the recipe's
     # attribute heads are trained afterwards (`attribute_heads`), init_from's other heads kept.
     skip = [p for p, _ in trained] + [t.name for t in attribute_tasks(recipe)]
-    log(f"facemtl: {load_export_weights(model, path, skip=skip)} weights from {path}")
+    count, _ = load_weights_from(model, init, skip=skip)
+    log(f"facemtl: {count} weights from {source_folder(init)}")
     target = branch_model(model)
     for prefix, branch in trained:
         copied = copy_weights_by_name(branch, target, target_prefix=prefix)
@@ -733,32 +665,6 @@ def branch_model(model):
         return model.get_layer("expression_branch")
     except ValueError:
         return model
-
-
-def model_from_export(saved_model_dir):
-    """The Keras model of an export whose metadata records its `model_config`, with the export's weights.
-
-    Returns:
-        `(keras model, metadata)`.
-
-    Raises:
-        ModelFormatError: the export does not record its model configuration.
-    """
-    from facemtl.export import read_metadata
-    from facemtl.models.presets import build_from_metadata
-
-    meta = read_metadata(saved_model_dir)
-    model = build_from_metadata(meta, saved_model_dir)
-    load_export_weights(model, saved_model_dir)
-    return model, meta
-
-
-def resolve_pretrained(name):
-    """A SavedModel version folder from a path, or a shipped model's `NAME` or `NAME/VERSION` (e.g. `release`)."""
-    from facemtl.pretrained import PRETRAINED_DIR, resolve_model
-
-    shipped = os.path.join(PRETRAINED_DIR, name)
-    return resolve_model(shipped if not os.path.exists(name) and os.path.exists(shipped) else name)
 
 
 def evaluate_framings(model, recipe, test, run_dir, log=print, batch_size=128):
@@ -827,12 +733,12 @@ def train_on_cache(recipe, run_dir=None, log=print):
     `facemtl train` finds any unfinished run of the same recipe).
 
     Returns:
-        A `facemtl.training.trainer.TrainResult`.
+        A `facemtl.training.runs.TrainResult`.
     """
     from facemtl.export import export_saved_model, run_relative
     from facemtl.preprocessing import Preprocessor
     from facemtl.recognition.open_set import export_open_set
-    from facemtl.training.trainer import TrainResult, check_before_training, open_run
+    from facemtl.training.runs import TrainResult, check_before_training, open_run
 
     start = time.time()
     check_before_training(recipe, run_dir)
@@ -912,13 +818,13 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             "init_from": {"model_id": meta.get("model_id"), "name": meta.get("name"),
                                           "version": meta.get("version")},
                             "mirror_expression": recipe.model.mirror_expression,
-                            # What `model_from_export` rebuilds the Keras model from (no run folder needed).
+                            # What `presets.from_export` rebuilds the Keras model from (no run folder needed).
                             "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": test_accuracy,
                             **({"attribute_data": meta.get("attribute_data", ATTRIBUTE_DATA_TERMS)}
                                if exported else {})},
             # The identity half is init_from's, unchanged: so is its open-set rule.
-            open_set=export_open_set(resolve_pretrained(recipe.model.init_from), meta))
+            open_set=export_open_set(source_folder(recipe.model.init_from), meta))
         log(f"facemtl: exported SavedModel to {export_dir}")
         if recipe.export.tflite:
             write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration if caches else None, log)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import os
 import shutil
@@ -13,9 +12,7 @@ import warnings
 
 import keras
 import tensorflow as tf
-import yaml
 
-from facemtl.config import save_recipe
 from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, split_size
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
@@ -27,19 +24,8 @@ from facemtl.training.backup import BackupCallback, TrainingBackup
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.history import read_history, truncate_history
+from facemtl.training.runs import TrainResult, check_before_training, open_run, training_phases
 from facemtl.training.task import MultiTaskTask
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    run_dir: str
-    model: keras.Model
-    history: dict
-    test_report: dict
-    export_dir: str | None
-    seconds: float
 
 
 def select_strategy(name="auto", devices=None):
@@ -63,38 +49,6 @@ def select_strategy(name="auto", devices=None):
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     raise ValueError(f"Unknown strategy. Received: strategy={name!r}")
-
-
-def find_unfinished_run(recipe):
-    """The newest run folder of this very recipe that was interrupted (has a backup, no summary)."""
-    base = os.path.join(recipe.output_dir, recipe.name)
-    if not os.path.isdir(base):
-        return None
-    wanted = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-    for name in sorted(os.listdir(base), reverse=True):
-        run = os.path.join(base, name)
-        # A feature-cache run with several expression branches backs each up in its own branch<k>/ folder.
-        backed_up = os.path.isdir(os.path.join(run, "backup")) or any(
-            os.path.isdir(os.path.join(run, d, "backup")) for d in os.listdir(run) if d.startswith("branch"))
-        if not backed_up or os.path.exists(os.path.join(run, "summary.json")):
-            continue
-        try:
-            with open(os.path.join(run, "recipe.yaml"), encoding="utf-8") as f:
-                if f.read() == wanted:
-                    return run
-        except OSError:
-            continue
-    return None
-
-
-def new_run_dir(recipe):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(recipe.output_dir, recipe.name, stamp)
-    suffix = 1
-    while os.path.exists(path):
-        suffix += 1
-        path = os.path.join(recipe.output_dir, recipe.name, f"{stamp}-{suffix}")
-    return path
 
 
 def train(recipe, run_dir=None, log=print):
@@ -146,52 +100,6 @@ def train(recipe, run_dir=None, log=print):
     if not chief:  # workers other than the chief leave evaluation, export and reports to it
         return TrainResult(run_dir, model, history, {}, None, time.time() - start)
     return finish_run(recipe, data, run_dir, model, checkpoint, start, log)
-
-
-def check_before_training(recipe, run_dir):
-    """Refuses, before any work, what would fail later; returns the training loop (`fit` or `custom`)."""
-    if recipe.export.enabled and recipe.export.version is not None:
-        # Refused now, not after hours of training: versions are never overwritten.
-        target = os.path.join(recipe.export.base_dir, recipe.export.name or recipe.name, str(recipe.export.version))
-        if os.path.exists(target):
-            raise FacemtlError(f"{target} already exists and versions are never overwritten: set export.version to "
-                               "a new number, or leave it unset for the next free one")
-    loop = recipe.train.loop
-    if loop == "auto":
-        loop = "custom" if recipe.train.strategy == "multi_worker" else "fit"
-    if recipe.train.strategy == "multi_worker":
-        if loop == "fit":
-            raise FacemtlError("Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): "
-                               "use train.loop=custom (or auto)")
-        if run_dir is None:
-            raise FacemtlError("Multi-worker training needs --run-dir: the same path on every worker")
-    if loop == "custom":
-        if len(training_phases(recipe)) > 1 or recipe.loss_weighting != "fixed":
-            raise FacemtlError("train.unfreeze_at_epoch and loss_weighting=uncertainty are not supported by the "
-                               "custom loop yet")
-    return loop
-
-
-def training_phases(recipe):
-    """`[(first_epoch, end_epoch, lr_factor)]`: one phase, or a frozen-backbone phase then a fine-tuning one."""
-    epochs = recipe.train.epochs
-    unfreeze = recipe.train.unfreeze_at_epoch if recipe.model.freeze_backbone else None
-    if unfreeze is not None and 0 < unfreeze < epochs:
-        return [(0, unfreeze, 1.0), (unfreeze, epochs, recipe.train.finetune_lr_factor)]
-    return [(0, epochs, 1.0)]
-
-
-def open_run(recipe, run_dir, chief, log):
-    """The run folder: the one given, else the newest unfinished run of this recipe (resume), else a new one."""
-    resumed = None
-    if run_dir is None and recipe.train.backup:
-        run_dir = resumed = find_unfinished_run(recipe)
-    run_dir = run_dir or new_run_dir(recipe)
-    os.makedirs(run_dir, exist_ok=True)
-    if chief:
-        save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
-        log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
-    return run_dir
 
 
 @dataclasses.dataclass

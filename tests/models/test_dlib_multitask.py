@@ -5,7 +5,8 @@ import pytest
 from facemtl.config import ModelConfig
 from facemtl.models import build_from_recipe
 from facemtl.models.dlib_format import DlibModelError, default_weights
-from facemtl.models.dlib_resnet import build_dlib_multitask, build_dlib_resnet
+from facemtl.models.dlib_resnet import build_dlib_resnet
+from facemtl.models.multitask import build_dlib_multitask
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from facemtl.errors import ModelFormatError
+from facemtl.export import cache
 from facemtl.models import presets
 
 HERE = os.path.dirname(__file__)
@@ -89,7 +90,7 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
     from skimage import data
 
     from facemtl.inference import FaceAnalyzer
-    from facemtl.pretrained import default_model
+    from facemtl.installed import default_model
 
     with open(os.path.join(HERE, "data", "release3_astronaut.json"), encoding="utf-8") as f:
         shipped = json.load(f)
@@ -129,21 +130,21 @@ def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_p
 def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_not_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
     _, folder = _tiny_preset(tmp_path)
-    target = presets.saved_model_for(folder)
+    target = cache.saved_model_for(folder)
     assert target == presets.cached_saved_model(presets.read_preset_metadata(folder))
     written = os.path.getmtime(os.path.join(target, "saved_model.pb"))
     weights = os.path.join(folder, presets.WEIGHTS_FILE)
     os.utime(weights, ns=(1, 10**18))  # the same file installed again: a new time, the same bytes
-    monkeypatch.setattr(presets, "export_preset", lambda *a, **k: pytest.fail("written again"))
-    assert presets.saved_model_for(folder) == target
+    monkeypatch.setattr(cache, "export_preset", lambda *a, **k: pytest.fail("written again"))
+    assert cache.saved_model_for(folder) == target
     with open(os.path.join(target, presets.METADATA_FILE), encoding="utf-8") as f:
         assert json.load(f)["preset"]["weights_stamp"] == [os.path.getsize(weights), 10**18]  # recorded: no more hashing
-    monkeypatch.setattr(presets, "_weights_sha1", lambda *_: pytest.fail("hashed again"))
-    assert presets.saved_model_for(folder) == target
+    monkeypatch.setattr(cache, "_weights_sha1", lambda *_: pytest.fail("hashed again"))
+    assert cache.saved_model_for(folder) == target
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written
     # Newer metadata for the same weights (a calibration measured later) reaches the SavedModel without a rewrite.
     presets.update_preset_metadata(folder, {"clustering": {"threshold": 0.5}})
-    assert presets.saved_model_for(folder) == target
+    assert cache.saved_model_for(folder) == target
     with open(os.path.join(target, presets.METADATA_FILE), encoding="utf-8") as f:
         assert json.load(f)["clustering"] == {"threshold": 0.5}
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written

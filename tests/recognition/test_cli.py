@@ -301,7 +301,7 @@ def test_calibrate_aligns_real_photos_and_dry_run_writes_nothing(tmp_path):
     """`calibrate --align --dry-run` on the LFW subset's photos with the release model."""
     import shutil
 
-    from facemtl.pretrained import default_model
+    from facemtl.installed import default_model
     from tests.conftest import SHARED_DATA
 
     model = tmp_path / "release" / "1"

@@ -18,7 +18,7 @@ MODEL = "/v1/models/release"
 
 def _release_version():
     """The shipped release's newest version, as the server reports it (a string)."""
-    from facemtl.pretrained import default_model
+    from facemtl.installed import default_model
 
     return os.path.basename(default_model())
 

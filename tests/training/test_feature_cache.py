@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facemtl.config import FeatureCacheConfig
+from facemtl.models import presets
 from facemtl.training import feature_cache as fc
 
 
@@ -156,7 +157,7 @@ def _random_export_and_recipe(tmp_path, seed, *overrides):
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models.dlib_resnet import build_dlib_multitask
+    from facemtl.models.multitask import build_dlib_multitask
 
     base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
     rng = np.random.default_rng(seed)
@@ -202,7 +203,7 @@ def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tm
     maps_shape = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
     trained = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
     kept = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
-    fc.copy_weights_by_name(base, kept)  # what the export's own branch computes
+    presets.copy_weights_by_name(base, kept)  # what the export's own branch computes
     model, _ = fc.assemble_model(recipe, [None, trained], log=lambda *_: None)
     faces = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
     served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(faces))
@@ -227,7 +228,7 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model, read_metadata
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models.dlib_resnet import build_dlib_multitask
+    from facemtl.models.multitask import build_dlib_multitask
     from facemtl.training.trainer import train
 
     images, labels = _faces(48, seed=1)
@@ -276,7 +277,7 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     assert meta["tasks"] == ["identity", "expression", "age", "gender"]
     assert [a["name"] for a in meta["attributes"]] == ["age", "gender"] and "non-commercial" in str(meta)
     # The export rebuilds into the same Keras model (no run folder needed).
-    rebuilt, _ = fc.model_from_export(result.export_dir)
+    rebuilt, _ = presets.from_export(result.export_dir)
     faces = np.random.default_rng(2).integers(0, 256, (2, 112, 112, 3)).astype("float32")
     for key in ("expression", "embedding", "age", "gender"):
         np.testing.assert_allclose(rebuilt(faces)[key], result.model(faces)[key], atol=1e-5)
@@ -291,7 +292,7 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model, read_metadata
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models.dlib_resnet import build_dlib_multitask
+    from facemtl.models.multitask import build_dlib_multitask
     from facemtl.recognition.open_set import DIRECTIONS_FILE
     from facemtl.training.trainer import train
 
@@ -332,7 +333,7 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     cosine = (mine["embedding"].numpy() * theirs["embedding"].numpy()).sum(1)
     assert cosine.min() >= 0.999
     # The stages were started from the init export's branch 1, not from dlib's weights.
-    rebuilt, _ = fc.model_from_export(result.export_dir)
+    rebuilt, _ = presets.from_export(result.export_dir)
     assert rebuilt.get_layer("expression_branch") is not None
 
 
