@@ -12,7 +12,7 @@ def __getattr__(name):
 
         return getattr(facemtl.inference, name)
     if name == "Gallery":
-        from facemtl.recognition.gallery import Gallery
+        from facemtl.recognition.gallery import Gallery  # deferred: galleries load their vector store
 
         return Gallery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

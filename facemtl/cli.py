@@ -15,11 +15,10 @@ import time
 
 from facemtl import __version__
 from facemtl.errors import FacemtlError
-from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.faces.detect import DETECTORS as DETECTOR_NAMES
+from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.pipelines import LOCAL
 from facemtl.quiet import VERBOSE_HELP, route_native_logs
-
 
 
 def _train(args):
@@ -150,8 +149,8 @@ def _analyze_on_beam(args):
 
 
 def _align(args):
-    from facemtl.faces.detect import get_detector
     from facemtl.faces.align_folder import align_folder
+    from facemtl.faces.detect import get_detector
 
     if args.runner != LOCAL:
         from facemtl.pipelines.align import align_collection, report_prefix
@@ -327,9 +326,9 @@ def _enroll_folders(args):
         gallery = Gallery.open(args.gallery, args.store, model=model_info(embedder.metadata, args.model), create=True)
         counts, report = enroll_folders(gallery, args.root, embedder)
     else:
+        from facemtl.installed import model_metadata
         from facemtl.pipelines.enroll import enroll_collection
         from facemtl.pipelines.io import single_shard
-        from facemtl.installed import model_metadata
 
         # Made here, once, with the model's info: the workers only add to it.
         metadata = model_metadata(args.model)
@@ -421,8 +420,8 @@ def _export(args):
         path = export_tflite(args.run, out, like=args.like, quantize=args.quantize, calibration=args.calibration)
         print(json.dumps({"tflite": path, "bytes": os.path.getsize(path), "quantize": args.quantize or "float32"}))
         return 0
-    from facemtl.export import export_run
     from facemtl.export.cache import export_preset
+    from facemtl.export.saved_model import export_run
     from facemtl.models.presets import preset_dir, preset_from_export
 
     if args.format == "preset":
@@ -451,7 +450,7 @@ def _serve(args):
             raise  # said by main(): TensorFlow is missing
         raise FacemtlError(f"`facemtl serve` needs the serve extra ({exc.name} is missing): "
                            'pip install "facemtl[serve,cpu]"') from None
-    from facemtl.export import read_metadata
+    from facemtl.export.metadata import read_metadata
     from facemtl.installed import resolve_model
 
     read_metadata(resolve_model(args.model))  # a wrong folder is one clear error, before the server starts

@@ -20,6 +20,7 @@ import yaml
 
 from facemtl.errors import RecipeError
 from facemtl.faces.detection import DEFAULT_DETECTOR
+from facemtl.files import write_text_atomically
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
 
@@ -647,7 +648,5 @@ def load_recipe(path, overrides=(), smoke=False):
 
 def save_recipe(recipe, path):
     """Writes the resolved recipe as YAML (the run directory keeps one)."""
-    from facemtl.files import write_text_atomically
-
     # Resume compares against this file: a crash mid-write must not leave half a recipe.
     write_text_atomically(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -8,6 +8,8 @@ import os
 import stat
 import uuid
 
+from facemtl.errors import FacemtlError
+
 
 def unreadable_reason(path):
     """Why `path` cannot be read as a regular file, or `None` when it can be.
@@ -86,8 +88,6 @@ def writable_folder(folder, what, variable, mode=0o777):
     Raises:
         FacemtlError: naming the folder, why, and the variable.
     """
-    from facemtl.errors import FacemtlError
-
     try:
         os.makedirs(folder, mode=mode, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):

@@ -6,9 +6,16 @@ import time
 
 import numpy as np
 
-from facemtl.export import attribute_output
-from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.data.photo_framing import upscale_photo
+from facemtl.errors import FacemtlError, ModelFormatError
+from facemtl.export.metadata import EXPORT_FILE, attribute_output
+from facemtl.faces.align import align_face
+from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
 from facemtl.images import decode_each, load_image
+from facemtl.installed import folder_metadata, resolve_model
+from facemtl.litert import TFLitePredictor
+from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
+from facemtl.models.presets import is_preset
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import rule_for_export
 
@@ -66,11 +73,6 @@ class Predictor:
     def __init__(self, saved_model_dir=None, batch_size=64, backend="auto", align_crops=True):
         import os
 
-        from facemtl.errors import ModelFormatError
-        from facemtl.export.tflite import EXPORT_FILE
-        from facemtl.models.presets import is_preset
-        from facemtl.installed import folder_metadata, resolve_model
-
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
 
@@ -95,8 +97,6 @@ class Predictor:
         if backend == "tflite" and not os.path.isfile(lite):
             raise ModelFormatError(f"{folder}: no LiteRT copy ({EXPORT_FILE}) for backend='tflite'")
         if backend != "savedmodel" and os.path.isfile(lite):
-            from facemtl.litert import TFLitePredictor
-
             self._lite = TFLitePredictor(lite, metadata=self.metadata)  # the copy's own: the same input size
         self.backend = backend
         self.align_crops = bool(align_crops)
@@ -117,10 +117,6 @@ class Predictor:
         Returns:
             `(list of uint8 arrays, bool array: a face was found and aligned)`.
         """
-        from facemtl.data.photo_framing import upscale_photo
-        from facemtl.faces.align import align_face
-        from facemtl.faces.detect import get_detector
-
         p = Preprocessor.from_metadata(self.metadata)
         if self._crop_detector is None:  # the settings photo_framing trained the framed views with
             self._crop_detector = get_detector(p.detector, min_face_size=max(8, p.crop_upscale // 8))
@@ -180,8 +176,6 @@ class Predictor:
         """The loaded SavedModel (written first from a preset, the first time it is needed)."""
         if self._saved_model is None:
             import tensorflow as tf  # heavy: imported when the SavedModel must run
-
-            from facemtl.installed import resolve_model
 
             self._saved_model = tf.saved_model.load(resolve_model(self.path))
         return self._saved_model
@@ -265,8 +259,6 @@ class Predictor:
 
 def _make_detector(detector, min_score, min_face_size):
     """A detector object from a name (with the analyzer's thresholds) or as given."""
-    from facemtl.faces.detect import get_detector
-
     if not isinstance(detector, str):
         return detector
     kwargs = {"min_face_size": min_face_size}
@@ -298,7 +290,7 @@ class FaceAnalyzer:
             from the model's metadata: the one it was trained with).
         batch_size: most face crops per forward pass (all faces of one call go
             through in as few passes as this allows, normally one).
-        gallery: an optional `facemtl.recognition.Gallery` of this model: each
+        gallery: an optional `facemtl.recognition.gallery.Gallery` of this model: each
             face then gets a `match` (the enrolled name, or `unknown`).
         threshold: similarity threshold for a match (default: the model's
             calibrated one, see `facemtl calibrate`).
@@ -337,8 +329,6 @@ class FaceAnalyzer:
 
     def detect_and_align(self, image):
         """Detections and their aligned crops for one decoded photo."""
-        from facemtl.faces.align import align_face
-
         t0 = time.perf_counter()
         detections = self._detect(self.detector, image)
         if not detections and self.fallback is not None:
@@ -457,9 +447,6 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         >>> for record, image in analyze_files(FaceAnalyzer(), ["photos/", "clip.mp4"]):
         ...     print(record["path"], len(record.get("faces", [])))
     """
-    from facemtl.errors import FacemtlError
-    from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
-
     if every < 1:
         raise ValueError(f"every must be a positive number of frames. Received: every={every}")
     if batch_photos < 1:

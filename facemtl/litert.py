@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from facemtl.errors import ModelFormatError
-
+from facemtl.preprocessing import prepare_images
 
 # The name of the metadata entry facemtl writes into a `.tflite` flatbuffer (`facemtl.export.tflite.add_metadata`).
 METADATA_NAME = "facemtl"
@@ -81,8 +81,6 @@ class TFLitePredictor:
         if all(img.shape[:2] == self.size for img in images):
             return images  # aligned crops are made at the model's size: TensorFlow is not even imported
         import tensorflow as tf
-
-        from facemtl.preprocessing import prepare_images
 
         return [np.asarray(tf.round(prepare_images(img, *self.size, 3))).astype(np.uint8)
                 if img.shape[:2] != self.size else img for img in images]

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from facemtl.errors import ImageError
+from facemtl.files import unreadable_reason
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 # A camera: `camera:0` (OpenCV's device index) or a V4L2 device file such as `/dev/video0`.
@@ -45,8 +46,6 @@ def expand_paths(paths, ignored=None):
         and what is wrong with it (missing, a symlink loop, a FIFO or device,
         which would block or make no sense to read).
     """
-    from facemtl.files import unreadable_reason
-
     out = []
     for path in paths:
         path = os.fspath(path)

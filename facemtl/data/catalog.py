@@ -15,6 +15,8 @@ from facemtl.data.mixing import expression_class_weights, merge_identity_spaces,
 from facemtl.data.streaming import SkipLog, StreamedSource, StreamedSplit, part_labels
 from facemtl.data.vggface2 import read_vggface2
 from facemtl.errors import FacemtlError
+from facemtl.faces.align_folder import align_folder
+from facemtl.faces.detect import get_detector
 from facemtl.labels import IGNORE_LABEL
 
 
@@ -44,9 +46,6 @@ def aligned_copy(folder, cfg, cache_dir, log=print, layout="arcface", size=112, 
     Every setting that changes the crops (detector, layout, size, face scale)
     is part of the cache folder's name, so a changed setting never reuses crops.
     """
-    from facemtl.faces.detect import get_detector
-    from facemtl.faces.align_folder import align_folder
-
     size = cfg.align_size or size
     rel = os.path.abspath(folder).strip(os.sep).replace(os.sep, "_")
     kind = f"aligned-{cfg.align_detector}-{layout}-{size}px-scale{face_scale:g}"

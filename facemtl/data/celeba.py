@@ -15,7 +15,6 @@ import numpy as np
 from facemtl.data.sources import FaceSource, no_labels, warn_skipped
 from facemtl.errors import FacemtlError
 
-
 PARTITIONS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
 
 

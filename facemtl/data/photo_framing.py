@@ -28,9 +28,14 @@ import os
 
 import numpy as np
 
+from facemtl.faces.align import align_face
+from facemtl.faces.detect import get_detector
 from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.files import temporary_name
+from facemtl.media import Progress
 from facemtl.preprocessing import CROP_UPSCALE as UPSCALE  # the photo side a crop is upscaled to before detection
+from facemtl.preprocessing import resize_face
+
 # Bumped whenever framing changes, so older caches are not reused.
 FRAMING_FORMAT = 1
 
@@ -62,8 +67,6 @@ class FramedFaces:
 
 def upscale_photo(crop, side=UPSCALE):
     """A loose face crop as the small photo a user would send: square, `side` px, the serving resize."""
-    from facemtl.preprocessing import resize_face
-
     return resize_face(crop, side)
 
 
@@ -88,9 +91,6 @@ def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETEC
         ValueError: `images` is not `[n, h, w, 3]`.
     """
     import cv2
-
-    from facemtl.faces.align import align_face
-    from facemtl.faces.detect import get_detector
 
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -135,8 +135,6 @@ def cached_framing(images, cache_dir, name, log=print, **settings):
     The file is written under a temporary name and renamed when complete, so an
     interrupted run never leaves a half-written cache.
     """
-    from facemtl.media import Progress
-
     settings = {"size": 150, "layout": "dlib", "detector": DEFAULT_DETECTOR, "upscale": UPSCALE, "face_scale": 1.0,
                 **settings}
     path = os.path.join(cache_dir, f"{name}-framed-{settings['detector']}-{settings['layout']}-{settings['size']}px-"

@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.data import synthetic
+from facemtl.data.catalog import load_mixed
+from facemtl.data.mixing import mix
 from facemtl.data.streaming import StreamedSplit
 from facemtl.labels import EXPRESSIONS, IGNORE_LABEL
 from facemtl.preprocessing import prepare_batch
@@ -97,9 +99,6 @@ def load_splits(recipe, log=print):
 
 
 def _load_mixed_splits(recipe, log):
-    from facemtl.data.catalog import load_mixed
-    from facemtl.data.mixing import mix
-
     parts, weights, val, test, names, class_weights, skips = load_mixed(recipe, log)
     data = recipe.data
     if not isinstance(val, StreamedSplit):  # (streamed splits interleave their sources themselves)

@@ -24,6 +24,8 @@ import os
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.images import decode_each, load_image
+from facemtl.preprocessing import resize_face
 
 GENDERS = ("male", "female")  # UTKFace's 0 and 1, as annotated
 RACES = ("white", "black", "asian", "indian", "others")
@@ -133,9 +135,6 @@ def load_faces(faces, side=128, log=print):
         `(images uint8 [m, side, side, 3], kept bool [n])`: `kept[i]` says
         whether `faces.paths[i]` was decoded (the images are those, in order).
     """
-    from facemtl.images import decode_each, load_image
-    from facemtl.preprocessing import resize_face
-
     entries, images, _ = decode_each(faces.paths, load_image)
     kept = np.array([e is None for e in entries], bool)
     for error in (e for e in entries if e is not None):

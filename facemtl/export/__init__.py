@@ -7,14 +7,14 @@ what these write; `facemtl.litert` runs the LiteRT copy. `facemtl.export.metadat
 reads an export's metadata without TensorFlow.
 """
 
-__all__ = ["FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "METADATA_FILE", "OWN_METADATA", "SIGNATURES",
+__all__ = ["EXPORT_FILE", "FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "METADATA_FILE", "OWN_METADATA", "SIGNATURES",
            "attribute_output", "crop_layout", "export_run", "export_saved_model", "load_run_model", "make_serving_fns",
            "next_version", "read_metadata", "resolve_run_path", "run_export", "run_relative", "update_metadata"]
 
 
 def __getattr__(name):
     # Imported when first asked for: importing facemtl.export does not start TensorFlow.
-    if name in ("METADATA_FILE", "attribute_output", "read_metadata"):
+    if name in ("EXPORT_FILE", "METADATA_FILE", "attribute_output", "crop_layout", "read_metadata", "update_metadata"):
         from facemtl.export import metadata
 
         return getattr(metadata, name)

@@ -14,10 +14,17 @@ import os
 import shutil
 import uuid
 
-from facemtl.export.saved_model import OWN_METADATA, export_saved_model, update_metadata
+from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, update_metadata
+from facemtl.export.saved_model import OWN_METADATA, export_saved_model
 from facemtl.files import writable_folder
-from facemtl.export.metadata import METADATA_FILE
-from facemtl.models.presets import WEIGHTS_FILE, cache_root, cached_saved_model, from_preset, preset_dir, read_preset_metadata
+from facemtl.models.presets import (
+    WEIGHTS_FILE,
+    cache_root,
+    cached_saved_model,
+    from_preset,
+    preset_dir,
+    read_preset_metadata,
+)
 from facemtl.recognition.open_set import export_open_set
 
 
@@ -54,7 +61,7 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
                                   max_faces=meta.get("analyze_photo", {}).get("max_faces", 16),
                                   extra_metadata={k: v for k, v in meta.items() if k not in OWN_METADATA},
                                   open_set=export_open_set(folder, meta))
-        for inside in ("assets.extra/model.tflite",):
+        for inside in (EXPORT_FILE,):
             if os.path.isfile(os.path.join(folder, inside)):
                 shutil.copyfile(os.path.join(folder, inside), os.path.join(path, inside))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:

@@ -10,8 +10,11 @@ import json
 import os
 
 from facemtl.errors import ModelFormatError
+from facemtl.files import write_json_atomically
 
 METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
+# Where an export keeps its LiteRT copy (TF Serving ignores assets.extra).
+EXPORT_FILE = os.path.join("assets.extra", "model.tflite")
 
 
 def read_metadata(saved_model_dir):
@@ -43,3 +46,22 @@ def attribute_output(task):
         task: an export's `attributes` entry (`name`, `kind`).
     """
     return f"{task['name']}_probs" if task["kind"] == "classification" else task["name"]
+
+
+def crop_layout(metadata):
+    """The face crop layout an export was trained on (`facemtl.faces.align.LAYOUTS`); older exports: arcface."""
+    return (metadata.get("preprocessor") or {}).get("layout") or metadata.get("crop", {}).get("layout", "arcface")
+
+
+def update_metadata(saved_model_dir, updates):
+    """Merges `updates` into an export's `assets.extra/facemtl.json`, atomically.
+
+    Only the metadata changes (TF Serving ignores `assets.extra`); the graph and
+    weights of a served version are never touched.
+
+    Returns:
+        The new metadata.
+    """
+    metadata = {**read_metadata(saved_model_dir), **updates}
+    write_json_atomically(os.path.join(saved_model_dir, METADATA_FILE), metadata, indent=2)
+    return metadata

@@ -46,9 +46,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from facemtl.config import load_recipe
 from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import METADATA_FILE, attribute_output, read_metadata
-from facemtl.files import write_json_atomically
+from facemtl.faces.graph import BlazeFaceGraph, align_crops
+from facemtl.models.multitask import build_from_recipe
 from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
@@ -136,8 +138,6 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
 
 
 def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
-    from facemtl.faces.graph import BlazeFaceGraph, align_crops
-
     height, width = preprocessor.height, preprocessor.width
 
     detector = BlazeFaceGraph(max_faces=max_faces)
@@ -309,25 +309,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     return target
 
 
-def crop_layout(metadata):
-    """The face crop layout an export was trained on (`facemtl.faces.align.LAYOUTS`); older exports: arcface."""
-    return (metadata.get("preprocessor") or {}).get("layout") or metadata.get("crop", {}).get("layout", "arcface")
-
-
-def update_metadata(saved_model_dir, updates):
-    """Merges `updates` into an export's `assets.extra/facemtl.json`, atomically.
-
-    Only the metadata changes (TF Serving ignores `assets.extra`); the graph and
-    weights of a served version are never touched.
-
-    Returns:
-        The new metadata.
-    """
-    metadata = {**read_metadata(saved_model_dir), **updates}
-    write_json_atomically(os.path.join(saved_model_dir, METADATA_FILE), metadata, indent=2)
-    return metadata
-
-
 def run_relative(run_dir, path):
     """`path` as a run records it: relative to the run folder, so the record holds from any working directory."""
     return None if path is None else os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
@@ -374,9 +355,6 @@ def load_run_model(run_dir, like=None):
     Raises:
         ModelFormatError: the run has no checkpoint, or no earlier export is known.
     """
-    from facemtl.config import load_recipe
-    from facemtl.models.multitask import build_from_recipe
-
     checkpoint = os.path.join(run_dir, "checkpoints", "best.keras")
     if not os.path.isfile(checkpoint):
         raise ModelFormatError(f"{run_dir}: no checkpoints/best.keras to export")

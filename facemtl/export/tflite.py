@@ -18,6 +18,10 @@ import tempfile
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.export.metadata import EXPORT_FILE, attribute_output
+from facemtl.export.saved_model import load_run_model
+from facemtl.files import write_bytes_atomically
+from facemtl.images import load_image
 from facemtl.litert import METADATA_NAME
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -25,8 +29,6 @@ QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 def _serving_function(model, attributes=()):
     import tensorflow as tf
-
-    from facemtl.export.saved_model import attribute_output
 
     _, _, channels = model.input_shape[1:]
 
@@ -77,8 +79,6 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         flat = _convert(converter, quantize, calibration)
-    from facemtl.export.saved_model import attribute_output
-
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
             "outputs": ["expression_probs", "identity_probs", "embedding", *map(attribute_output, attributes)]}
     return add_metadata(flat, meta)
@@ -133,14 +133,10 @@ def export_tflite(run_dir, out_path, *, like=None, quantize=None, calibration=No
     Example:
         >>> export_tflite("runs/release_cpu/20261128-102036", "release.tflite", quantize="float16")
     """
-    from facemtl.export import load_run_model
-
     model, metadata = load_run_model(run_dir, like)
     if isinstance(calibration, (str, os.PathLike)):
         calibration = read_calibration_faces(calibration, model.input_shape[1:3])
     flat = convert(model, metadata, quantize=quantize, calibration=calibration)
-    from facemtl.files import write_bytes_atomically
-
     write_bytes_atomically(out_path, flat)
     return out_path
 
@@ -148,8 +144,6 @@ def export_tflite(run_dir, out_path, *, like=None, quantize=None, calibration=No
 def read_calibration_faces(folder, size, limit=500):
     """Up to `limit` face crops under `folder` (recursively), as `uint8 [n, H, W, 3]` at `size`."""
     from PIL import Image
-
-    from facemtl.images import load_image
 
     paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
                    if f.lower().endswith((".jpg", ".jpeg", ".png", ".pgm", ".bmp")))
@@ -160,14 +154,8 @@ def read_calibration_faces(folder, size, limit=500):
     return np.stack(faces)
 
 
-# Where an export keeps its LiteRT copy (TF Serving ignores assets.extra).
-EXPORT_FILE = os.path.join("assets.extra", "model.tflite")
-
-
 def write_into_export(export_dir, flat):
     """Writes `.tflite` bytes as the export's LiteRT copy (`EXPORT_FILE`), atomically; returns its path."""
-    from facemtl.files import write_bytes_atomically
-
     path = os.path.join(export_dir, EXPORT_FILE)
     write_bytes_atomically(path, flat)
     return path

@@ -23,6 +23,9 @@ import numpy as np
 from keras import layers, ops
 
 from facemtl.models.dlib_format import STAGES, DlibResNetWeights, default_weights, read_dlib_resnet
+from facemtl.models.heads import feature_stack
+from facemtl.models.layers import CosineClassifier, ImageNormalization
+from facemtl.preprocessing import prepare_images
 
 INPUT_SIZE = 150
 NUM_STAGES = len(STAGES)  # stage 0 is the stem; stages 1..5 are residual
@@ -192,8 +195,6 @@ def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), n
         >>> model(np.zeros((1, 150, 150, 3))).shape
         TensorShape([1, 128])
     """
-    from facemtl.models.layers import ImageNormalization
-
     if len(input_shape) != 3 or input_shape[-1] != 3 or min(input_shape[:2]) < 64:
         raise ValueError(f"input_shape must be (h >= 64, w >= 64, 3). Received: input_shape={input_shape}")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
@@ -239,8 +240,6 @@ class DlibBackbone:
                              f"margin heads are not supported. Received: identity_head={c.identity_head!r}")
 
     def trunk(self, c, input_shape):
-        from facemtl.models.layers import ImageNormalization
-
         gray = layers.Concatenate(name="gray_to_rgb") if input_shape[-1] == 1 else None
         shared_in = keras.Input(shape=(*input_shape[:2], 3), name="backbone_input")
         shared = keras.Model(shared_in, dlib_stages(ImageNormalization("dlib", name="normalize")(shared_in), 0,
@@ -248,8 +247,6 @@ class DlibBackbone:
         return (lambda inputs: gray([inputs, inputs, inputs]) if gray is not None else inputs), shared
 
     def identity(self, features, c, num_identities):
-        from facemtl.models.layers import CosineClassifier
-
         branch_in = keras.Input(shape=features.shape[1:], name="identity_branch_input")
         identity_net = keras.Model(
             branch_in, descriptor_head(dlib_stages(branch_in, c.split_stage + 1, NUM_STAGES, "identity_"), "identity_"),
@@ -314,8 +311,6 @@ def expression_branch(h, *, split_stage, last_stage, units, dropout, num_classes
         >>> expression_branch(x, split_stage=2, last_stage=4, units=[8], dropout=0.0, num_classes=7).shape
         (None, 7)
     """
-    from facemtl.models.heads import feature_stack
-
     if pool not in EXPRESSION_POOLS:
         raise ValueError(f"pool must be one of {EXPRESSION_POOLS}. Received: pool={pool!r}")
     h = dlib_stages(h, split_stage + 1, last_stage, f"{prefix}_", learnable_affine=learnable_affine)
@@ -358,8 +353,6 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
     images, identity = images[keep], identity[keep]
     if not len(identity):
         return 0
-    from facemtl.preprocessing import prepare_images
-
     height, width, channels = model.input_shape[1:]
     embed = keras.Model(model.input, model.get_layer("embedding").output)
     emb = np.concatenate([np.asarray(embed(prepare_images(images[i:i + batch_size], height, width, channels),

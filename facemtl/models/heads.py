@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from facemtl.models.layers import CosineClassifier
+from facemtl.models.layers import CosineClassifier, ExpectedValue
 
 IDENTITY_HEADS = ("softmax", "arcface", "cosface")
 # The margin-trained heads' cosine layer: the training view's `identity` output.
@@ -99,8 +99,6 @@ def attribute_head(embedding, task):
     Example:
         >>> answer, trained = attribute_head(embedding, TaskConfig("age", "distribution"))
     """
-    from facemtl.models.layers import ExpectedValue
-
     t = task if isinstance(task, dict) else vars(task)
     name, kind, dim = t["name"], t["kind"], embedding.shape[-1]
     if kind not in ("classification", "regression", "distribution"):

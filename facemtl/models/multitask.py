@@ -21,10 +21,10 @@ from keras import layers
 from facemtl.config import ModelConfig
 from facemtl.labels import EXPRESSIONS
 from facemtl.models import heads
-from facemtl.models.heads import attribute_head
 from facemtl.models.backbones import build_resnet
-from facemtl.models.dlib_resnet import INPUT_SIZE, DlibBackbone
-from facemtl.models.layers import ImageNormalization
+from facemtl.models.dlib_resnet import INPUT_SIZE, DlibBackbone, expression_branch_prefix
+from facemtl.models.heads import attribute_head
+from facemtl.models.layers import FlipLeftRight, ImageNormalization, MeanOfHalves
 from facemtl.preprocessing import Preprocessor
 
 TASKS = ("identity", "expression")
@@ -119,9 +119,6 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
         >>> sorted(model.output_names)
         ['embedding', 'expression', 'identity']
     """
-    from facemtl.models.dlib_resnet import expression_branch_prefix
-    from facemtl.models.layers import FlipLeftRight, MeanOfHalves
-
     c = config
     input_shape = (c.height, c.width, c.channels)
     if c.backbone not in BACKBONES:

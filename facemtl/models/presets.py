@@ -34,7 +34,7 @@ import numpy as np
 
 from facemtl.config import ModelConfig, _from_dict
 from facemtl.errors import ModelFormatError
-from facemtl.export.metadata import METADATA_FILE, read_metadata
+from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, read_metadata
 from facemtl.files import facemtl_home, temporary_name, write_json_atomically
 from facemtl.pretrained import PRETRAINED_DIR
 from facemtl.recognition.open_set import DIRECTIONS_FILE
@@ -251,7 +251,7 @@ def preset_from_export(saved_model_dir, folder=None):
     """
     model, meta = from_export(saved_model_dir)
     folder = folder or os.path.join(PRETRAINED_DIR, meta["name"], str(meta["version"]))
-    extra = [(os.path.join(saved_model_dir, inside), inside) for inside in (DIRECTIONS_FILE, "assets.extra/model.tflite")
+    extra = [(os.path.join(saved_model_dir, inside), inside) for inside in (DIRECTIONS_FILE, EXPORT_FILE)
              if os.path.isfile(os.path.join(saved_model_dir, inside))]
     return write_preset(model, portable_metadata({k: v for k, v in meta.items() if k != "preset"}), folder,
                         extra_files=extra)

@@ -15,9 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from facemtl.errors import FacemtlError
 from facemtl.faces.align_folder import crop_name, encode_png, main_face_crop
-from facemtl.faces.detect import DEFAULT_DETECTOR
-from facemtl.pipelines.io import (DEAD_LETTER, MatchFiles, WriteShards, join, read_photo, relative_to,
-                                  write_atomically)
+from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
+from facemtl.pipelines.io import DEAD_LETTER, MatchFiles, WriteShards, join, read_photo, relative_to, write_atomically
 from facemtl.pipelines.runner import counter, pipeline_options, run_pipeline
 
 
@@ -29,8 +28,6 @@ class _Align(beam.DoFn):
         self.size, self.face_scale, self.max_side, self.layout = size, face_scale, max_side, layout
 
     def setup(self):
-        from facemtl.faces.detect import get_detector
-
         self.detector = get_detector(self.detector_name)
 
     def process(self, element):

@@ -15,11 +15,20 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
-from facemtl.inference import photo_record
+from facemtl.inference import FaceAnalyzer, photo_record
 from facemtl.media import is_video, video_frames
-from facemtl.pipelines.io import (DEAD_LETTER, MatchFiles, WriteShards, local_copy, read_bytes, read_photo,
-                                  remove_other_shards, single_shard)
+from facemtl.pipelines.io import (
+    DEAD_LETTER,
+    MatchFiles,
+    WriteShards,
+    local_copy,
+    read_bytes,
+    read_photo,
+    remove_other_shards,
+    single_shard,
+)
 from facemtl.pipelines.runner import counter, pipeline_options, run_pipeline
+from facemtl.recognition.gallery import Gallery
 
 
 class _Decode(beam.DoFn):
@@ -66,12 +75,8 @@ class FaceAnalyzerHandler(ModelHandler):
         self.gallery, self.store = gallery, store
 
     def load_model(self):
-        from facemtl.inference import FaceAnalyzer
-
         gallery = None
         if self.gallery:
-            from facemtl.recognition.gallery import Gallery
-
             gallery = Gallery.open(self.gallery, self.store)
         return FaceAnalyzer(**self.analyzer, gallery=gallery)
 

@@ -16,7 +16,9 @@ from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.pipelines.io import DEAD_LETTER, MatchFiles, WriteShards, read_photo, relative_to
 from facemtl.pipelines.runner import counter, pipeline_options, run_pipeline
+from facemtl.recognition.embed import Embedder
 from facemtl.recognition.enrolment import person_of, unused_photo
+from facemtl.recognition.gallery import Gallery
 
 PEOPLE_PER_COMMIT = 64
 
@@ -42,8 +44,6 @@ class EmbedderHandler(ModelHandler):
         self.model, self.detector, self.max_side = model, detector, max_side
 
     def load_model(self):
-        from facemtl.recognition.embed import Embedder
-
         return Embedder(self.model, detector=self.detector, max_side=self.max_side)
 
     def run_inference(self, batch, model, inference_args=None):
@@ -78,8 +78,6 @@ class _Enroll(beam.DoFn):
         self.gallery_name, self.store = gallery, store
 
     def setup(self):
-        from facemtl.recognition.gallery import Gallery
-
         self.gallery = Gallery.open(self.gallery_name, self.store)
 
     def process(self, people):

@@ -1,10 +1,6 @@
-"""Open-set identity: verification metrics, threshold calibration, galleries."""
+"""Open-set identity: the open-set rule an export carries (`open_set`), verification metrics (`metrics`),
+threshold calibration (`calibration`), galleries and their stores (`gallery`, `stores`), embedding photos
+(`embed`), enrolment and people found in a collection (`enrolment`, `clustering`).
 
-from facemtl.recognition.gallery import Gallery
-from facemtl.recognition.metrics import (
-    rank1_identification,
-    threshold_at_far,
-    verification_report,
-)
-
-__all__ = ["Gallery", "rank1_identification", "threshold_at_far", "verification_report"]
+Nothing is imported here: the open-set rule, which exports and presets read, loads without the galleries.
+"""

@@ -7,7 +7,12 @@ import os
 import numpy as np
 
 from facemtl.errors import FacemtlError
+from facemtl.export.metadata import crop_layout, read_metadata, update_metadata
 from facemtl.files import write_json_atomically
+from facemtl.inference import Predictor
+from facemtl.installed import resolve_model
+from facemtl.recognition.embed import embed_arrays, load_labelled_faces
+from facemtl.recognition.metrics import plot_roc, verification_report
 
 
 def roc_points(far, tar, points=600):
@@ -45,13 +50,6 @@ def calibrate(model, data, *, far=1e-3, fmt="identity_folders", split=None, alig
     Example:
         >>> calibrate("saved_models/celeba_identity_cpu/1", "../shared/data/lfw_subset", split="train", align=True)
     """
-    from facemtl.export import crop_layout, read_metadata, update_metadata
-    from facemtl.inference import Predictor
-    from facemtl.recognition.embed import embed_arrays, load_labelled_faces
-    from facemtl.recognition.metrics import plot_roc, verification_report
-
-    from facemtl.installed import resolve_model
-
     model = resolve_model(model)  # a model's base folder means its newest version
     meta = read_metadata(model)
     images, labels, _ = load_labelled_faces(data, fmt=fmt, split=split, align=align,

@@ -23,8 +23,9 @@ import re
 
 import numpy as np
 
+from facemtl.inference import analyze_files
 from facemtl.recognition.gallery import model_info
-from facemtl.recognition.metrics import normalize
+from facemtl.recognition.metrics import model_threshold, normalize
 
 UNCLUSTERED = -1
 GROUP_NAME = re.compile(r"^person-(\d{4,})$")
@@ -160,8 +161,6 @@ def _thumbnail(image, box, size=96):
 def link_threshold(metadata, override=None):
     """The similarity that links two faces: `override`, else the export's `clustering.threshold` (chosen on a
     validation set by `benchmarks/cluster_people.py --choose`), else its 1:1 verification threshold."""
-    from facemtl.recognition.metrics import model_threshold
-
     chosen = (metadata.get("clustering") or {}).get("threshold")
     if override is None and chosen is not None:
         return float(chosen)
@@ -194,8 +193,6 @@ def cluster_photos(analyzer, paths, gallery, *, threshold=None, sheets=None, min
     Example:
         >>> faces, summary = cluster_photos(FaceAnalyzer(), ["holiday/"], Gallery.open("family", create=True, model=m))
     """
-    from facemtl.inference import analyze_files
-
     metadata = analyzer.predictor.metadata
     gallery.check_model(model_info(metadata))
     link = link_threshold(metadata, threshold)

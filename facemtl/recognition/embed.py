@@ -7,9 +7,12 @@ import warnings
 
 import numpy as np
 
-from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.config import SourceConfig
+from facemtl.data.materialize import materialize
 from facemtl.errors import FacemtlError
-
+from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.images import load_image
+from facemtl.inference import FaceAnalyzer, Predictor
 
 NO_FACE = "no face found"
 
@@ -39,8 +42,6 @@ class Embedder:
     """
 
     def __init__(self, model_dir, *, crops=False, detector=DEFAULT_DETECTOR, **analyzer_kwargs):
-        from facemtl.inference import FaceAnalyzer, Predictor
-
         self.crops = crops
         if crops:
             self.analyzer = None
@@ -58,8 +59,6 @@ class Embedder:
         A photo without a face gets `error`; with several faces, the largest is
         used and a warning says so (the face count is kept in `faces`).
         """
-        from facemtl.images import load_image
-
         results, crops, owners = [], [], []
         for source in sources:
             name = source if isinstance(source, str) else f"<{type(source).__name__}>"
@@ -111,9 +110,7 @@ def load_labelled_faces(path, *, fmt="identity_folders", split=None, align=False
     Returns:
         `(images [n, size, size, 3] uint8, labels [n] int, names)`.
     """
-    from facemtl.config import SourceConfig
-    from facemtl.data.catalog import read_source
-    from facemtl.data.materialize import materialize
+    from facemtl.data.catalog import read_source  # deferred: the dataset readers import TensorFlow
 
     # Aligned at the crop size itself: no second resize of the aligned crop.
     cfg = SourceConfig(format=fmt, path=path, align=align, **({"split": split} if split else {}))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
+from facemtl.data.folders import read_identity_folders
 from facemtl.errors import FacemtlError
+from facemtl.recognition.embed import NO_FACE
 from facemtl.recognition.gallery import check_person_name
 
 
@@ -29,8 +31,6 @@ def person_of(rel):
 
 def unused_photo(face, path):
     """The report line of a photo that gave no embedding: `{"path", "status": "no face" | "unreadable", "error"}`."""
-    from facemtl.recognition.embed import NO_FACE
-
     error = face.error if face.error.startswith(f"{path}:") else f"{path}: {face.error}"
     return {"path": path, "status": "no face" if face.error == NO_FACE else "unreadable", "error": error}
 
@@ -59,8 +59,6 @@ def enroll_folders(gallery, root, embedder, *, chunk=16):
     Example:
         >>> counts, report = enroll_folders(Gallery.open("staff", create=True, model=...), "photos/", Embedder(None))
     """
-    from facemtl.data.folders import read_identity_folders
-
     import os
 
     source = read_identity_folders(root)

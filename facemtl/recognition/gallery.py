@@ -26,8 +26,8 @@ import zipfile
 import numpy as np
 
 from facemtl.errors import GalleryError
-from facemtl.recognition.metrics import normalize
-from facemtl.recognition.open_set import UNKNOWN
+from facemtl.recognition.metrics import model_threshold, normalize
+from facemtl.recognition.open_set import UNKNOWN, gallery_threshold
 from facemtl.recognition.stores import default_store, open_store
 from facemtl.recognition.stores.local import LocalStore
 
@@ -175,9 +175,6 @@ class Gallery:
         Raises:
             GalleryError: another model. FacemtlError: no threshold at all.
         """
-        from facemtl.recognition.metrics import model_threshold
-        from facemtl.recognition.open_set import gallery_threshold
-
         self.check_model(model_info(metadata))
         table = (metadata.get("open_set") or {}).get("gallery_thresholds")
         if override is None and table:

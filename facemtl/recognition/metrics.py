@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from facemtl.errors import FacemtlError
+
 
 def normalize(embeddings):
     """Rows scaled to unit length (zero rows stay zero)."""
@@ -188,8 +190,6 @@ def model_threshold(metadata, override=None):
     Raises:
         FacemtlError: when neither exists.
     """
-    from facemtl.errors import FacemtlError
-
     if override is not None:
         return float(override), "--threshold"
     calibration = metadata.get("verification")

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import threading
-
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -38,9 +37,21 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.errors import FacemtlError
+from facemtl.faces.detect import DEFAULT_DETECTOR
+from facemtl.images import decode_each, load_image
+from facemtl.inference import FaceAnalyzer
+from facemtl.recognition.gallery import (
+    Gallery,
+    GalleryError,
+    check_gallery_name,
+    check_person_name,
+    list_galleries,
+    model_info,
+)
+from facemtl.recognition.stores import default_store, open_store
 from facemtl.serving import rest
+from facemtl.serving.model import ServedModel
 from facemtl.serving.rest import RequestError
 
 log = logging.getLogger("facemtl.serve")
@@ -108,9 +119,6 @@ class ServerState:
         self.photo_pool = concurrent.futures.ThreadPoolExecutor(analyze_workers, thread_name_prefix="facemtl-photo")
 
     def load(self):
-        from facemtl.inference import FaceAnalyzer
-        from facemtl.serving.model import ServedModel
-
         try:
             model = ServedModel(self.model_path, name=self.name, max_batch_size=self.max_batch_size,
                                 max_wait_ms=self.max_wait_ms)
@@ -125,8 +133,6 @@ class ServerState:
 
     def gallery(self, name, create=False):
         """Gallery `name` of the store, opened once per process (a blocking call: run it in the pool)."""
-        from facemtl.recognition.gallery import Gallery, model_info
-
         with self.gallery_lock:
             if name not in self.galleries:
                 model = model_info(self.model.metadata, self.model.path)
@@ -227,8 +233,6 @@ async def _photos(request, state):
 
 def _analyze_photos(state, photos, gallery=None, threshold=None, top_k=3):
     """Runs in the photo pool: per photo its faces (with matches), or its error."""
-    from facemtl.images import decode_each, load_image
-
     analyzer = state.analyzer
 
     def load(photo):
@@ -289,9 +293,6 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         >>> import uvicorn
         >>> uvicorn.run(create_app("saved_models/quickstart"), host="127.0.0.1", port=8501)
     """
-    from facemtl.recognition.gallery import GalleryError, check_gallery_name, list_galleries
-    from facemtl.recognition.stores import default_store, open_store
-
     for key, value in {"max_batch_size": max_batch_size, "max_body_bytes": max_body_bytes,
                        "max_instances": max_instances, "max_pixels": max_pixels, "max_photos": max_photos,
                        "analyze_workers": analyze_workers}.items():
@@ -467,8 +468,6 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
     async def enroll(gallery: str, person: str, request: Request):
         state.check_api_key(request)
         state.require_model()
-        from facemtl.recognition.gallery import check_person_name
-
         check_gallery_name(gallery)
         check_person_name(person)
         photos = await _photos(request, state)

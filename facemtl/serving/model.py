@@ -6,7 +6,9 @@ import os
 
 import numpy as np
 
+from facemtl.images import load_image
 from facemtl.inference import Predictor
+from facemtl.installed import resolve_model
 from facemtl.serving.batching import DynamicBatcher
 from facemtl.serving.rest import RequestError
 
@@ -35,8 +37,6 @@ class ServedModel:
 
     def __init__(self, path=None, *, name=None, max_batch_size=32, max_wait_ms=0.0):
         import tensorflow as tf
-
-        from facemtl.installed import resolve_model
 
         self._tf = tf
         self.predictor = Predictor(resolve_model(path), batch_size=max_batch_size)
@@ -85,8 +85,7 @@ class ServedModel:
             # serving_default and serving_bytes give the same outputs; {"b64"} crops need the decoding one.
             if BYTES_SIGNATURE in self.signatures:
                 return self.batcher.submit((BYTES_SIGNATURE,), images)
-            from facemtl.images import load_image  # an export from before serving_bytes: decode here
-
+            # an export from before serving_bytes: decoded here
             arrays = [load_image(data) for data in images]
             if len({a.shape for a in arrays}) > 1:
                 raise RequestError("This export has no serving_bytes signature: its encoded crops must share one size")

@@ -24,7 +24,16 @@ import time
 import keras
 import numpy as np
 
+from facemtl.config import attribute_tasks
+from facemtl.data.photo_framing import cached_framing
+from facemtl.data.utkface import GENDERS, RACES, load_faces, read_utkface
+from facemtl.errors import RecipeError
 from facemtl.files import temporary_name
+from facemtl.labels import IGNORE_LABEL
+from facemtl.models.heads import attribute_head
+from facemtl.preprocessing import Preprocessor
+from facemtl.training.callbacks import save_model_atomically
+from facemtl.training.losses import MaskedMeanAbsoluteError, MaskedSparseCategoricalCrossentropy
 
 EMBEDDING_VIEWS = ("framed", "framed_mirror")
 CACHE_FORMAT = 1
@@ -104,9 +113,6 @@ def _source_labels(cfg, faces, task):
     Raises:
         RecipeError: the source does not label the task, or not with the task's classes or kind.
     """
-    from facemtl.data.utkface import GENDERS
-    from facemtl.errors import RecipeError
-
     columns = {"age": (faces.age, None), "gender": (faces.gender, GENDERS)}
     if task.name not in columns:
         raise RecipeError(f"tasks: {task.name!r} is not labelled by {cfg.format} (it labels {sorted(columns)})")
@@ -130,13 +136,6 @@ def attribute_faces(recipe, model, log=print):
     Returns:
         An `AttributeFaces`.
     """
-    from facemtl.config import attribute_tasks
-    from facemtl.data.photo_framing import cached_framing
-    from facemtl.data.utkface import load_faces, read_utkface
-    from facemtl.errors import RecipeError
-    from facemtl.labels import IGNORE_LABEL
-    from facemtl.preprocessing import Preprocessor
-
     tasks = attribute_tasks(recipe)
     p = Preprocessor.from_model_config(recipe.model)
     parts, framing = [], {}
@@ -184,23 +183,17 @@ def attribute_faces(recipe, model, log=print):
 
 def build_heads(tasks, dim):
     """The attribute heads alone, on an embedding input: `{task: trained output}` (as in the full model)."""
-    from facemtl.models.heads import attribute_head
-
     inputs = keras.Input((dim,), name="embedding")
     return keras.Model(inputs, {t.name: attribute_head(inputs, t)[1] for t in tasks}, name="attribute_heads")
 
 
 def _losses(tasks):
-    from facemtl.training.losses import MaskedMeanAbsoluteError, MaskedSparseCategoricalCrossentropy
-
     # Distributions learn the bin of the label (its whole years), regression the value itself.
     return {t.name: MaskedMeanAbsoluteError() if t.kind == "regression" else MaskedSparseCategoricalCrossentropy()
             for t in tasks}
 
 
 def _targets(tasks, labels, index):
-    from facemtl.labels import IGNORE_LABEL
-
     out = {}
     for t in tasks:
         y = labels[t.name][index]
@@ -227,8 +220,6 @@ def answers(heads, tasks, x):
 
 def _labelled(task, y):
     """Which faces carry `task`'s label (missing: `IGNORE_LABEL` for classes, NaN for numbers)."""
-    from facemtl.labels import IGNORE_LABEL
-
     return y != IGNORE_LABEL if task.kind == "classification" else ~np.isnan(y)
 
 
@@ -308,9 +299,6 @@ def train_heads(recipe, faces, run_dir, log=print):
     Returns:
         `(heads model with the best weights, validation scores, best epoch)`.
     """
-    from facemtl.config import attribute_tasks
-    from facemtl.training.callbacks import save_model_atomically
-
     tasks = attribute_tasks(recipe)
     keras.utils.set_random_seed(recipe.train.seed)
     heads = build_heads(tasks, faces.embeddings.shape[-1])
@@ -338,8 +326,6 @@ def train_heads(recipe, faces, run_dir, log=print):
 
 def bias_table(tasks, faces, predicted, mask):
     """Accuracy per UTKFace race x gender group and per age band, on the faces in `mask`."""
-    from facemtl.data.utkface import GENDERS, RACES
-
     g = faces.groups
     table = {"groups": {}, "age_bands": {}}
     for r, race in enumerate(RACES):

@@ -36,9 +36,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, attribute_tasks, branch_settings
+from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, TaskConfig, attribute_tasks, branch_settings
+from facemtl.data.catalog import split_source
+from facemtl.data.materialize import materialize
+from facemtl.data.photo_framing import cached_framing
+from facemtl.errors import RecipeError
+from facemtl.evaluation import classification_report
+from facemtl.export.metadata import read_metadata, update_metadata
+from facemtl.export.saved_model import export_saved_model, run_relative
+from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
 from facemtl.files import temporary_name, write_json_atomically
+from facemtl.labels import EXPRESSIONS
+from facemtl.models.dlib_resnet import dlib_stages, expression_branch, expression_branch_prefix, load_dlib_weights
+from facemtl.models.layers import ImageNormalization
+from facemtl.models.multitask import build_from_recipe
 from facemtl.models.presets import copy_weights_by_name, load_weights_from, source_folder, source_metadata
+from facemtl.preprocessing import Preprocessor, resize_face
+from facemtl.recognition.open_set import export_open_set
+from facemtl.training import attribute_heads as ah
+from facemtl.training.backup import BackupCallback, TrainingBackup
+from facemtl.training.callbacks import StopOnNaN, save_model_atomically
+from facemtl.training.optimizers import build_optimizer
+from facemtl.training.runs import TrainResult, check_before_training, open_run
 
 # Views cached for validation faces (no jitter: scored as served).
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
@@ -52,8 +71,6 @@ CACHE_FORMAT = 1
 def view_images(images, framed, view, rng=None, cfg=None):
     """One view of every face, `uint8 [n, size, size, 3]` (see the module docstring)."""
     import cv2
-
-    from facemtl.preprocessing import resize_face
 
     size = framed.shape[1]
     base = framed if view.startswith("framed") else np.stack([resize_face(im, size) for im in images])
@@ -76,9 +93,6 @@ def view_images(images, framed, view, rng=None, cfg=None):
 
 def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto"):
     """The frozen shared part of `build_dlib_multitask`: normalisation, stem and stages `0..split_stage`."""
-    from facemtl.models.dlib_resnet import dlib_stages, load_dlib_weights
-    from facemtl.models.layers import ImageNormalization
-
     inputs = keras.Input(shape=tuple(input_shape), name="backbone_input")
     trunk = keras.Model(inputs, dlib_stages(ImageNormalization("dlib", name="normalize")(inputs), 0, split_stage),
                         name="backbone")
@@ -160,8 +174,6 @@ def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(
     Returns:
         A `keras.Model`.
     """
-    from facemtl.models.dlib_resnet import expression_branch, load_dlib_weights
-
     inputs = keras.Input(shape=tuple(input_shape), name="trunk_maps")
     outputs = expression_branch(inputs, split_stage=split_stage, last_stage=last_stage, units=units,
                                 dropout=dropout, num_classes=num_classes, pool=pool,
@@ -291,9 +303,6 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         epoch), kept across resumes in `run_dir/history.json`. A resumed run
         draws its batches afresh (the generator's state is not saved).
     """
-    from facemtl.training.backup import BackupCallback, TrainingBackup
-    from facemtl.training.callbacks import StopOnNaN, save_model_atomically
-
     num_classes = branch.output_shape[-1]
     rng = np.random.default_rng(cfg.seed)
     indices = np.arange(len(train_cache.labels))
@@ -380,8 +389,6 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
 
 def _score_average(branch, folder, val_cache, mirror, best, history, log):
     """SWA: sets the branch to the mean of the kept epochs' weights, scores it, and keeps it if it beats the best."""
-    from facemtl.training.callbacks import save_model_atomically
-
     files = sorted(f for f in os.listdir(folder) if f.endswith(".weights.h5"))
     total = None
     for name in files:
@@ -421,8 +428,6 @@ EXPRESSION_FORMATS = ("fer2013_folders", "fer2013_csv", "expression_folders")
 
 def expression_source(recipe):
     """The recipe's one expression source (FER2013, or your own class folders) and its index in `data.sources`."""
-    from facemtl.errors import RecipeError
-
     found = [(k, s) for k, s in enumerate(recipe.data.sources) if s.format in EXPRESSION_FORMATS]
     if len(found) != 1:
         raise RecipeError(f"feature_cache.enabled needs exactly one expression source ({', '.join(EXPRESSION_FORMATS)})"
@@ -432,8 +437,6 @@ def expression_source(recipe):
 
 def framing_settings(model_config):
     """`photo_framing.cached_framing`'s settings: the recipe's `Preprocessor`, as serving will frame photos."""
-    from facemtl.preprocessing import Preprocessor
-
     p = Preprocessor.from_model_config(model_config)
     return {"size": p.height, "layout": p.layout, "detector": p.detector, "upscale": p.crop_upscale,
             "face_scale": p.face_scale}
@@ -446,8 +449,6 @@ def crop_side(cfg):
 
 def class_names(src):
     """The expression classes of a source, in label order."""
-    from facemtl.labels import EXPRESSIONS
-
     return list(src.expression_names or EXPRESSIONS)
 
 
@@ -457,10 +458,6 @@ def prepare_caches(recipe, log=print):
     Returns:
         A `CachedSplits`.
     """
-    from facemtl.data.catalog import split_source
-    from facemtl.data.materialize import materialize
-    from facemtl.data.photo_framing import cached_framing
-
     k, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
     wanted = set()
@@ -469,8 +466,6 @@ def prepare_caches(recipe, log=print):
             continue
         unknown = sorted(set(settings.views) - set(TRAIN_VIEWS))
         if unknown:
-            from facemtl.errors import RecipeError
-
             key = "feature_cache.views" if not recipe.feature_cache.branches else f"feature_cache.branches[{i}].views"
             raise RecipeError(f"Bad value for '{key}': {unknown} are not views; expected some of {list(TRAIN_VIEWS)}")
         wanted.update(settings.views)
@@ -510,8 +505,6 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     Returns:
         `(branch with the best validation weights, history dict, best record)`.
     """
-    from facemtl.training.optimizers import build_optimizer
-
     caches = caches or prepare_caches(recipe, log)
     settings = settings or recipe.feature_cache
     m = recipe.model
@@ -550,8 +543,6 @@ def start_from_init(branch, recipe, names, log=print):
     Returns:
         The names of the layers copied.
     """
-    from facemtl.errors import RecipeError
-
     if not recipe.model.init_from:
         raise RecipeError("feature_cache.start: init_from needs model.init_from (e.g. release)")
     fresh = [w.numpy() for w in branch.get_layer("expression").weights]
@@ -595,16 +586,11 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
     Returns:
         `(keras model, the init export's metadata)`.
     """
-    from facemtl.models import build_from_recipe
-    from facemtl.models.dlib_resnet import expression_branch_prefix
-
     if not isinstance(branches, (list, tuple)):
         branches = [branches]
 
     init = recipe.model.init_from
     if not init:
-        from facemtl.errors import RecipeError
-
         raise RecipeError("feature_cache.enabled needs model.init_from (an export whose trunk and identity "
                           "branch to keep, e.g. release)")
     meta = source_metadata(init)
@@ -630,8 +616,6 @@ def model_attributes(recipe, meta):
     A recipe that fine-tunes the expression branch of a release with age and
     gender keeps them; one that lists a task of the same name trains it anew.
     """
-    from facemtl.config import TaskConfig
-
     trained = attribute_tasks(recipe)
     names = {t.name for t in trained}
     fields = {f.name for f in dataclasses.fields(TaskConfig)}
@@ -646,8 +630,6 @@ def branch_validation(model, recipe, caches):
         `{"branch1": scores, ..., "ensemble": scores}` (`view_scores`' keys);
         `"ensemble"` only with more than one branch.
     """
-    from facemtl.models.dlib_resnet import expression_branch_prefix
-
     target, probs, out = branch_model(model), [], {}
     for k in range(1, recipe.model.expression_branches + 1):
         branch = _build_branch(recipe, caches, weights=None)
@@ -681,10 +663,6 @@ def evaluate_framings(model, recipe, test, run_dir, log=print, batch_size=128):
     Returns:
         `{framing: classification report}`, also written to `run_dir/test/report.json`.
     """
-    from facemtl.data.materialize import materialize
-    from facemtl.data.photo_framing import cached_framing
-    from facemtl.evaluation import classification_report
-
     _, cfg = expression_source(recipe)
     data, m = recipe.data, recipe.model
     names = class_names(test)
@@ -713,9 +691,6 @@ def evaluate_framings(model, recipe, test, run_dir, log=print, batch_size=128):
 
 def write_lite_copy(model, export_dir, quantize, calibration, log=print):
     """Converts the model to LiteRT and stores it inside the export (`facemtl.export.tflite.EXPORT_FILE`)."""
-    from facemtl.export import read_metadata, update_metadata
-    from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
-
     meta = read_metadata(export_dir)
     flat = convert(model, meta, quantize=None if quantize == "float32" else quantize,
                    calibration=calibration if quantize == "int8" else None)
@@ -735,11 +710,6 @@ def train_on_cache(recipe, run_dir=None, log=print):
     Returns:
         A `facemtl.training.runs.TrainResult`.
     """
-    from facemtl.export import export_saved_model, run_relative
-    from facemtl.preprocessing import Preprocessor
-    from facemtl.recognition.open_set import export_open_set
-    from facemtl.training.runs import TrainResult, check_before_training, open_run
-
     start = time.time()
     check_before_training(recipe, run_dir)
     keras.utils.set_random_seed(recipe.train.seed)
@@ -771,8 +741,6 @@ def train_on_cache(recipe, run_dir=None, log=print):
             f"{name}: " + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) for name, scores in validation.items()))
     attributes, attribute_report = attribute_tasks(recipe), {}
     if attributes:  # age, gender...: heads on the embedding, trained on cached embeddings
-        from facemtl.training import attribute_heads as ah
-
         faces = ah.attribute_faces(recipe, model, log)
         heads, validation["attributes"], best_epoch = ah.train_heads(recipe, faces, run_dir, log)
         ah.copy_heads(heads, model)

@@ -29,10 +29,14 @@ import tensorflow as tf
 
 from facemtl.config import attribute_tasks, task_list
 from facemtl.labels import IGNORE_LABEL
-from facemtl.models import TASKS, build_from_recipe
 from facemtl.models.heads import COSINE_LAYER
-from facemtl.training.losses import (MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy,
-                                    identity_margin, masked_crossentropy_sum)
+from facemtl.models.multitask import TASKS, build_from_recipe
+from facemtl.training.losses import (
+    MaskedSparseCategoricalAccuracy,
+    MaskedSparseCategoricalCrossentropy,
+    identity_margin,
+    masked_crossentropy_sum,
+)
 from facemtl.training.optimizers import build_optimizer
 from facemtl.training.weighting import UncertaintyWeightedModel
 

@@ -16,13 +16,15 @@ import tensorflow as tf
 from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, split_size
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
-from facemtl.export import export_saved_model, run_relative
+from facemtl.export.saved_model import export_saved_model, run_relative
 from facemtl.files import write_json_atomically
-from facemtl.models import set_backbone_trainable
+from facemtl.models.dlib_resnet import imprint_identity_classifier
+from facemtl.models.multitask import set_backbone_trainable
 from facemtl.preprocessing import Preprocessor
 from facemtl.training.backup import BackupCallback, TrainingBackup
 from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
+from facemtl.training.feature_cache import train_on_cache
 from facemtl.training.history import read_history, truncate_history
 from facemtl.training.runs import TrainResult, check_before_training, open_run, training_phases
 from facemtl.training.task import MultiTaskTask
@@ -75,8 +77,6 @@ def train(recipe, run_dir=None, log=print):
         >>> result.test_report["expression"]["accuracy"]
     """
     if recipe.feature_cache.enabled:  # the expression branch on cached trunk maps (a CPU recipe)
-        from facemtl.training.feature_cache import train_on_cache
-
         return train_on_cache(recipe, run_dir, log)
     start = time.time()
     loop = check_before_training(recipe, run_dir)
@@ -149,8 +149,6 @@ def build_model(task, data, strategy, log):
     with strategy.scope():
         model = task.build_model(len(data.splits.identity_names))
         if recipe.model.backbone == "dlib_resnet":
-            from facemtl.models.dlib_resnet import imprint_identity_classifier
-
             images, labels = labelled_images(data.splits.train, "identity", limit=20000)
             log(f"facemtl: identity classifier imprinted from {len(labels)} training faces "
                 f"({imprint_identity_classifier(model, images, labels)} identities)")

@@ -18,6 +18,7 @@ import urllib.parse
 
 from facemtl.errors import GalleryError
 from facemtl.recognition.stores.local import LocalStore
+from facemtl.recognition.stores.milvus import MilvusStore
 
 __all__ = ["LocalStore", "GalleryError", "default_store", "open_store"]
 
@@ -53,8 +54,6 @@ def open_store(uri=None):
 
 
 def _connect(uri):
-    from facemtl.recognition.stores.milvus import MilvusStore
-
     if uri.startswith("milvus-lite:"):
         path = os.path.abspath(os.path.expanduser(uri[len("milvus-lite:"):]))
         if not path.endswith(".db"):
