@@ -1,4 +1,4 @@
-"""Peak memory while the bad-input corpus (`tests/bad_inputs.py`) goes through the photo and crop front ends.
+"""Peak memory while the bad-input corpus (`tests/helpers.py`) goes through the photo and crop front ends.
 
 Each input goes through `FaceAnalyzer.analyze` between two good photos, then
 through `Predictor.predict` beside a good crop, in one process. The report:
@@ -42,7 +42,7 @@ def main():
     from skimage import data
 
     from facemtl.inference import FaceAnalyzer
-    from tests.bad_inputs import corpus
+    from tests.helpers import corpus
 
     warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning on the bombs' headers, several faces...
     items = corpus(tempfile.mkdtemp(prefix="facemtl-bad-inputs-"))

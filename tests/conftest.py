@@ -6,16 +6,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.abspath(os.path.join(REPO, "..", "shared", "data"))
-QUICKSTART = os.path.join(REPO, "recipes", "quickstart.yaml")
+from tests.helpers import QUICKSTART, SHARED_DATA, fer_pixels, tiny_overrides, write_image
 
 # Tiny networks everywhere: 64x64 input, two stages of one block, 16 filters.
-TINY_MODEL = dict(stage_blocks=[1, 1], base_filters=16, identity_units=(32,), expression_units=(32,), embedding_dim=16)
-
-
-def tiny_overrides(tmp_path):
-    return [f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'saved_models'}"]
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +62,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fer_csv(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    usages = ["Training"] * 14 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
+    rows = [f'{i % 7},"{fer_pixels(i)}",{u}' for i, u in enumerate(usages)]
+    path.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def vggface2(tmp_path):
+    root = tmp_path / "vggface2"
+    for cls in ("n000002", "n000003", "n000005"):
+        (root / "train" / cls).mkdir(parents=True)
+        for k in (1, 2):
+            write_image(root / "train" / cls / f"000{k}_01.jpg", (100, 120))
+    (root / "identity_meta.csv").write_text(
+        'Class_ID, Name, Sample_Num, Flag, Gender\nn000002, "Ann_A", 2, 1, f\nn000003, "Bob_B", 2, 1, m\n'
+        'n000005, "Cy_C", 2, 1, m\n')
+    (root / "train_list.txt").write_text("\n".join(f"{c}/000{k}_01.jpg" for c in ("n000002", "n000003", "n000005")
+                                                   for k in (1, 2)) + "\n")
+    (root / "bb_landmark").mkdir()
+    (root / "bb_landmark" / "loose_bb_train.csv").write_text(
+        "NAME_ID,X,Y,W,H\n" + "\n".join(f"{c}/000{k}_01,10,20,50,60" for c in ("n000002", "n000003", "n000005")
+                                        for k in (1, 2)) + "\n")
+    return root

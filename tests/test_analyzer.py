@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from facemtl.inference import FaceAnalyzer
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_a_camera_is_read_like_a_video_until_max_frames(trained, tmp_path, monke
     """`camera:0` opens OpenCV's device 0 (here a stand-in that plays a clip) and honours --every and --max-frames."""
     import cv2
 
-    from tests.test_cli import run_cli_here
+    from tests.helpers import run_cli_here
 
     astro = skimage_data.astronaut()
     clip = str(tmp_path / "camera.avi")

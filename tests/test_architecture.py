@@ -209,3 +209,15 @@ def test_the_photo_path_loads_no_tensorflow_at_import():
     heavy = _heavy_at_import()
     loads = {m: sorted(heavy[m] & {"tensorflow", "keras"}) for m in photo_path if heavy[m] & {"tensorflow", "keras"}}
     assert not loads, loads
+
+
+def test_test_modules_share_helpers_only_through_tests_helpers():
+    tests = PACKAGE.parent / "tests"
+    wrong = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            wrong += [f"{path.relative_to(tests)}:{node.lineno} imports {n}" for n in names
+                      if n.startswith("tests") and n != "tests.helpers"]
+    assert not wrong, "\n".join(wrong)

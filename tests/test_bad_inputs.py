@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from facemtl.inference import FaceAnalyzer, Predictor
-from tests.bad_inputs import corpus
+from tests.helpers import corpus
 
 skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -128,8 +128,8 @@ def test_gallery_embedder_answers_every_input_between_two_good_photos(trained, i
 
 
 def test_align_folder_accounts_for_every_file_of_the_corpus(items, tmp_path):
-    from facemtl.faces.detect import get_detector
     from facemtl.faces.align_folder import align_folder
+    from facemtl.faces.detect import get_detector
     from facemtl.media import expand_paths
 
     folder = _corpus_folder(items)

@@ -9,35 +9,7 @@ import pytest
 
 from facemtl.errors import FacemtlError
 from facemtl.labels import EXPRESSIONS
-from tests.conftest import QUICKSTART, REPO, tiny_overrides
-
-
-def run_cli(*args, cwd=None):
-    """`python -m facemtl ARGS` in a new process, as users run it."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "facemtl", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=env)
-
-
-def run_cli_here(*args):
-    """`facemtl ARGS` through `facemtl.cli.main` in this process (no TensorFlow start-up per call).
-
-    For tests that make many calls; `run_cli` keeps the real entry point covered.
-    Returns an object like `subprocess.run`'s: `returncode`, `stdout`, `stderr`.
-    """
-    import contextlib
-    import io
-    import types
-
-    from facemtl.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code
-    return types.SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
+from tests.helpers import QUICKSTART, REPO, run_cli, run_cli_here, tiny_overrides
 
 
 def test_missing_recipe_is_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from facemtl.config import load_recipe, recipe_from_dict
 from facemtl.errors import RecipeError
-from tests.conftest import QUICKSTART
+from tests.helpers import QUICKSTART
 
 
 def test_quickstart_recipe_loads_and_overrides():
@@ -141,7 +141,7 @@ def test_tasks_are_data_and_two_tasks_stay_the_default():
 
 def test_shipped_recipes_are_named_and_listed():
     from facemtl.config import RECIPES_DIR, recipe_path, shipped_recipes
-    from tests.test_cli import run_cli_here
+    from tests.helpers import run_cli_here
 
     names = shipped_recipes()
     assert {"quickstart", "finetune_release", "release_cpu"} <= set(names)

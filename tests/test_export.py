@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from facemtl.export import export_saved_model, make_serving_fns, read_metadata
 from facemtl.errors import ModelFormatError
+from facemtl.export import export_saved_model, make_serving_fns, read_metadata
 from facemtl.labels import EXPRESSIONS
 
 pytestmark = pytest.mark.slow
@@ -173,8 +173,7 @@ def test_predict_answers_from_a_single_task_export(tmp_path):
     """An expression-only export (as the benchmarks' baselines make): Predictor and the CLI answer its one task."""
     from facemtl.inference import Predictor
     from facemtl.models.multitask import build_multitask_model
-    from tests.models.test_multitask import TINY_MODEL
-    from tests.test_cli import run_cli_here
+    from tests.helpers import TINY_MODEL, run_cli_here
 
     model = build_multitask_model(3, input_shape=(64, 64, 3), tasks=("expression",), **TINY_MODEL)
     path = export_saved_model(model, [], EXPRESSIONS, base_dir=str(tmp_path), name="expr")

@@ -92,7 +92,7 @@ def test_uint16_arrays_are_rescaled_like_16_bit_files():
 def test_huge_png_header_is_refused_before_decoding(tmp_path):
     from facemtl.errors import ImageError
     from facemtl.images import load_image
-    from tests.serving.test_rest import png_claiming
+    from tests.helpers import png_claiming
 
     (tmp_path / "bomb.png").write_bytes(png_claiming(25000, 25000))
     with pytest.raises(ImageError, match="bomb.png: 25000x25000 pixels is over"):
@@ -129,7 +129,7 @@ def test_one_header_check_for_files_and_request_bodies(tmp_path):
 
     from facemtl.errors import ImageTooLarge
     from facemtl.images import image_size
-    from tests.bad_inputs import png_claiming
+    from tests.helpers import png_claiming
 
     buf = io.BytesIO()
     Image.new("RGB", (30, 20)).save(buf, "PNG")

@@ -7,10 +7,10 @@ import shutil
 import pytest
 
 from facemtl.errors import ModelFormatError
-from facemtl.labels import EXPRESSIONS
 from facemtl.installed import default_model, installed_models
+from facemtl.labels import EXPRESSIONS
 from facemtl.pretrained import PRETRAINED_DIR, RELEASE
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 def test_no_release_model_is_a_clear_error(tmp_path):
@@ -75,7 +75,7 @@ def test_analyze_photo_matches_face_analyzer_on_real_photos(tmp_path):
     from PIL import Image
 
     from facemtl.inference import FaceAnalyzer
-    from tests.conftest import SHARED_DATA
+    from tests.helpers import SHARED_DATA
 
     _release_or_skip()
     celeba = sorted(glob.glob(os.path.join(SHARED_DATA, "celeba_subset", "img_celeba", "*.jpg")))
@@ -176,8 +176,7 @@ def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_
 
 def test_the_shipped_metadata_names_no_path_of_the_machine_that_made_it():
     """`facemtl verify` says where its threshold came from, `evaluate` reads `run_dir`: neither may be ours."""
-    from facemtl.models.presets import read_preset_metadata
-    from facemtl.models.presets import model_folders
+    from facemtl.models.presets import model_folders, read_preset_metadata
     from facemtl.recognition.metrics import model_threshold
 
     def strings(value):

@@ -6,8 +6,7 @@ import os
 import pytest
 
 from facemtl.config import load_recipe
-from tests.conftest import REPO
-from tests.data.test_readers import _image, fer_csv  # noqa: F401  (fixture)
+from tests.helpers import REPO, write_image
 
 RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml")))
 
@@ -36,7 +35,7 @@ def test_gpu_recipe_smoke_streams_vggface2(tmp_path, fer_csv, name):  # noqa: F8
     for cls in ("n000002", "n000003", "n000005"):
         (vggface2 / "train" / cls).mkdir(parents=True)
         for k in range(4):
-            _image(vggface2 / "train" / cls / f"000{k}_01.jpg", (100, 120))
+            write_image(vggface2 / "train" / cls / f"000{k}_01.jpg", (100, 120))
 
     sources = (f"[{{format: fer2013_csv, path: '{fer_csv}', split: Training, test_split: PublicTest, val_fraction: 0.5, weight: 0.5}},"
                f" {{format: vggface2, path: '{vggface2}', val_fraction: 0.25, test_fraction: 0.25, weight: 0.5}}]")

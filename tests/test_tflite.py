@@ -8,11 +8,11 @@ import pytest
 
 from facemtl.errors import FacemtlError, ModelFormatError
 from facemtl.export import read_metadata as read_export_metadata
-from facemtl.inference import Predictor
 from facemtl.export.tflite import export_tflite
-from facemtl.litert import read_tflite_metadata as read_metadata
+from facemtl.inference import Predictor
 from facemtl.litert import TFLitePredictor
-from tests.test_cli import run_cli
+from facemtl.litert import read_tflite_metadata as read_metadata
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -9,22 +9,11 @@ from facemtl.config import load_recipe
 from facemtl.data.catalog import holdout, load_mixed
 from facemtl.data.sources import FaceSource
 from facemtl.errors import FacemtlError
-from tests.conftest import QUICKSTART, tiny_overrides
-
-
-def _overrides(tmp_path, datasets):
-    sources = (
-        f"[{{format: fer2013_csv, path: '{datasets / 'fer.csv'}', split: Training, test_split: PublicTest, weight: 0.5, val_fraction: 0.25}},"
-        f" {{format: identity_folders, path: '{datasets / 'lfw'}', test_split: test, weight: 0.3, val_fraction: 0.4}},"
-        f" {{format: identity_folders, path: '{datasets / 'orl'}', test_split: test, weight: 0.2, val_fraction: 0.4}}]")
-    return tiny_overrides(tmp_path) + [
-        "data.source=mixed", f"data.sources={sources}", f"data.cache_dir={tmp_path / 'cache'}",
-        "data.expression_balance=class_weights", "data.grayscale_probability=0.5", "data.steps_per_epoch=3",
-        "export.enabled=false"]
+from tests.helpers import QUICKSTART, catalog_overrides, tiny_overrides
 
 
 def test_load_mixed_splits_and_label_spaces(tmp_path, datasets):
-    recipe = load_recipe(QUICKSTART, smoke=True, overrides=_overrides(tmp_path, datasets))
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=catalog_overrides(tmp_path, datasets))
     parts, weights, val, test, names, class_weights, _ = load_mixed(recipe, log=lambda *_: None)
     assert weights == [0.5, 0.3, 0.2]
     assert names == [f"lfw/person{i}" for i in range(3)] + [f"orl/person{i}" for i in range(3)]
@@ -40,7 +29,7 @@ def test_load_mixed_splits_and_label_spaces(tmp_path, datasets):
 def test_training_on_mixed_sources(tmp_path, datasets):
     from facemtl.training.trainer import train
 
-    recipe = load_recipe(QUICKSTART, smoke=True, overrides=_overrides(tmp_path, datasets) + ["train.epochs=2"])
+    recipe = load_recipe(QUICKSTART, smoke=True, overrides=catalog_overrides(tmp_path, datasets) + ["train.epochs=2"])
     result = train(recipe, log=lambda *_: None)
     assert len(result.history["loss"]) == 2 and np.isfinite(result.history["loss"]).all()
     assert set(result.test_report) == {"identity", "expression"}

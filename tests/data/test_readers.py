@@ -14,27 +14,7 @@ from facemtl.data.materialize import crop_box, materialize
 from facemtl.data.vggface2 import read_vggface2
 from facemtl.errors import FacemtlError
 from facemtl.labels import EXPRESSIONS
-from tests.conftest import SHARED_DATA
-
-
-def _pixels(seed):
-    return " ".join(str(v) for v in np.random.default_rng(seed).integers(0, 256, 48 * 48))
-
-
-@pytest.fixture
-def fer_csv(tmp_path):
-    path = tmp_path / "fer2013.csv"
-    usages = ["Training"] * 14 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
-    rows = [f'{i % 7},"{_pixels(i)}",{u}' for i, u in enumerate(usages)]
-    path.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
-    return path
-
-
-def _image(path, size=(60, 50), value=None, mode="RGB"):
-    arr = np.random.default_rng(abs(hash(str(path))) % 2**32).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    if value is not None:
-        arr[:] = value
-    Image.fromarray(arr).convert(mode).save(path)
+from tests.helpers import SHARED_DATA, fer_pixels, write_image
 
 
 def test_fer2013_csv(fer_csv):
@@ -48,7 +28,7 @@ def test_fer2013_csv(fer_csv):
 
 def test_icml_variant_with_spaced_headers(tmp_path):
     path = tmp_path / "icml_face_data.csv"
-    path.write_text("emotion, Usage, pixels\n" + f"3,Training,{_pixels(1)}\n" + f"6,PublicTest,{_pixels(2)}\n")
+    path.write_text("emotion, Usage, pixels\n" + f"3,Training,{fer_pixels(1)}\n" + f"6,PublicTest,{fer_pixels(2)}\n")
     assert read_fer2013_csv(path).expression.tolist() == [3]
 
 
@@ -61,7 +41,7 @@ def test_icml_variant_with_spaced_headers(tmp_path):
 ])
 def test_malformed_csv_row_names_file_and_line(tmp_path, fer_csv, row, message):
     lines = fer_csv.read_text().splitlines()
-    lines.insert(5, row.format(p=_pixels(0)))
+    lines.insert(5, row.format(p=fer_pixels(0)))
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(FacemtlError, match=f"bad.csv:6: .*{message}"):
@@ -77,39 +57,20 @@ def test_fer2013_folders(tmp_path):
             d = tmp_path / split / name
             d.mkdir(parents=True)
             for k in range(n):
-                _image(d / f"{split}_{k}.jpg", (48, 48), mode="L")
+                write_image(d / f"{split}_{k}.jpg", (48, 48), mode="L")
     train = read_fer2013_folders(tmp_path, "train")
     assert len(train) == 14
     assert sorted(set(train.expression.tolist())) == list(range(7))
     for p, e in zip(train.paths, train.expression):
         assert os.path.basename(os.path.dirname(p)) == EXPRESSIONS[e]
     (tmp_path / "test" / "contempt").mkdir()
-    _image(tmp_path / "test" / "contempt" / "x.jpg")
+    write_image(tmp_path / "test" / "contempt" / "x.jpg")
     with pytest.raises(FacemtlError, match="unknown expression class 'contempt'"):
         read_fer2013_folders(tmp_path, "test")
     (tmp_path / "train" / "happy" / "train_0.jpg").unlink()
     (tmp_path / "train" / "happy" / "train_1.jpg").unlink()
     with pytest.raises(FacemtlError, match="happy: empty class folder"):
         read_fer2013_folders(tmp_path, "train")
-
-
-@pytest.fixture
-def vggface2(tmp_path):
-    root = tmp_path / "vggface2"
-    for cls in ("n000002", "n000003", "n000005"):
-        (root / "train" / cls).mkdir(parents=True)
-        for k in (1, 2):
-            _image(root / "train" / cls / f"000{k}_01.jpg", (100, 120))
-    (root / "identity_meta.csv").write_text(
-        'Class_ID, Name, Sample_Num, Flag, Gender\nn000002, "Ann_A", 2, 1, f\nn000003, "Bob_B", 2, 1, m\n'
-        'n000005, "Cy_C", 2, 1, m\n')
-    (root / "train_list.txt").write_text("\n".join(f"{c}/000{k}_01.jpg" for c in ("n000002", "n000003", "n000005")
-                                                   for k in (1, 2)) + "\n")
-    (root / "bb_landmark").mkdir()
-    (root / "bb_landmark" / "loose_bb_train.csv").write_text(
-        "NAME_ID,X,Y,W,H\n" + "\n".join(f"{c}/000{k}_01,10,20,50,60" for c in ("n000002", "n000003", "n000005")
-                                        for k in (1, 2)) + "\n")
-    return root
 
 
 def test_expression_folders_take_any_class_names_and_the_test_split_keeps_trains_order(tmp_path):
@@ -164,7 +125,7 @@ def test_celeba_layout_and_missing_photos(tmp_path, caplog):
     root = tmp_path / "celeba"
     (root / "img_celeba").mkdir(parents=True)
     for k in range(1, 6):
-        _image(root / "img_celeba" / f"{k:06d}.jpg")
+        write_image(root / "img_celeba" / f"{k:06d}.jpg")
     (root / "identity_CelebA.txt").write_text("\n".join(f"{k:06d}.jpg {100 + k % 2}" for k in range(1, 8)) + "\n")
     with caplog.at_level(logging.WARNING, logger="facemtl.data"):
         src = read_celeba(root)
@@ -179,7 +140,7 @@ def test_identity_folders_with_pgm_and_a_corrupt_image(tmp_path, caplog):
     for s in ("s1", "s2"):
         (tmp_path / s).mkdir()
         for k in (1, 2, 3):
-            _image(tmp_path / s / f"{k}.pgm", (92, 112), mode="L")
+            write_image(tmp_path / s / f"{k}.pgm", (92, 112), mode="L")
     (tmp_path / "s2" / "3.pgm").write_bytes(b"P5 broken")
     src = read_identity_folders(tmp_path, name="orl")
     assert src.identity_names == ["s1", "s2"] and len(src) == 6
@@ -218,9 +179,9 @@ def test_cache_key_follows_the_content_not_the_row_count(tmp_path, fer_csv):
     base = cache_key(src, 48, 0.2)
     assert cache_key(read_fer2013_csv(fer_csv), 48, 0.2) == base  # the same file, the same key
     text = fer_csv.read_text()
-    first = _pixels(0).split()
+    first = fer_pixels(0).split()
     first[0] = str((int(first[0]) + 1) % 256)  # one pixel of one row: the same row count
-    fer_csv.write_text(text.replace(_pixels(0), " ".join(first), 1))
+    fer_csv.write_text(text.replace(fer_pixels(0), " ".join(first), 1))
     changed = read_fer2013_csv(fer_csv)
     assert len(changed) == len(src) and cache_key(changed, 48, 0.2) != base
     relabelled = read_fer2013_csv(fer_csv)
@@ -229,10 +190,10 @@ def test_cache_key_follows_the_content_not_the_row_count(tmp_path, fer_csv):
     assert len({cache_key(changed, 48, 0.2), cache_key(changed, 64, 0.2), cache_key(changed, 48, 0.1)}) == 3
     people = tmp_path / "people"
     (people / "ann").mkdir(parents=True)
-    _image(people / "ann" / "a.png", value=10)
+    write_image(people / "ann" / "a.png", value=10)
     folder = read_identity_folders(people)
     before = cache_key(folder, 48, 0.2)
-    _image(people / "ann" / "a.png", size=(61, 50), value=200)  # the same name, a new photo
+    write_image(people / "ann" / "a.png", size=(61, 50), value=200)  # the same name, a new photo
     assert cache_key(read_identity_folders(people), 48, 0.2) != before
 
 

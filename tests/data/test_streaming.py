@@ -9,8 +9,7 @@ from facemtl.config import load_recipe
 from facemtl.data.catalog import load_mixed
 from facemtl.data.pipeline import load_splits, make_dataset, split_size
 from facemtl.data.streaming import StreamedSource, StreamedSplit
-from tests.conftest import QUICKSTART
-from tests.data.test_catalog import _overrides
+from tests.helpers import QUICKSTART, catalog_overrides
 
 
 @pytest.fixture
@@ -23,7 +22,7 @@ def corrupt(datasets):
 
 def _recipe(tmp_path, datasets, streaming):
     return load_recipe(QUICKSTART, smoke=True,
-                       overrides=_overrides(tmp_path, datasets) + [f"data.streaming={str(streaming).lower()}"])
+                       overrides=catalog_overrides(tmp_path, datasets) + [f"data.streaming={str(streaming).lower()}"])
 
 
 def _collect(ds):

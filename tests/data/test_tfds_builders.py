@@ -8,7 +8,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from facemtl.data import tfds_builders  # noqa: E402  (registers the builders)
-from tests.data.test_readers import _image, fer_csv, vggface2  # noqa: E402, F401  (fixtures)
+from tests.helpers import write_image  # noqa: E402
 
 
 def test_fer2013_csv_splits(tmp_path, fer_csv):  # noqa: F811
@@ -44,7 +44,7 @@ def test_face_folders_skip_and_count_a_corrupt_image(tmp_path, caplog):
     for person in ("s1", "s2"):
         (root / person).mkdir(parents=True)
         for k in range(3):
-            _image(root / person / f"{k}.pgm", (46, 56), mode="L")
+            write_image(root / person / f"{k}.pgm", (46, 56), mode="L")
     (root / "s2" / "9.pgm").write_bytes(b"P5 broken")
     with caplog.at_level(logging.WARNING, logger="facemtl.data"):
         builder = tfds_builders.prepare("face_folders", root, tmp_path / "tfds")

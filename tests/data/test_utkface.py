@@ -8,7 +8,7 @@ from PIL import Image
 
 from facemtl.data.utkface import in_test_split, parse_name, read_utkface
 from facemtl.errors import FacemtlError
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 
 def test_names_give_age_gender_race_and_bad_ones_say_why(tmp_path):

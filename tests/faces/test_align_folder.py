@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from facemtl.faces.align import template
-from facemtl.faces.detect import get_detector
 from facemtl.faces.align_folder import align_folder
+from facemtl.faces.detect import get_detector
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from facemtl.faces.blazeface import (BlazeFaceDetector, DetectorModelError, decode, ssd_anchors,
-                                     weighted_nms)
+from facemtl.faces.blazeface import BlazeFaceDetector, DetectorModelError, decode, ssd_anchors, weighted_nms
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -78,7 +78,7 @@ def test_mtcnn_finds_faces_in_real_in_the_wild_photos(mtcnn):
     import os
 
     from facemtl.images import load_image
-    from tests.conftest import SHARED_DATA
+    from tests.helpers import SHARED_DATA
 
     paths = sorted(glob.glob(os.path.join(SHARED_DATA, "celeba_subset", "img_celeba", "*.jpg")))[:30]
     assert len(paths) == 30

@@ -6,7 +6,7 @@ import pytest
 
 from facemtl.models.dlib_format import DlibModelError, default_model_path, expected_convs, read_dlib_resnet
 from facemtl.models.dlib_resnet import PadAdd, build_dlib_resnet
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 
 def _model_file():

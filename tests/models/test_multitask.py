@@ -4,7 +4,7 @@ import pytest
 
 from facemtl.labels import EXPRESSIONS
 from facemtl.models import build_multitask_model, set_backbone_trainable
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 def test_outputs_are_named_and_shaped():

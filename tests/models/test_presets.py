@@ -115,7 +115,7 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
 
 @pytest.mark.slow
 def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_path):
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     r = run_cli("export", "release", "--base-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,5 @@
 """Pipeline tests run Apache Beam's local runner in this process; they skip where `facemtl[beam]` is absent."""
 
-import json
 
 import numpy as np
 import pytest
@@ -35,43 +34,3 @@ def collection(tmp_path_factory):
     return d
 
 
-def read_shards(prefix):
-    """Every record of `PREFIX-*-of-*.jsonl`, and the files' names."""
-    import glob
-
-    files = sorted(glob.glob(f"{prefix}-[0-9]*-of-*.jsonl"))
-    return [json.loads(line) for f in files for line in open(f, encoding="utf-8")], files
-
-
-def assert_same_answers(got, want, age=0.1, prob=1e-4):
-    """Two records of one photo agree: boxes and labels equal, ages within `age`, other numbers within `prob`."""
-    assert type(got) is type(want), (got, want)
-    if isinstance(want, dict):
-        assert set(got) == set(want), (sorted(got), sorted(want))
-        for key in want:
-            if key == "age":
-                np.testing.assert_allclose(got[key], want[key], atol=age)
-            else:
-                assert_same_answers(got[key], want[key], age, prob)
-    elif isinstance(want, list):
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert_same_answers(g, w, age, prob)
-    elif isinstance(want, float):
-        np.testing.assert_allclose(got, want, atol=prob)
-    else:
-        assert got == want
-
-
-def analyze_here(paths, model=None, every=10):
-    """What `facemtl analyze` writes for `paths` (its records, errors included), by path and frame."""
-    from facemtl.inference import FaceAnalyzer, analyze_files
-
-    records = analyze_files(FaceAnalyzer(model), paths, every=every, progress=False, ignored=[])
-    return {(r["path"], r.get("frame")): photo_record_without_embeddings(r) for r, _ in records}
-
-
-def photo_record_without_embeddings(record):
-    for face in record.get("faces", []):
-        face.pop("embedding", None)
-    return record

@@ -7,7 +7,7 @@ import pytest
 from facemtl.faces.align_folder import align_folder
 from facemtl.faces.detect import get_detector
 from facemtl.pipelines.align import align_collection
-from tests.test_cli import run_cli_here
+from tests.helpers import run_cli_here
 
 pytestmark = pytest.mark.slow
 

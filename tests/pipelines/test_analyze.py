@@ -9,9 +9,7 @@ import re
 import pytest
 
 from facemtl.pipelines.analyze import analyze_collection
-from tests.conftest import SHARED_DATA
-from tests.pipelines.conftest import analyze_here, assert_same_answers, read_shards
-from tests.test_cli import run_cli_here
+from tests.helpers import SHARED_DATA, analyze_here, assert_same_answers, read_shards, run_cli_here
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from facemtl.recognition.gallery import Gallery
-from tests.test_cli import run_cli_here
+from tests.helpers import run_cli_here
 
 pytestmark = pytest.mark.slow
 skimage_data = pytest.importorskip("skimage.data")

@@ -9,7 +9,7 @@ import pytest
 from facemtl.errors import FacemtlError, ImageError
 from facemtl.pipelines.io import WriteShards, input_patterns, read_photo, remove_other_shards
 from facemtl.pipelines.runner import pipeline_options, run_pipeline
-from tests.pipelines.conftest import read_shards
+from tests.helpers import read_shards
 
 
 def write(records, prefix, shards, parquet=False):

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from facemtl.pipelines.runner import pipeline_options, split_beam_args
-from tests.test_cli import run_cli_here
+from tests.helpers import run_cli_here
 
 
 def test_beam_options_go_to_beam_with_their_values_written_either_way():

@@ -14,7 +14,7 @@ from PIL import Image
 
 from facemtl.data.synthetic import generate_faces
 from facemtl.export import read_metadata
-from tests.test_cli import run_cli_here as run_cli  # in-process: many calls per test
+from tests.helpers import run_cli_here as run_cli  # in-process: many calls per test
 
 pytestmark = pytest.mark.slow  # every test here trains (the ArcFace fixture) or runs the CLI in new processes
 
@@ -302,7 +302,7 @@ def test_calibrate_aligns_real_photos_and_dry_run_writes_nothing(tmp_path):
     import shutil
 
     from facemtl.installed import default_model
-    from tests.conftest import SHARED_DATA
+    from tests.helpers import SHARED_DATA
 
     model = tmp_path / "release" / "1"
     shutil.copytree(default_model(), model)

@@ -7,8 +7,13 @@ import pytest
 from PIL import Image
 
 from facemtl.recognition import clustering
-from facemtl.recognition.clustering import (UNCLUSTERED, cluster_embeddings, contact_sheet, next_group_names,
-                                            pairwise_scores)
+from facemtl.recognition.clustering import (
+    UNCLUSTERED,
+    cluster_embeddings,
+    contact_sheet,
+    next_group_names,
+    pairwise_scores,
+)
 
 
 def _people(n_people, per_person, dim=32, noise=0.08, seed=0):
@@ -87,8 +92,8 @@ def test_cluster_command_finds_the_people_of_real_photos(tmp_path):
     import json
     import os
 
-    from tests.conftest import SHARED_DATA
-    from tests.test_cli import run_cli_here as run_cli
+    from tests.helpers import SHARED_DATA
+    from tests.helpers import run_cli_here as run_cli
 
     root = os.path.join(SHARED_DATA, "lfw_subset", "train")
     people = ["Colin_Powell", "Gerhard_Schroeder", "Tony_Blair"]

@@ -5,8 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from facemtl.recognition.open_set import (UNKNOWN, OpenSetRule, class_directions, gallery_threshold,
-                                          stranger_fpir, threshold_for_fpir, unit_rows)
+from facemtl.recognition.open_set import (
+    UNKNOWN,
+    OpenSetRule,
+    class_directions,
+    gallery_threshold,
+    stranger_fpir,
+    threshold_for_fpir,
+    unit_rows,
+)
 
 
 def _rule(threshold=0.8, seed=0):

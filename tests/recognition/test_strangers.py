@@ -13,13 +13,9 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA, identity_labels, orl_photos
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
-
-
-def orl_photos():
-    return sorted(glob.glob(os.path.join(SHARED_DATA, "orl", "att_faces", "s*", "*.pgm")))
 
 
 def celeba_one_per_person():
@@ -42,16 +38,12 @@ def analyzer():
     return FaceAnalyzer()
 
 
-def _labels(results):
-    return [face["identity"]["label"] for r in results for face in r.get("faces", [])]
-
-
 def test_strangers_are_unknown_through_the_analyzer(analyzer):
     photos = orl_photos() + celeba_one_per_person()
     assert len(photos) == 400 + 299
     labels = []
     for s in range(0, len(photos), 32):
-        labels += _labels(analyzer.analyze(photos[s:s + 32]))
+        labels += identity_labels(analyzer.analyze(photos[s:s + 32]))
     assert len(labels) >= 0.95 * len(photos)
     unknown = np.mean([label == "unknown" for label in labels])
     assert unknown >= 0.99, f"{unknown:.4f} of {len(labels)} stranger faces answered unknown"
@@ -66,7 +58,7 @@ def test_the_trained_people_keep_their_names(analyzer):
 
 
 def test_strangers_are_unknown_through_the_cli(tmp_path):
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     folder = tmp_path / "orl"
     folder.mkdir()
@@ -77,4 +69,4 @@ def test_strangers_are_unknown_through_the_cli(tmp_path):
     r = run_cli("analyze", folder)
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(records) == 8 and set(_labels(records)) == {"unknown"}
+    assert len(records) == 8 and set(identity_labels(records)) == {"unknown"}

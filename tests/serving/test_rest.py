@@ -1,37 +1,14 @@
 """TF Serving's REST formats: what requests may hold and what answers look like."""
 
 import base64
-import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from facemtl.serving.rest import RequestError, format_predict, model_status, parse_predict
+from tests.helpers import b64, png, png_claiming
 
 LIMITS = dict(max_instances=4, max_pixels=10_000)
-
-
-def b64(data):
-    return {"b64": base64.b64encode(data).decode()}
-
-
-def png(array):
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def png_claiming(width, height):
-    """A valid PNG header (correct CRCs) for a huge image, with pixel data for almost nothing."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + chunk(b"IEND", b""))
 
 
 def test_row_and_column_formats_of_pixel_lists():

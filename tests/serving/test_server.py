@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving.conftest import API_KEY, start_server, stop_server
-from tests.serving.test_rest import b64, png, png_claiming
+from tests.helpers import API_KEY, b64, png, png_claiming, start_server, stop_server
 
 pytestmark = pytest.mark.slow  # each server process loads TensorFlow and the model (about 15 s)
 

@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from tests.recognition.test_strangers import _labels, orl_photos
+from tests.helpers import identity_labels, orl_photos
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -17,5 +17,5 @@ def test_strangers_are_unknown_through_the_rest_api(server):
         body = {"photos": [{"b64": base64.b64encode(open(p, "rb").read()).decode()} for p in photos[s:s + 8]]}
         status, answer, _ = server.request("POST", "/v1/analyze", body)
         assert status == 200, answer
-        labels += _labels(answer["photos"])
+        labels += identity_labels(answer["photos"])
     assert len(labels) == 40 and set(labels) == {"unknown"}

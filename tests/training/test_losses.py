@@ -4,7 +4,7 @@ import pytest
 from facemtl.models import build_multitask_model
 from facemtl.training.losses import MaskedSparseCategoricalAccuracy, MaskedSparseCategoricalCrossentropy
 from facemtl.training.task import training_view
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 def _probs(n, k, seed):

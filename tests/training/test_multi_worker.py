@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import QUICKSTART, REPO
+from tests.helpers import QUICKSTART, REPO
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 from facemtl.config import load_recipe
 from facemtl.data.pipeline import IGNORE_LABEL, load_splits
 from facemtl.training.optimizers import build_optimizer, learning_rate
-from tests.conftest import QUICKSTART, tiny_overrides
+from tests.helpers import QUICKSTART, tiny_overrides
 
 
 def _recipe(tmp_path, *overrides):

@@ -13,7 +13,7 @@ import pytest
 from facemtl.config import load_recipe
 from facemtl.errors import FacemtlError
 from facemtl.training.trainer import train
-from tests.conftest import QUICKSTART, REPO, tiny_overrides
+from tests.helpers import QUICKSTART, REPO, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
