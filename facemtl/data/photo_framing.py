@@ -28,13 +28,12 @@ import os
 
 import numpy as np
 
-from facemtl.faces.align import align_face
 from facemtl.faces.detect import get_detector
 from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.files import temporary_name
 from facemtl.media import Progress
 from facemtl.preprocessing import CROP_UPSCALE as UPSCALE  # the photo side a crop is upscaled to before detection
-from facemtl.preprocessing import resize_face
+from facemtl.preprocessing import Preprocessor
 
 # Bumped whenever framing changes, so older caches are not reused.
 FRAMING_FORMAT = 1
@@ -65,11 +64,6 @@ class FramedFaces:
                 f"{self.fallback} ({self.fallback / max(n, 1):.1%}) framed by the fixed mapping")
 
 
-def upscale_photo(crop, side=UPSCALE):
-    """A loose face crop as the small photo a user would send: square, `side` px, the serving resize."""
-    return resize_face(crop, side)
-
-
 def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETECTOR, upscale=UPSCALE, face_scale=1.0,
                       progress=None):
     """Detects and aligns each face crop like a served photo.
@@ -95,18 +89,18 @@ def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETEC
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 [n, h, w, 3]. Received: shape={images.shape}")
+    p = Preprocessor(size, size, layout, detector if isinstance(detector, str) else DEFAULT_DETECTOR, face_scale,
+                     crop_upscale=upscale)
     if isinstance(detector, str):
-        detector = get_detector(detector, min_face_size=max(8, upscale // 8))
+        detector = get_detector(detector, min_face_size=p.crop_min_face)
     n = len(images)
     crops = np.zeros((n, size, size, 3), np.uint8)
     found = np.zeros(n, bool)
     matrices = []
     for i in range(n):
-        photo = upscale_photo(images[i], upscale)
-        detections = detector.detect(photo)
-        if detections:
-            best = max(detections, key=lambda d: d.score)
-            crops[i], matrix = align_face(photo, best.landmarks, size, face_scale, layout, best.points)
+        framed = p.frame(p.crop_photo(images[i], always=True), detector)
+        if framed is not None:
+            crops[i], matrix = framed
             found[i] = True
             matrices.append(matrix)
         if progress:
@@ -115,7 +109,7 @@ def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETEC
     matrix = (np.mean(matrices, axis=0) if matrices
               else np.array([[size / upscale, 0, 0], [0, size / upscale, 0]], np.float64))
     for i in np.flatnonzero(~found):
-        crops[i] = cv2.warpAffine(upscale_photo(images[i], upscale), matrix, (size, size), flags=cv2.INTER_LINEAR,
+        crops[i] = cv2.warpAffine(p.crop_photo(images[i], always=True), matrix, (size, size), flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REFLECT)
     return FramedFaces(crops, found, matrix)
 

@@ -14,7 +14,11 @@ __all__ = ["EXPORT_FILE", "FORMAT_VERSION", "MAX_FACES", "MAX_PHOTO_SIDE", "META
 
 def __getattr__(name):
     # Imported when first asked for: importing facemtl.export does not start TensorFlow.
-    if name in ("EXPORT_FILE", "METADATA_FILE", "attribute_output", "crop_layout", "read_metadata", "update_metadata"):
+    if name == "attribute_output":
+        from facemtl.export.outputs import attribute_output
+
+        return attribute_output
+    if name in ("EXPORT_FILE", "METADATA_FILE", "crop_layout", "read_metadata", "update_metadata"):
         from facemtl.export import metadata
 
         return getattr(metadata, name)

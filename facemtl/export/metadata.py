@@ -35,19 +35,6 @@ def read_metadata(saved_model_dir):
         raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
 
 
-def attribute_output(task):
-    """The name of the output that carries an attribute head's tensor.
-
-    `<name>_probs` for classes (then `<name>` is the label), else `<name>`
-    itself (a number: age in years). The SavedModel, the LiteRT copy and the
-    answers name them alike.
-
-    Args:
-        task: an export's `attributes` entry (`name`, `kind`).
-    """
-    return f"{task['name']}_probs" if task["kind"] == "classification" else task["name"]
-
-
 def crop_layout(metadata):
     """The face crop layout an export was trained on (`facemtl.faces.align.LAYOUTS`); older exports: arcface."""
     return (metadata.get("preprocessor") or {}).get("layout") or metadata.get("crop", {}).get("layout", "arcface")

@@ -48,7 +48,8 @@ import tensorflow as tf
 
 from facemtl.config import load_recipe
 from facemtl.errors import ModelFormatError
-from facemtl.export.metadata import METADATA_FILE, attribute_output, read_metadata
+from facemtl.export.metadata import METADATA_FILE, read_metadata
+from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.graph import BlazeFaceGraph, align_crops
 from facemtl.models.multitask import build_from_recipe
 from facemtl.preprocessing import Preprocessor, prepare_images
@@ -93,8 +94,8 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     `gender`).
     """
     height, width, channels = model.input_shape[1:]
-    id_names = tf.constant(list(identity_names) or [""])
-    ex_names = tf.constant(list(expression_names))
+    id_names = list(identity_names) or [""]
+    ex_names = list(expression_names)
 
     def decode(data):
         # Any format decode_image knows, 16-bit PNGs rescaled to uint8; animations give their first frame.
@@ -108,21 +109,11 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     def serve(images):
         x = prepare_images(images, height, width, channels)
         out = model(x, training=False)
-        result = {}
-        if "expression" in out:
-            result["expression_probs"] = out["expression"]
-            result["expression"] = tf.gather(ex_names, tf.argmax(out["expression"], axis=-1))
+        numbers = {f"{task}_probs": out[task] for task in ("expression", "identity") if task in out}
         if "identity" in out:
-            result["identity_probs"] = out["identity"]
-            result["identity"] = tf.gather(id_names, tf.argmax(out["identity"], axis=-1))
-            result["embedding"] = out["embedding"]
-            if rule is not None:
-                result.update(rule.tf_outputs(out["embedding"]))
-        for task in attributes:
-            result[attribute_output(task)] = out[task["name"]]
-            if task["kind"] == "classification":
-                result[task["name"]] = tf.gather(tf.constant(task["classes"]), tf.argmax(out[task["name"]], axis=-1))
-        return result
+            numbers["embedding"] = out["embedding"]
+        numbers.update({attribute_output(task): out[task["name"]] for task in attributes})
+        return label_outputs(numbers, ex_names, id_names, attributes, rule, engine="tf")
 
     fns = {"serving_default": serve, "serving_bytes": serve_bytes}
     if "identity" in model.output_names and "expression" in model.output_names:

@@ -18,7 +18,8 @@ import tempfile
 import numpy as np
 
 from facemtl.errors import FacemtlError
-from facemtl.export.metadata import EXPORT_FILE, attribute_output
+from facemtl.export.metadata import EXPORT_FILE
+from facemtl.export.outputs import attribute_output
 from facemtl.export.saved_model import load_run_model
 from facemtl.files import write_bytes_atomically
 from facemtl.images import load_image

@@ -14,10 +14,10 @@ import os
 from PIL import Image
 
 from facemtl.errors import FacemtlError
-from facemtl.faces.align import align_face
 from facemtl.files import write_bytes_atomically
 from facemtl.images import load_image
 from facemtl.media import Progress, expand_paths
+from facemtl.preprocessing import Preprocessor
 
 
 @dataclasses.dataclass
@@ -53,7 +53,7 @@ def main_face_crop(image, detector, size=(112, 112), face_scale=1.0, layout="arc
     main = largest(detections)
     if main is None:
         return None, 0
-    return align_face(image, main.landmarks, size, face_scale, layout, main.points)[0], len(detections)
+    return Preprocessor(*size, layout, face_scale=face_scale).align(image, main)[0], len(detections)
 
 
 def encode_png(crop):

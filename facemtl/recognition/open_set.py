@@ -106,6 +106,13 @@ class OpenSetRule:
                         "similarity": round(float(row[k]), 6)})
         return out
 
+    def np_outputs(self, embeddings):
+        """`decide` as `serving_default`'s outputs (NumPy; labels as bytes): what `tf_outputs` gives in the graph."""
+        decided = self.decide(embeddings)
+        return {"identity": np.array([d["label"].encode() for d in decided], dtype=object),
+                "identity_closest": np.array([d["closest"].encode() for d in decided], dtype=object),
+                "identity_similarity": np.array([d["similarity"] for d in decided], np.float32)}
+
     def tf_outputs(self, embedding):
         """The same rule in TensorFlow, for the SavedModel's graph.
 

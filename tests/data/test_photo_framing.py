@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from facemtl.data import photo_framing
-from facemtl.data.photo_framing import cached_framing, frame_like_photos, upscale_photo
+from facemtl.data.photo_framing import cached_framing, frame_like_photos
+from facemtl.preprocessing import CROP_UPSCALE, resize_face
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_a_found_face_is_framed_exactly_as_face_analyzer_frames_the_photo(fer_li
     framed = frame_like_photos(fer_like_face[None], size=150, layout="dlib")
     assert framed.found.tolist() == [True] and framed.fallback == 0
     analyzer = FaceAnalyzer()  # the release model: dlib layout, 150 px, BlazeFace
-    detections, crops = analyzer.detect_and_align(upscale_photo(fer_like_face))
+    detections, crops = analyzer.detect_and_align(resize_face(fer_like_face, CROP_UPSCALE))
     assert len(detections) == 1
     np.testing.assert_array_equal(framed.crops[0], crops[0])
 
@@ -35,7 +36,7 @@ def test_faces_not_found_take_the_mean_mapping_of_the_found_ones_and_are_counted
     framed = frame_like_photos(np.stack([fer_like_face, blank, fer_like_face[:, ::-1]]), size=150, layout="dlib")
     assert framed.found.tolist() == [True, False, True]
     assert framed.fallback == 1 and "1 (33.3%) framed by the fixed mapping" in framed.summary()
-    expected = cv2.warpAffine(upscale_photo(blank), framed.matrix, (150, 150), flags=cv2.INTER_LINEAR,
+    expected = cv2.warpAffine(resize_face(blank, CROP_UPSCALE), framed.matrix, (150, 150), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REFLECT)
     np.testing.assert_array_equal(framed.crops[1], expected)
     # The mapping is the mean of the found faces' own mappings.
