@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from facemtl.data.utkface import GENDERS, RACES
 from facemtl.files import write_json_atomically
 from facemtl.labels import IGNORE_LABEL
 
@@ -176,3 +177,37 @@ def plot_history(history_csv, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def labelled(task, y):
+    """Which faces carry `task`'s label (missing: `IGNORE_LABEL` for classes, NaN for numbers)."""
+    return y != IGNORE_LABEL if task.kind == "classification" else ~np.isnan(y)
+
+
+def scores(tasks, labels, predicted, mask):
+    """`{task: {"mae": ...} or {"accuracy": ...}, "count"}` over the faces in `mask` that carry each label."""
+    out = {}
+    for t in tasks:
+        y = labels[t.name]
+        have = mask & labelled(t, y)
+        if t.kind == "classification":
+            out[t.name] = {"accuracy": float((predicted[t.name][have] == y[have]).mean()), "count": int(have.sum())}
+        else:
+            out[t.name] = {"mae": float(np.abs(predicted[t.name][have] - y[have]).mean()), "count": int(have.sum())}
+    return out
+
+
+def bias_table(tasks, faces, predicted, mask):
+    """Accuracy per UTKFace race x gender group and per age band, on the faces in `mask`."""
+    g = faces.groups
+    table = {"groups": {}, "age_bands": {}}
+    for r, race in enumerate(RACES):
+        for s, gender in enumerate(GENDERS):
+            m = mask & (g["race"] == r) & (g["gender"] == s)
+            if m.any():
+                table["groups"][f"{race}/{gender}"] = scores(tasks, faces.labels, predicted, m)
+    for lo, hi in ((0, 12), (13, 19), (20, 39), (40, 59), (60, 116)):
+        m = mask & (g["age"] >= lo) & (g["age"] <= hi)
+        if m.any():
+            table["age_bands"][f"{lo}-{hi}"] = scores(tasks, faces.labels, predicted, m)
+    return table

@@ -19,11 +19,11 @@ LAYERS = [
               "facemtl.images", "facemtl.media"]),
     ("records and runtimes", ["facemtl.config", "facemtl.preprocessing", "facemtl.litert", "facemtl.faces.detection",
                               "facemtl.export.metadata", "facemtl.faces.align", "facemtl.recognition.open_set", "facemtl.recognition.metrics",
-                              "facemtl.evaluation", "facemtl.faces", "facemtl.recognition", "facemtl.export",
+                              "facemtl.faces", "facemtl.recognition", "facemtl.export",
                               "facemtl.models", "facemtl.data"]),  # the packages' own __init__ files import nothing heavy
     ("faces", ["facemtl.faces.blazeface", "facemtl.faces.detect", "facemtl.faces.graph",
                "facemtl.faces.align_folder"]),
-    ("models and data", ["facemtl.models.", "facemtl.data."]),
+    ("models, data and metrics", ["facemtl.models.", "facemtl.data.", "facemtl.evaluation"]),
     ("export", ["facemtl.export."]),
     ("training and loading", ["facemtl.training", "facemtl.installed"]),
     ("inference", ["facemtl.inference"]),

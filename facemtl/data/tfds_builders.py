@@ -64,6 +64,15 @@ def _examples(source, encode):
     warn_skipped(f"tfds {source.name} {source.split}".strip(), skipped, "unreadable image(s)")
 
 
+_PHOTO = tfds.features.Image(shape=(None, None, 3))
+
+
+def _dataset_info(builder, supervised_keys=None, homepage=None, **features):
+    """The builder's `DatasetInfo`: its features (name -> tfds feature), in the order given."""
+    return builder.dataset_info_from_configs(features=tfds.features.FeaturesDict(features),
+                                             supervised_keys=supervised_keys, homepage=homepage)
+
+
 def _manual_dir(dl_manager):
     path = os.path.expanduser(str(dl_manager.manual_dir))
     if not os.path.isdir(path):
@@ -85,14 +94,10 @@ class Fer2013(tfds.core.GeneratorBasedBuilder):
         "`train/<class>/*.jpg` and `test/<class>/*.jpg`, in the manual directory.")
 
     def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(48, 48, 1)),
-                "label": tfds.features.ClassLabel(names=list(EXPRESSIONS)),
-            }),
-            supervised_keys=("image", "label"),
-            homepage="https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge",
-        )
+        return _dataset_info(self, image=tfds.features.Image(shape=(48, 48, 1)),
+                             label=tfds.features.ClassLabel(names=list(EXPRESSIONS)),
+                             supervised_keys=("image", "label"), homepage="https://www.kaggle.com/c/challenges-in-"
+                             "representation-learning-facial-expression-recognition-challenge")
 
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager)
@@ -123,15 +128,8 @@ class VggFace2(tfds.core.GeneratorBasedBuilder):
         "directory.")
 
     def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "bbox": tfds.features.BBoxFeature(),
-                "identity": tfds.features.Text(),
-                "name": tfds.features.Text(),
-            }),
-            homepage="https://github.com/ox-vgg/vgg_face2",
-        )
+        return _dataset_info(self, image=_PHOTO, bbox=tfds.features.BBoxFeature(), identity=tfds.features.Text(),
+                             name=tfds.features.Text(), homepage="https://github.com/ox-vgg/vgg_face2")
 
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager)
@@ -163,12 +161,7 @@ class FaceFolders(tfds.core.GeneratorBasedBuilder):
                                     "folders of that layout, in the manual directory.")
 
     def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "identity": tfds.features.Text(),
-            }),
-        )
+        return _dataset_info(self, image=_PHOTO, identity=tfds.features.Text())
 
     def _split_generators(self, dl_manager):
         root = _manual_dir(dl_manager)

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from facemtl.errors import FacemtlError
+from facemtl.errors import FacemtlError, RecipeError
 from facemtl.images import decode_each, load_image
 from facemtl.preprocessing import resize_face
 
@@ -142,3 +142,37 @@ def load_faces(faces, side=128, log=print):
     if (~kept).any():
         log(f"utkface: {int((~kept).sum())} unreadable file(s) skipped")
     return np.stack([im if im.shape[:2] == (side, side) else resize_face(im, side) for im in images]), kept
+
+
+def task_labels(faces, task):
+    """The labels UTKFace gives an attribute task (`age` in years, `gender`), mapped onto the task's classes.
+
+    Raises:
+        RecipeError: the source does not label the task, or not with the task's classes or kind.
+    """
+    columns = {"age": (faces.age, None), "gender": (faces.gender, GENDERS)}
+    if task.name not in columns:
+        raise RecipeError(f"tasks: {task.name!r} is not labelled by utkface (it labels {sorted(columns)})")
+    values, names = columns[task.name]
+    if task.kind == "classification":
+        if names is None or sorted(task.classes) != sorted(names):
+            raise RecipeError(f"tasks: {task.name}'s classes {task.classes} are not utkface's {list(names or [])}")
+        return np.array([task.classes.index(names[v]) for v in values], np.int32)
+    if names is not None:
+        raise RecipeError(f"tasks: {task.name} is a class label in utkface; its kind must be classification")
+    return values.astype(np.float32)
+
+
+def split_faces(faces, val_fraction, seed):
+    """`int8 [n]`: 0 train, 1 validation, 2 test. Test is UTKFace's fixed split by file-name hash
+    (`read_utkface`'s `test_fraction`); validation is `val_fraction` of the rest, drawn with `seed`."""
+    split = np.where(faces.test, 2, 0).astype(np.int8)
+    rest = np.flatnonzero(split == 0)
+    split[np.random.default_rng(seed).choice(rest, int(round(val_fraction * len(rest))), replace=False)] = 1
+    return split
+
+
+# What an export trained with UTKFace's labels records about them (its `attribute_data`).
+DATA_TERMS = {"dataset": "UTKFace", "terms": "non-commercial research only",
+              "labels": "apparent age in years and binary gender, as UTKFace's annotators gave them; "
+              "race labels were used only to measure accuracy per group, not trained"}

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import dataclasses
 import hmac
 import json
 import logging
@@ -94,21 +95,23 @@ class _BodyLimit:
         return await self.app(scope, limited_receive, send)
 
 
+@dataclasses.dataclass(eq=False)
 class ServerState:
     """What the routes share: the model (loaded in the background), the analyzer, settings and locks."""
 
-    def __init__(self, model_path, *, name, detector, max_batch_size, max_wait_ms, api_key, gallery_store,
-                 max_instances, max_pixels, max_photos, analyze_workers):
-        self.model_path = model_path
-        self.name = name
-        self.detector = detector
-        self.max_batch_size = max_batch_size
-        self.max_wait_ms = max_wait_ms
-        self.api_key = api_key
-        self.gallery_store = gallery_store
-        self.max_instances = max_instances
-        self.max_pixels = max_pixels
-        self.max_photos = max_photos
+    model_path: str
+    name: str
+    detector: str
+    max_batch_size: int
+    max_wait_ms: float
+    api_key: str | None
+    gallery_store: str
+    max_instances: int
+    max_pixels: int
+    max_photos: int
+    analyze_workers: int
+
+    def __post_init__(self):
         self.model = None
         self.analyzer = None
         self.load_error = None
@@ -116,7 +119,8 @@ class ServerState:
         self.gallery_lock = threading.Lock()
         self.galleries = {}  # name -> Gallery, opened once: the store follows other writers by itself
         # Detection is CPU-heavy: a small pool keeps concurrent photos from thrashing the cores.
-        self.photo_pool = concurrent.futures.ThreadPoolExecutor(analyze_workers, thread_name_prefix="facemtl-photo")
+        self.photo_pool = concurrent.futures.ThreadPoolExecutor(self.analyze_workers,
+                                                                thread_name_prefix="facemtl-photo")
 
     def load(self):
         try:

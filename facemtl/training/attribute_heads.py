@@ -26,8 +26,9 @@ import numpy as np
 
 from facemtl.config import attribute_tasks
 from facemtl.data.photo_framing import cached_framing
-from facemtl.data.utkface import GENDERS, RACES, load_faces, read_utkface
+from facemtl.data.utkface import load_faces, read_utkface, split_faces, task_labels
 from facemtl.errors import RecipeError
+from facemtl.evaluation import labelled, scores
 from facemtl.files import temporary_name
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models.heads import attribute_head
@@ -107,25 +108,6 @@ class AttributeFaces:
     framing: dict
 
 
-def _source_labels(cfg, faces, task):
-    """The labels a source gives one task, mapped onto the task's classes.
-
-    Raises:
-        RecipeError: the source does not label the task, or not with the task's classes or kind.
-    """
-    columns = {"age": (faces.age, None), "gender": (faces.gender, GENDERS)}
-    if task.name not in columns:
-        raise RecipeError(f"tasks: {task.name!r} is not labelled by {cfg.format} (it labels {sorted(columns)})")
-    values, names = columns[task.name]
-    if task.kind == "classification":
-        if names is None or sorted(task.classes) != sorted(names):
-            raise RecipeError(f"tasks: {task.name}'s classes {task.classes} are not {cfg.format}'s {list(names or [])}")
-        return np.array([task.classes.index(names[v]) for v in values], np.int32)
-    if names is not None:
-        raise RecipeError(f"tasks: {task.name} is a class label in {cfg.format}; its kind must be classification")
-    return values.astype(np.float32)
-
-
 def attribute_faces(recipe, model, log=print):
     """Reads, frames (like served photos) and embeds the faces of every source an attribute task names.
 
@@ -162,14 +144,11 @@ def attribute_faces(recipe, model, log=print):
         labels = {}
         for t in tasks:
             if t in wanted:
-                labels[t.name] = _source_labels(cfg, faces, t)[kept]
+                labels[t.name] = task_labels(faces, t)[kept]
             else:
                 labels[t.name] = (np.full(kept.sum(), IGNORE_LABEL, np.int32) if t.kind == "classification"
                                   else np.full(kept.sum(), np.nan, np.float32))
-        rng = np.random.default_rng(recipe.train.seed + k)
-        split = np.where(faces.test[kept], 2, 0).astype(np.int8)
-        rest = np.flatnonzero(split == 0)
-        split[rng.choice(rest, int(round(cfg.val_fraction * len(rest))), replace=False)] = 1
+        split = split_faces(faces.subset(np.flatnonzero(kept)), cfg.val_fraction, recipe.train.seed + k)
         groups = {"race": faces.race[kept], "gender": faces.gender[kept], "age": faces.age[kept]}
         parts.append((embeddings, labels, split, groups))
     if not parts:
@@ -218,27 +197,9 @@ def answers(heads, tasks, x):
     return result
 
 
-def _labelled(task, y):
-    """Which faces carry `task`'s label (missing: `IGNORE_LABEL` for classes, NaN for numbers)."""
-    return y != IGNORE_LABEL if task.kind == "classification" else ~np.isnan(y)
-
-
 def _error(score):
     """A task's error from its `scores` entry: the MAE, or the error rate."""
     return score["mae"] if "mae" in score else 1.0 - score["accuracy"]
-
-
-def scores(tasks, labels, predicted, mask):
-    """`{task: {"mae": ...} or {"accuracy": ...}, "count"}` over the faces in `mask` that carry each label."""
-    out = {}
-    for t in tasks:
-        y = labels[t.name]
-        have = mask & _labelled(t, y)
-        if t.kind == "classification":
-            out[t.name] = {"accuracy": float((predicted[t.name][have] == y[have]).mean()), "count": int(have.sum())}
-        else:
-            out[t.name] = {"mae": float(np.abs(predicted[t.name][have] - y[have]).mean()), "count": int(have.sum())}
-    return out
 
 
 def relative_error(tasks, labels, predicted, mask, reference):
@@ -256,7 +217,7 @@ def constant_errors(tasks, labels, train, val):
     """Each task's validation error when always answering the training labels' median or most frequent class."""
     constant = {}
     for t in tasks:
-        y = labels[t.name][train & _labelled(t, labels[t.name])]
+        y = labels[t.name][train & labelled(t, labels[t.name])]
         constant[t.name] = np.full(len(val), np.bincount(y).argmax() if t.kind == "classification" else np.median(y))
     got = scores(tasks, labels, constant, val)
     return {t.name: _error(got[t.name]) for t in tasks}
@@ -322,22 +283,6 @@ def train_heads(recipe, faces, run_dir, log=print):
         "validation " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
                                   for k, r in validation.items()))
     return heads, validation, best.best_epoch + 1
-
-
-def bias_table(tasks, faces, predicted, mask):
-    """Accuracy per UTKFace race x gender group and per age band, on the faces in `mask`."""
-    g = faces.groups
-    table = {"groups": {}, "age_bands": {}}
-    for r, race in enumerate(RACES):
-        for s, gender in enumerate(GENDERS):
-            m = mask & (g["race"] == r) & (g["gender"] == s)
-            if m.any():
-                table["groups"][f"{race}/{gender}"] = scores(tasks, faces.labels, predicted, m)
-    for lo, hi in ((0, 12), (13, 19), (20, 39), (40, 59), (60, 116)):
-        m = mask & (g["age"] >= lo) & (g["age"] <= hi)
-        if m.any():
-            table["age_bands"][f"{lo}-{hi}"] = scores(tasks, faces.labels, predicted, m)
-    return table
 
 
 def copy_heads(heads, model):

@@ -40,8 +40,9 @@ from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, TaskConfig, attribut
 from facemtl.data.catalog import split_source
 from facemtl.data.materialize import materialize
 from facemtl.data.photo_framing import cached_framing
+from facemtl.data.utkface import DATA_TERMS as UTKFACE_TERMS
 from facemtl.errors import RecipeError
-from facemtl.evaluation import classification_report
+from facemtl.evaluation import bias_table, classification_report, scores
 from facemtl.export.metadata import read_metadata, update_metadata
 from facemtl.export.saved_model import export_saved_model, run_relative
 from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
@@ -62,9 +63,6 @@ from facemtl.training.runs import TrainResult, check_before_training, open_run
 # Views cached for validation faces (no jitter: scored as served).
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
 # What an export with attribute heads says of the data they learned from (the model card repeats it).
-ATTRIBUTE_DATA_TERMS = {"dataset": "UTKFace", "terms": "non-commercial research only",
-                        "labels": "apparent age in years and binary gender, as UTKFace's annotators gave them; "
-                                  "race labels were used only to measure accuracy per group, not trained"}
 CACHE_FORMAT = 1
 
 
@@ -746,8 +744,8 @@ def train_on_cache(recipe, run_dir=None, log=print):
         ah.copy_heads(heads, model)
         predicted = ah.answers(heads, attributes, faces.embeddings[0])
         test = faces.split == 2
-        attribute_report = {"test": ah.scores(attributes, faces.labels, predicted, test), "best_epoch": best_epoch,
-                            "framing": faces.framing, **ah.bias_table(attributes, faces, predicted, test)}
+        attribute_report = {"test": scores(attributes, faces.labels, predicted, test), "best_epoch": best_epoch,
+                            "framing": faces.framing, **bias_table(attributes, faces, predicted, test)}
         os.makedirs(os.path.join(run_dir, "test"), exist_ok=True)
         write_json_atomically(os.path.join(run_dir, "test", "attributes.json"), attribute_report, indent=2)
         log("facemtl: test " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
@@ -789,7 +787,7 @@ def train_on_cache(recipe, run_dir=None, log=print):
                             # What `presets.from_export` rebuilds the Keras model from (no run folder needed).
                             "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": test_accuracy,
-                            **({"attribute_data": meta.get("attribute_data", ATTRIBUTE_DATA_TERMS)}
+                            **({"attribute_data": meta.get("attribute_data", UTKFACE_TERMS)}
                                if exported else {})},
             # The identity half is init_from's, unchanged: so is its open-set rule.
             open_set=export_open_set(source_folder(recipe.model.init_from), meta))

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from facemtl.config import recipe_from_dict
+from facemtl.data.utkface import task_labels
+from facemtl.evaluation import bias_table, scores
 from facemtl.labels import IGNORE_LABEL
 from facemtl.training import attribute_heads as ah
 
@@ -44,9 +46,9 @@ def test_heads_learn_both_tasks_jointly_and_keep_the_best_epoch(tmp_path):
     assert validation["age"]["mae"] < 3.0  # of 0..20 years; a constant guess is off by ~5
     tasks = recipe.tasks
     predicted = ah.answers(heads, tasks, faces.embeddings[0])
-    test = ah.scores(tasks, faces.labels, predicted, faces.split == 2)
+    test = scores(tasks, faces.labels, predicted, faces.split == 2)
     assert test["age"]["count"] == 100 and test["gender"]["count"] == 100
-    table = ah.bias_table(tasks, faces, predicted, faces.split == 2)
+    table = bias_table(tasks, faces, predicted, faces.split == 2)
     assert sum(g["gender"]["count"] for g in table["groups"].values()) == 100
     assert set(table["age_bands"]) <= {"0-12", "13-19", "20-39", "40-59", "60-116"}
 
@@ -75,10 +77,10 @@ def test_the_full_model_takes_the_trained_heads(tmp_path):
                                            ({"name": "gender", "kind": "classification", "classes": ["f", "m"]},
                                             "are not utkface's")])
 def test_a_task_utkface_does_not_label_is_refused(task, message):
-    from facemtl.config import SourceConfig, TaskConfig
+    from facemtl.config import TaskConfig
     from facemtl.data.utkface import UTKFaces
     from facemtl.errors import RecipeError
 
     faces = UTKFaces(["a"], np.array([3.0]), np.array([1]), np.array([0]), np.array([False]), [])
     with pytest.raises(RecipeError, match=message):
-        ah._source_labels(SourceConfig(format="utkface"), faces, TaskConfig(**task))
+        task_labels(faces, TaskConfig(**task))
