@@ -338,19 +338,6 @@ def source_metadata(name):
         else read_preset_metadata(folder)
 
 
-def load_model(name):
-    """`(keras model, metadata)` of a preset or an export (`source_folder`): the one loader fine-tuning uses.
-
-    A preset is built from its metadata and weights (`from_preset`: no
-    SavedModel is written or loaded); an export from its `model_config` and
-    variables (`from_export`).
-    """
-    folder = source_folder(name)
-    if os.path.isfile(os.path.join(folder, "saved_model.pb")):
-        return from_export(folder)
-    return from_preset(folder), read_preset_metadata(folder)
-
-
 def named_under(name, prefix):
     """Whether layer `name` belongs to the layers named `prefix` or `prefix_*` (`expression` is not `expression2_*`)."""
     return name == prefix or name.startswith(prefix + "_")
@@ -403,14 +390,21 @@ def load_export_weights(model, saved_model_dir, skip=(), partial=False):
 
 
 def load_weights_from(model, name, skip=(), partial=False):
-    """Sets `model`'s weights from a preset's or an export's model (`load_model`), matched by name.
+    """Sets `model`'s weights from a preset's or an export's, matched by name (`copy_variables`).
+
+    A preset's come from its Keras model (`from_preset`: no SavedModel is
+    written or loaded), an export's from its SavedModel's variables (any
+    export of the same architecture, with or without a `model_config`).
 
     Returns:
         `(copy_variables' answer, the source's metadata)`.
     """
-    source, meta = load_model(name)
+    folder = source_folder(name)
+    if os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return load_export_weights(model, folder, skip=skip, partial=partial), read_metadata(folder)
+    source = from_preset(folder)
     values = {v.path: v for v in _variables(source)}
-    return copy_variables(values, model, skip=skip, partial=partial, where=source_folder(name)), meta
+    return copy_variables(values, model, skip=skip, partial=partial, where=folder), read_preset_metadata(folder)
 
 
 def copy_weights_by_name(source, target, prefix="expression", target_prefix=None):
