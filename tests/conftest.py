@@ -11,6 +11,11 @@ from tests.helpers import QUICKSTART, SHARED_DATA, fer_pixels, tiny_overrides, w
 # Tiny networks everywhere: 64x64 input, two stages of one block, 16 filters.
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (each imports TensorFlow and builds models: about 1.5 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """Trains the quickstart's smoke variant once and exports it (about 15 s)."""

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from facemtl.inference import FaceAnalyzer
-from tests.helpers import run_cli
+from tests.helpers import run_cli_here
 
 skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_huge_photo_is_downscaled_for_detection(analyzer, tmp_path):
 
 def test_cli_analyze_folder_with_bad_files(trained, photos, tmp_path):
     out = tmp_path / "results.jsonl"
-    r = run_cli("analyze", photos, tmp_path / "missing.jpg", "--model", trained.export_dir, "--out", out,
+    r = run_cli_here("analyze", photos, tmp_path / "missing.jpg", "--model", trained.export_dir, "--out", out,
                 "--annotate", tmp_path / "annotated")
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
@@ -92,13 +92,13 @@ def test_cli_analyze_video(trained, tmp_path):
         frame = np.roll(astro, 4 * i, axis=1) if i % 2 == 0 else np.full_like(astro, 90)
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    r = run_cli("analyze", path, "--model", trained.export_dir, "--every", "2", "--detector", "haar")
+    r = run_cli_here("analyze", path, "--model", trained.export_dir, "--every", "2", "--detector", "haar")
     assert r.returncode == 0, r.stderr
     records = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["frame"] for rec in records] == [0, 2, 4, 6, 8, 10]
     assert all(len(rec["faces"]) >= 1 for rec in records)
     assert re.search(r"analysed 6 photo\(s\)/frame\(s\) in [0-9.]+ s \([0-9.]+ frames/s", r.stderr), r.stderr
-    r = run_cli("analyze", path, "--model", trained.export_dir, "--every", "2", "--max-frames", "2",
+    r = run_cli_here("analyze", path, "--model", trained.export_dir, "--every", "2", "--max-frames", "2",
                 "--detector", "haar")
     assert [json.loads(line)["frame"] for line in r.stdout.splitlines()] == [0, 2]
 
@@ -106,8 +106,6 @@ def test_cli_analyze_video(trained, tmp_path):
 def test_a_camera_is_read_like_a_video_until_max_frames(trained, tmp_path, monkeypatch):
     """`camera:0` opens OpenCV's device 0 (here a stand-in that plays a clip) and honours --every and --max-frames."""
     import cv2
-
-    from tests.helpers import run_cli_here
 
     astro = skimage_data.astronaut()
     clip = str(tmp_path / "camera.avi")
@@ -180,7 +178,7 @@ def test_fallback_detector_runs_only_where_the_first_finds_nothing(trained):
 
 
 def test_cli_fallback_is_counted(trained, photos):
-    r = run_cli("analyze", str(photos / "astronaut.jpg"), str(photos / "coffee.jpg"), "--model", trained.export_dir,
+    r = run_cli_here("analyze", str(photos / "astronaut.jpg"), str(photos / "coffee.jpg"), "--model", trained.export_dir,
                 "--detector", "haar", "--fallback", "mtcnn")
     assert r.returncode == 0, r.stderr
     assert "mtcnn fallback on 1 photo(s)/frame(s) where haar found no face" in r.stderr
@@ -208,5 +206,5 @@ def test_cli_folder_with_a_fifo_does_not_hang_and_every_zero_is_refused(trained,
     records = {os.path.basename(rec["path"]): rec for rec in map(json.loads, r.stdout.splitlines())}
     assert r.returncode == 1 and len(records["a.jpg"]["faces"]) == 1
     assert "named pipe" in records["clip.mp4"]["error"]
-    r = run_cli("analyze", str(folder / "a.jpg"), "--model", trained.export_dir, "--every", "0")
+    r = run_cli_here("analyze", str(folder / "a.jpg"), "--model", trained.export_dir, "--every", "0")
     assert r.returncode == 2 and "--every must be a positive" in r.stderr

@@ -1,4 +1,5 @@
-"""The command line as users run it: `facemtl train` and `facemtl predict` in subprocesses."""
+"""The command line as users run it: `facemtl train` and `facemtl predict` in subprocesses (the real entry point),
+error messages and the other commands in this process (`run_cli_here`: the same `main`, no start-up per call)."""
 
 import json
 import os
@@ -13,19 +14,19 @@ from tests.helpers import QUICKSTART, REPO, run_cli, run_cli_here, tiny_override
 
 
 def test_missing_recipe_is_a_clear_error(tmp_path):
-    r = run_cli("train", tmp_path / "missing.yaml")
+    r = run_cli_here("train", tmp_path / "missing.yaml")
     assert r.returncode == 2
     assert "facemtl: error: Recipe file not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_backbone_is_a_clear_error():
-    r = run_cli("train", QUICKSTART, "--set", "model.backbone=resnet101")
+    r = run_cli_here("train", QUICKSTART, "--set", "model.backbone=resnet101")
     assert r.returncode == 2
     assert "model.backbone='resnet101'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_model_dir_for_predict(tmp_path, face_files):
-    r = run_cli("predict", tmp_path, face_files["rgb"])
+    r = run_cli_here("predict", tmp_path, face_files["rgb"])
     assert r.returncode == 2 and "not a SavedModel" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -63,8 +64,8 @@ def test_train_smoke_then_predict(tmp_path, face_files):
 
 
 @pytest.mark.slow
-def test_evaluate_a_run_and_a_saved_model(trained, tmp_path):
-    r = run_cli("evaluate", trained.run_dir, "--out", tmp_path / "eval")
+def test_evaluate_a_run_and_a_saved_model(trained, tmp_path, monkeypatch):
+    r = run_cli_here("evaluate", trained.run_dir, "--out", tmp_path / "eval")
     assert r.returncode == 0, r.stderr
     assert "expression: accuracy" in r.stdout and "identity: accuracy" in r.stdout and "precision" in r.stdout
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -72,22 +73,23 @@ def test_evaluate_a_run_and_a_saved_model(trained, tmp_path):
     for task in ("identity", "expression"):
         assert report[task]["accuracy"] == pytest.approx(trained.test_report[task]["accuracy"], abs=1e-9)
     assert (tmp_path / "eval" / "confusion_expression.png").is_file()
-    r = run_cli("evaluate", trained.export_dir, "--out", tmp_path / "eval2")
+    r = run_cli_here("evaluate", trained.export_dir, "--out", tmp_path / "eval2")
     assert r.returncode == 0, r.stderr
     # No --out, from another directory: the report goes beside the version folder, never into it.
     export = os.path.abspath(trained.export_dir)
-    r = run_cli("evaluate", export, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli_here("evaluate", export)
     assert r.returncode == 0, r.stderr
     beside = os.path.join(os.path.dirname(export), f"eval-{os.path.basename(export)}-test")
     assert os.path.isfile(os.path.join(beside, "report.json"))
     assert not [name for name in os.listdir(export) if name.startswith("eval")]
-    r = run_cli("evaluate", tmp_path)
+    r = run_cli_here("evaluate", tmp_path)
     assert r.returncode == 2 and "neither a SavedModel" in r.stderr
 
 
 def test_evaluate_an_unfinished_run_is_a_clear_error(tmp_path):
     (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run folder whose training never finished
-    r = run_cli("evaluate", tmp_path)
+    r = run_cli_here("evaluate", tmp_path)
     assert r.returncode == 2 and "no summary.json (it did not finish)" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -129,12 +131,16 @@ def test_version_is_printed():
 
 
 def test_commands_without_a_model_answer_before_tensorflow_is_imported():
-    code = ("import sys; from facemtl.cli import main; main({argv}); "
-            "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'no TF', file=sys.stderr)")
-    for argv in (["models"], ["train", "no-such-recipe.yaml"], ["train", "recipes/quickstart.yaml", "--set",
-                                                                     "train.epochz=3"]):
-        r = subprocess.run([sys.executable, "-c", code.format(argv=argv)], capture_output=True, text=True, cwd=REPO)
-        assert r.stderr.strip().endswith("no TF"), (argv, r.stderr)
+    # One fresh process for the three commands: after each, whether TensorFlow or Keras has been imported.
+    argvs = [["models"], ["train", "no-such-recipe.yaml"], ["train", "recipes/quickstart.yaml", "--set",
+                                                           "train.epochz=3"]]
+    code = ("import sys; from facemtl.cli import main\n"
+            f"for argv in {argvs!r}:\n"
+            "    main(argv)\n"
+            "    print('LOADED', argv if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'no TF')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    loaded = [line for line in r.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded == ["LOADED no TF"] * 3, (loaded, r.stderr)
 
 
 def test_an_unwritable_home_is_one_line_naming_it_and_the_variable(tmp_path, monkeypatch):

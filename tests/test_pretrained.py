@@ -10,7 +10,7 @@ from facemtl.errors import ModelFormatError
 from facemtl.installed import default_model, installed_models
 from facemtl.labels import EXPRESSIONS
 from facemtl.pretrained import PRETRAINED_DIR, RELEASE
-from tests.helpers import run_cli
+from tests.helpers import run_cli_here
 
 
 def test_no_release_model_is_a_clear_error(tmp_path):
@@ -57,7 +57,7 @@ def test_release_model_answers_a_real_photo_without_model_argument():
 @pytest.mark.slow
 def test_models_command_lists_the_release_model():
     path = _release_or_skip()
-    r = run_cli("models")
+    r = run_cli_here("models")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert any(row["saved_model"] == path and row["preset"] == "release/4" and row["metrics"] for row in rows)

@@ -12,7 +12,7 @@ from facemtl.export.tflite import export_tflite
 from facemtl.inference import Predictor
 from facemtl.litert import TFLitePredictor
 from facemtl.litert import read_tflite_metadata as read_metadata
-from tests.helpers import run_cli
+from tests.helpers import run_cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +39,20 @@ def test_float32_answers_equal_the_saved_model(trained, crops, tmp_path):
     assert not list(tmp_path.glob(".tmp*")) and not list(tmp_path.glob("*.tmp"))
 
 
-def test_cli_int8_needs_and_uses_real_calibration_faces(trained, crops, tmp_path):
+def test_cli_int8_needs_and_uses_real_calibration_faces(trained, crops, tmp_path, monkeypatch):
     from PIL import Image
 
-    r = run_cli("export", trained.run_dir, "--format", "tflite", "--quantize", "int8", "--out", tmp_path / "q.tflite")
+    r = run_cli_here("export", trained.run_dir, "--format", "tflite", "--quantize", "int8", "--out",
+                     tmp_path / "q.tflite")
     assert r.returncode == 2 and "--calibration" in r.stderr
     faces = tmp_path / "faces"
     faces.mkdir()
     for i, c in enumerate(crops):
         Image.fromarray(c).save(faces / f"{i}.png")
     # From another working directory: the run's recorded paths resolve relative to the run.
-    r = run_cli("export", os.path.abspath(trained.run_dir), "--format", "tflite", "--quantize", "int8",
-                "--calibration", faces, "--out", tmp_path / "q.tflite", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    r = run_cli_here("export", os.path.abspath(trained.run_dir), "--format", "tflite", "--quantize", "int8",
+                     "--calibration", faces, "--out", tmp_path / "q.tflite")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["quantize"] == "int8"
     int8 = TFLitePredictor(tmp_path / "q.tflite")

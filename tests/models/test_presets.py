@@ -9,6 +9,7 @@ import pytest
 from facemtl.errors import ModelFormatError
 from facemtl.export import cache
 from facemtl.models import presets
+from tests.helpers import run_cli_here
 
 HERE = os.path.dirname(__file__)
 
@@ -115,14 +116,12 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
 
 @pytest.mark.slow
 def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_path):
-    from tests.helpers import run_cli
-
-    r = run_cli("export", "release", "--base-dir", str(tmp_path))
+    r = run_cli_here("export", "release", "--base-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     path = json.loads(r.stdout.strip().splitlines()[-1])["export_dir"]
     assert path == str(tmp_path / "release" / "4")
     assert {"saved_model.pb", "variables", "assets.extra"} <= set(os.listdir(path))
-    r = run_cli("export", "nonesuch", "--base-dir", str(tmp_path))
+    r = run_cli_here("export", "nonesuch", "--base-dir", str(tmp_path))
     assert r.returncode != 0 and "release/4" in r.stderr
 
 
