@@ -22,8 +22,6 @@ from facemtl.errors import RecipeError
 from facemtl.faces.detection import DEFAULT_DETECTOR
 from facemtl.files import write_text_atomically
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "dlib_resnet")
-
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -31,7 +29,7 @@ class ModelConfig:
 
     # dlib_resnet: dlib's face-recognition ResNet, pretrained on ~3M faces (its
     # weights ship in facemtl); height/width 150 and crop_layout: dlib match its training chips.
-    backbone: Literal["resnet18", "resnet34", "resnet50", "dlib_resnet"] = "resnet18"
+    backbone: str = "resnet18"  # a name in facemtl.models.multitask.BACKBONES (register_backbone adds to it)
     height: int = 64
     width: int = 64
     channels: Literal[1, 3] = 3

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import uuid
 
@@ -45,6 +47,30 @@ def temporary_name(path):
     return os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
 
 
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yields a hidden temporary name beside `path` to write to; it becomes `path` only if the block succeeds.
+
+    The rename replaces `path` in one step (a file, or a folder that does not
+    exist yet); on an error the temporary file or folder is removed and `path`
+    is left as it was. The name keeps `path`'s ending (`.npz`, `.keras`...),
+    which some writers require.
+
+    Example:
+        >>> with replaced_atomically("cache/maps.npy") as tmp:
+        ...     np.save(tmp, maps)
+    """
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_text_atomically(path, text):
     """Writes `text` (UTF-8) atomically: see `write_bytes_atomically`."""
     write_bytes_atomically(path, text.encode("utf-8"))
@@ -56,16 +82,10 @@ def write_bytes_atomically(path, data):
     A crash or an error mid-write leaves the previous file as it was (and no
     temporary file behind).
     """
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_atomically(path, data, indent=None):

@@ -8,8 +8,6 @@ import pytest
 
 from tests.helpers import QUICKSTART, SHARED_DATA, fer_pixels, tiny_overrides, write_image
 
-# Tiny networks everywhere: 64x64 input, two stages of one block, 16 filters.
-
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core, at most 4 (each imports TensorFlow and builds models: about 1.5 GB)."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from facemtl.data.sources import warn_skipped
 from facemtl.errors import FacemtlError
-from facemtl.files import temporary_name
+from facemtl.files import replaced_atomically
 from facemtl.images import load_image
 from facemtl.preprocessing import resize_face
 
@@ -130,12 +130,7 @@ def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):
                        skipped)
     if key:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = temporary_name(key)  # ends in .npz, so savez keeps the name; hidden, removed on failure
-        try:
+        with replaced_atomically(key) as tmp:  # ends in .npz, so savez keeps the name
             np.savez(tmp, images=out.images, identity=out.identity, expression=out.expression,
                      skipped=json.dumps(skipped))
-            os.replace(tmp, key)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     return out

@@ -30,7 +30,7 @@ import numpy as np
 
 from facemtl.faces.detect import get_detector
 from facemtl.faces.detection import DEFAULT_DETECTOR
-from facemtl.files import temporary_name
+from facemtl.files import replaced_atomically
 from facemtl.media import Progress
 from facemtl.preprocessing import CROP_UPSCALE as UPSCALE  # the photo side a crop is upscaled to before detection
 from facemtl.preprocessing import Preprocessor
@@ -142,12 +142,7 @@ def cached_framing(images, cache_dir, name, log=print, **settings):
     framed = frame_like_photos(images, progress=bar.update, **settings)
     bar.close()
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
+    with replaced_atomically(path) as tmp:
         np.savez(tmp, crops=framed.crops, found=framed.found, matrix=framed.matrix)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     log(f"{name}: {framed.summary()}")
     return framed

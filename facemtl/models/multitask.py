@@ -19,6 +19,7 @@ import keras
 from keras import layers
 
 from facemtl.config import ModelConfig
+from facemtl.errors import RecipeError
 from facemtl.labels import EXPRESSIONS
 from facemtl.models import heads
 from facemtl.models.backbones import build_resnet
@@ -81,9 +82,25 @@ BACKBONES["dlib_resnet"] = DlibBackbone()
 
 
 def register_backbone(name, backbone):
-    """Adds a backbone to `BACKBONES` (an object with `check`, `trunk`, `identity`, `expression`, `finish`)."""
+    """Adds a backbone to `BACKBONES`, so recipes can name it (`model.backbone`).
+
+    Args:
+        name: the recipe's name for it.
+        backbone: an object with `check`, `trunk`, `identity`, `expression` and
+            `finish` (see `ResNetBackbone`, `DlibBackbone`).
+
+    Example:
+        >>> register_backbone("my_resnet", ResNetBackbone("resnet18"))
+    """
     BACKBONES[name] = backbone
     return backbone
+
+
+def check_backbone(name):
+    """Refuses a `model.backbone` that no backbone is registered under (a recipe error naming the key)."""
+    if name not in BACKBONES:
+        raise RecipeError(f"Bad value for 'model.backbone': expected one of {sorted(BACKBONES)} (or a name given to "
+                          f"register_backbone). Received: model.backbone={name!r}")
 
 
 def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS), tasks=TASKS, weights="auto",
@@ -121,8 +138,7 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
     """
     c = config
     input_shape = (c.height, c.width, c.channels)
-    if c.backbone not in BACKBONES:
-        raise ValueError(f"Unknown backbone. Expected one of {sorted(BACKBONES)}. Received: backbone={c.backbone!r}")
+    check_backbone(c.backbone)
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3):
         raise ValueError(f"input_shape must be (height, width, 1 or 3). Received: input_shape={input_shape}")
     if not tasks or any(t not in TASKS for t in tasks):

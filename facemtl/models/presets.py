@@ -35,7 +35,7 @@ import numpy as np
 from facemtl.config import ModelConfig, _from_dict
 from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, read_metadata
-from facemtl.files import facemtl_home, temporary_name, write_json_atomically
+from facemtl.files import facemtl_home, replaced_atomically, write_json_atomically
 from facemtl.pretrained import PRETRAINED_DIR
 from facemtl.recognition.open_set import DIRECTIONS_FILE
 
@@ -215,8 +215,8 @@ def write_preset(model, metadata, folder, *, extra_files=()):
     except importlib.metadata.PackageNotFoundError:
         frm = None
     info = {"format": PRESET_FORMAT, "built_fingerprint": _fingerprint(built), "face_recognition_models": frm}
-    tmp = temporary_name(folder)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+    with replaced_atomically(folder) as tmp:
         os.makedirs(os.path.join(tmp, "assets.extra"))
         np.savez(os.path.join(tmp, WEIGHTS_FILE), __preset__=np.array(json.dumps(info)), **own)
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
@@ -224,11 +224,6 @@ def write_preset(model, metadata, folder, *, extra_files=()):
         for source, inside in extra_files:
             os.makedirs(os.path.dirname(os.path.join(tmp, inside)), exist_ok=True)
             shutil.copyfile(source, os.path.join(tmp, inside))
-        os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
-        os.rename(tmp, folder)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -29,7 +29,7 @@ from facemtl.data.photo_framing import cached_framing
 from facemtl.data.utkface import load_faces, read_utkface, split_faces, task_labels
 from facemtl.errors import RecipeError
 from facemtl.evaluation import labelled, scores
-from facemtl.files import temporary_name
+from facemtl.files import replaced_atomically
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models.heads import attribute_head
 from facemtl.preprocessing import Preprocessor
@@ -78,13 +78,8 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
             if s // batch_size % 40 == 0:
                 log(f"{name}: embeddings of view {view!r}: {s + len(x)}/{len(crops)} ({time.time() - start:.0f} s)")
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = temporary_name(path)
-    try:
+    with replaced_atomically(path) as tmp:
         np.save(tmp, out)  # the temporary name keeps the .npy ending
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

@@ -8,7 +8,7 @@ import os
 
 import keras
 
-from facemtl.files import temporary_name, write_json_atomically
+from facemtl.files import replaced_atomically, write_json_atomically
 
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
@@ -60,13 +60,8 @@ def save_model_atomically(model, path, weights_only=False):
     ending (`.keras`, `.weights.h5`) Keras asks for.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temporary_name(path)
-    try:
+    with replaced_atomically(path) as tmp:
         (model.save_weights if weights_only else model.save)(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 

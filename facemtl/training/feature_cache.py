@@ -46,7 +46,7 @@ from facemtl.evaluation import bias_table, classification_report, scores
 from facemtl.export.metadata import read_metadata, update_metadata
 from facemtl.export.saved_model import export_saved_model, run_relative
 from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
-from facemtl.files import temporary_name, write_json_atomically
+from facemtl.files import replaced_atomically, write_json_atomically
 from facemtl.labels import EXPRESSIONS
 from facemtl.models.dlib_resnet import dlib_stages, expression_branch, expression_branch_prefix, load_dlib_weights
 from facemtl.models.layers import ImageNormalization
@@ -132,8 +132,7 @@ def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAI
     os.makedirs(cache_dir, exist_ok=True)
     run = tf.function(lambda x: trunk(x, training=False), jit_compile=False, reduce_retracing=True)
     shape = tuple(trunk.output_shape[1:])
-    tmp = temporary_name(path)
-    try:
+    with replaced_atomically(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(views), len(images), *shape))
         rng = np.random.default_rng(cfg.seed)
         start = time.time()
@@ -146,10 +145,6 @@ def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAI
             log(f"{name}: trunk maps of view {view!r} done ({v + 1}/{len(views)}, {time.time() - start:.0f} s)")
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
 
 

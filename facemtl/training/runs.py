@@ -15,6 +15,7 @@ import yaml
 
 from facemtl.config import save_recipe
 from facemtl.errors import FacemtlError
+from facemtl.models.multitask import check_backbone
 
 
 @dataclasses.dataclass
@@ -63,6 +64,7 @@ def new_run_dir(recipe):
 
 def check_before_training(recipe, run_dir):
     """Refuses, before any work, what would fail later; returns the training loop (`fit` or `custom`)."""
+    check_backbone(recipe.model.backbone)
     if recipe.export.enabled and recipe.export.version is not None:
         # Refused now, not after hours of training: versions are never overwritten.
         target = os.path.join(recipe.export.base_dir, recipe.export.name or recipe.name, str(recipe.export.version))

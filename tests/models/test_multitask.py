@@ -64,7 +64,7 @@ def test_single_task_variants():
     [
         (dict(input_shape=(64, 64, 2)), "input_shape"),
         (dict(input_shape=(16, 16, 3)), ">= 32"),
-        (dict(backbone="vgg16"), "Unknown backbone"),
+        (dict(backbone="vgg16"), "model.backbone='vgg16'"),
         (dict(dropout=1.5), "dropout"),
     ],
 )
@@ -72,6 +72,19 @@ def test_bad_arguments(kwargs, message):
     args = {**TINY_MODEL, **kwargs}
     with pytest.raises(ValueError, match=message):
         build_multitask_model(3, **args)
+
+
+def test_a_registered_backbone_can_be_named_in_a_recipe(monkeypatch):
+    from facemtl.config import load_recipe
+    from facemtl.models import multitask
+    from tests.helpers import QUICKSTART
+
+    monkeypatch.setitem(multitask.BACKBONES, "tiny_resnet", multitask.ResNetBackbone("resnet18"))
+    recipe = load_recipe(QUICKSTART, overrides=["model.backbone=tiny_resnet", "model.stage_blocks=[1, 1]",
+                                                "model.base_filters=8"])
+    model = multitask.build_from_recipe(recipe.model, 3)
+    assert sorted(model.output_names) == ["embedding", "expression", "identity"]
+    assert model.get_layer("backbone").count_params() < 200_000  # the registered ResNet, at the recipe's size
 
 
 def test_zero_identities_rejected():
