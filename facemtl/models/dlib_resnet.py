@@ -241,9 +241,7 @@ class DlibBackbone:
 
     def trunk(self, c, input_shape):
         gray = layers.Concatenate(name="gray_to_rgb") if input_shape[-1] == 1 else None
-        shared_in = keras.Input(shape=(*input_shape[:2], 3), name="backbone_input")
-        shared = keras.Model(shared_in, dlib_stages(ImageNormalization("dlib", name="normalize")(shared_in), 0,
-                                                    c.split_stage), name="backbone")
+        shared = build_trunk((*input_shape[:2], 3), c.split_stage, weights=None, frozen=False)
         return (lambda inputs: gray([inputs, inputs, inputs]) if gray is not None else inputs), shared
 
     def identity(self, features, c, num_identities):
@@ -366,3 +364,48 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
         kernel[:, k] = mean / max(np.linalg.norm(mean), 1e-12)
     layer.set_weights([kernel])
     return len(present)
+
+
+def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto", frozen=True):
+    """The shared part of `build_dlib_multitask` (`DlibBackbone`): normalisation, stem and stages `0..split_stage`.
+
+    Args:
+        weights: `"auto"` (dlib's network as shipped), a `.dat` path, or `None` (random: the builder loads them).
+        frozen: not trainable (the feature cache runs it once over every face).
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="backbone_input")
+    trunk = keras.Model(inputs, dlib_stages(ImageNormalization("dlib", name="normalize")(inputs), 0, split_stage),
+                        name="backbone")
+    if weights is not None:
+        load_dlib_weights(trunk, None if weights == "auto" else weights)
+    trunk.trainable = not frozen
+    return trunk
+
+
+def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(512,), dropout=0.5,
+                            num_classes=7, weights="auto", pool="average", learnable_affine=False):
+    """The expression branch of `build_dlib_multitask` as its own model: trunk maps in, probabilities out.
+
+    Its layers are named as in the multi-task model (`expression_stage3_...`,
+    `expression_dense1`, `expression`), so its weights copy over by name
+    (`copy_weights_by_name`).
+
+    Args:
+        input_shape: the trunk maps' shape, e.g. `(17, 17, 64)`.
+        split_stage, last_stage: the dlib stages `split_stage + 1 .. last_stage` it copies.
+        units, dropout: the head's dense layers.
+        num_classes: expression classes.
+        weights: `"auto"` (dlib's weights for the stages), a `.dat` path, or `None`.
+        pool, learnable_affine: see `facemtl.models.dlib_resnet.expression_branch`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="trunk_maps")
+    outputs = expression_branch(inputs, split_stage=split_stage, last_stage=last_stage, units=units,
+                                dropout=dropout, num_classes=num_classes, pool=pool,
+                                learnable_affine=learnable_affine)
+    branch = keras.Model(inputs, outputs, name="expression_branch")
+    if weights is not None:
+        load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
+    return branch

@@ -1,33 +1,21 @@
-"""Trains the expression branch on a cache of the frozen trunk's output (a CPU recipe).
+"""The CPU recipes' expression branches, trained on the feature cache (`facemtl.data.feature_cache`).
 
-With dlib's trunk frozen (stem and stages 1-2), every face goes through the
-same frozen layers at every epoch. This module runs them once, over a few
-views of each training face made at the pixel level, and trains only the
-expression branch (its stages and head) on the cached maps: an epoch costs
-seconds instead of minutes on a 2-core CPU, so long schedules fit.
-
-Views of each FER2013 face (at the model's input size):
-- `plain`: the crop resized as `serving_default` resizes a face crop;
-- `framed`: the crop framed like a served photo (`facemtl.data.photo_framing`:
-  the serving detector and alignment), what `analyze` and `analyze_photo` feed;
-- each mirrored, and one small random similarity jitter (shift, scale,
-  rotation, random mirror) of each.
-An epoch draws one view per face at random; the cached maps get random
-shifts of a few cells, cutout or mixup as asked.
-
-Checkpoints are chosen on a validation split carved from FER2013's train
-(never on the test split), scored on its plain and framed views, each
-averaged with its mirror image.
+The frozen trunk's maps of a few views of each training face are cached
+once; each expression branch (`facemtl.models.dlib_resnet.build_expression_branch`)
+then trains on them with Keras `fit` for many epochs, checkpoints chosen on a
+validation split carved from the expression source's train split (never on
+its test split), scored on its plain and framed views, each averaged with its
+mirror. The trained branches are assembled with `model.init_from`'s trunk and
+identity half into the whole model, the attribute heads trained on its
+embeddings (`facemtl.training.attribute_heads`), and the run scored and exported.
 
 Example:
-    >>> cache = build_trunk_cache(images, framed, trunk, "data/cache", "fer2013-train", views=TRAIN_VIEWS)
-    >>> branch = build_expression_branch(cache.shape[1:])
+    >>> result = train_on_cache(load_recipe("release_cpu", smoke=True))
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -36,8 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig, TaskConfig, attribute_tasks, branch_settings
+from facemtl.config import TRAIN_VIEWS, TaskConfig, attribute_tasks, branch_settings
 from facemtl.data.catalog import split_source
+from facemtl.data.feature_cache import (EVAL_VIEWS, TrunkCache, batches, build_trunk_cache, class_weight_vector,
+                                        view_images)
 from facemtl.data.materialize import materialize
 from facemtl.data.photo_framing import cached_framing
 from facemtl.data.utkface import DATA_TERMS as UTKFACE_TERMS
@@ -46,13 +36,12 @@ from facemtl.evaluation import bias_table, classification_report, scores
 from facemtl.export.metadata import read_metadata, update_metadata
 from facemtl.export.saved_model import export_saved_model, run_relative
 from facemtl.export.tflite import EXPORT_FILE, convert, write_into_export
-from facemtl.files import replaced_atomically, write_json_atomically
+from facemtl.files import write_json_atomically
 from facemtl.labels import EXPRESSIONS
-from facemtl.models.dlib_resnet import dlib_stages, expression_branch, expression_branch_prefix, load_dlib_weights
-from facemtl.models.layers import ImageNormalization
+from facemtl.models.dlib_resnet import build_expression_branch, build_trunk, expression_branch_prefix
 from facemtl.models.multitask import build_from_recipe
 from facemtl.models.presets import copy_weights_by_name, load_weights_from, source_folder, source_metadata
-from facemtl.preprocessing import Preprocessor, resize_face
+from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import export_open_set
 from facemtl.training import attribute_heads as ah
 from facemtl.training.backup import BackupCallback, TrainingBackup
@@ -61,163 +50,7 @@ from facemtl.training.optimizers import build_optimizer
 from facemtl.training.runs import TrainResult, check_before_training, open_run
 
 # Views cached for validation faces (no jitter: scored as served).
-EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
 # What an export with attribute heads says of the data they learned from (the model card repeats it).
-CACHE_FORMAT = 1
-
-
-def view_images(images, framed, view, rng=None, cfg=None):
-    """One view of every face, `uint8 [n, size, size, 3]` (see the module docstring)."""
-    import cv2
-
-    size = framed.shape[1]
-    base = framed if view.startswith("framed") else np.stack([resize_face(im, size) for im in images])
-    if view.endswith("_mirror"):
-        return base[:, :, ::-1].copy()
-    if not view.endswith("_jitter"):
-        return base
-    cfg = cfg or FeatureCacheConfig()
-    rng = rng or np.random.default_rng(0)
-    out = np.empty_like(base)
-    centre = (size / 2.0, size / 2.0)
-    for i, im in enumerate(base):
-        scale = 1.0 + rng.uniform(-cfg.jitter_scale, cfg.jitter_scale)
-        matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-cfg.jitter_rotation, cfg.jitter_rotation), scale)
-        matrix[:, 2] += rng.uniform(-cfg.jitter_shift, cfg.jitter_shift, 2) * size
-        im = cv2.warpAffine(im, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        out[i] = im[:, ::-1] if rng.random() < 0.5 else im
-    return out
-
-
-def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto"):
-    """The frozen shared part of `build_dlib_multitask`: normalisation, stem and stages `0..split_stage`."""
-    inputs = keras.Input(shape=tuple(input_shape), name="backbone_input")
-    trunk = keras.Model(inputs, dlib_stages(ImageNormalization("dlib", name="normalize")(inputs), 0, split_stage),
-                        name="backbone")
-    if weights is not None:
-        load_dlib_weights(trunk, None if weights == "auto" else weights)
-    trunk.trainable = False
-    return trunk
-
-
-@dataclasses.dataclass
-class TrunkCache:
-    """Cached trunk maps: `features float16 [views, n, h, w, c]` (a memory map) and the labels."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    views: tuple
-
-
-def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAIN_VIEWS, cfg=None, batch_size=256,
-                      log=print):
-    """Runs the frozen trunk once over every view of every face; stores the maps in `cache_dir`.
-
-    The cache is keyed by the faces' pixels, the framed crops, the views, the
-    jitter settings and the trunk's weights; it is written under a temporary
-    name and renamed when complete, so an interrupted run never reuses half a cache.
-
-    Returns:
-        A `TrunkCache` over the stored file (memory-mapped).
-    """
-    cfg = cfg or FeatureCacheConfig()
-    h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views), cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotation,
-                                 cfg.seed]).encode())
-    for array in (images, framed, labels, *trunk.get_weights()):
-        h.update(np.ascontiguousarray(array).tobytes())
-    path = os.path.join(cache_dir, f"{name}-trunk-{h.hexdigest()[:16]}.npy")
-    if os.path.isfile(path):
-        log(f"{name}: trunk maps cached ({path})")
-        return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
-    os.makedirs(cache_dir, exist_ok=True)
-    run = tf.function(lambda x: trunk(x, training=False), jit_compile=False, reduce_retracing=True)
-    shape = tuple(trunk.output_shape[1:])
-    with replaced_atomically(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(views), len(images), *shape))
-        rng = np.random.default_rng(cfg.seed)
-        start = time.time()
-        for v, view in enumerate(views):
-            for s in range(0, len(images), 2048):
-                pixels = view_images(images[s:s + 2048], framed[s:s + 2048], view, rng, cfg)
-                for b in range(0, len(pixels), batch_size):
-                    out[v, s + b:s + b + len(pixels[b:b + batch_size])] = run(
-                        tf.constant(pixels[b:b + batch_size], tf.float32)).numpy().astype(np.float16)
-            log(f"{name}: trunk maps of view {view!r} done ({v + 1}/{len(views)}, {time.time() - start:.0f} s)")
-        out.flush()
-        del out
-    return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
-
-
-def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(512,), dropout=0.5,
-                            num_classes=7, weights="auto", pool="average", learnable_affine=False):
-    """The expression branch of `build_dlib_multitask` as its own model: trunk maps in, probabilities out.
-
-    Its layers are named as in the multi-task model (`expression_stage3_...`,
-    `expression_dense1`, `expression`), so its weights copy over by name
-    (`copy_weights_by_name`).
-
-    Args:
-        input_shape: the trunk maps' shape, e.g. `(17, 17, 64)`.
-        split_stage, last_stage: the dlib stages `split_stage + 1 .. last_stage` it copies.
-        units, dropout: the head's dense layers.
-        num_classes: expression classes.
-        weights: `"auto"` (dlib's weights for the stages), a `.dat` path, or `None`.
-        pool, learnable_affine: see `facemtl.models.dlib_resnet.expression_branch`.
-
-    Returns:
-        A `keras.Model`.
-    """
-    inputs = keras.Input(shape=tuple(input_shape), name="trunk_maps")
-    outputs = expression_branch(inputs, split_stage=split_stage, last_stage=last_stage, units=units,
-                                dropout=dropout, num_classes=num_classes, pool=pool,
-                                learnable_affine=learnable_affine)
-    branch = keras.Model(inputs, outputs, name="expression_branch")
-    if weights is not None:
-        load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
-    return branch
-
-
-def _shift_maps(x, shift, rng):
-    """Each map shifted by up to `shift` cells in each direction (edges padded with zeros)."""
-    n, h, w, _ = x.shape
-    padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
-    dy, dx = rng.integers(0, 2 * shift + 1, (2, n))
-    return np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
-def _cutout(x, side, rng):
-    n, h, w, _ = x.shape
-    ys, xs = rng.integers(0, h - side + 1, n), rng.integers(0, w - side + 1, n)
-    for i in range(n):
-        x[i, ys[i]:ys[i] + side, xs[i]:xs[i] + side] = 0
-    return x
-
-
-def batches(cache, indices, batch_size, cfg, num_classes, rng, class_weights=None):
-    """One epoch of `(maps, one-hot targets[, weights])` batches: a random view per face, augmented maps."""
-    order = rng.permutation(indices)
-    views = [cache.views.index(v) for v in cfg.views]
-    for s in range(0, len(order), batch_size):
-        idx = np.sort(order[s:s + batch_size])
-        pick = rng.choice(views, len(idx))
-        x = np.empty((len(idx), *cache.features.shape[2:]), np.float32)
-        for v in np.unique(pick):
-            x[pick == v] = cache.features[v, idx[pick == v]]
-        y = np.eye(num_classes, dtype=np.float32)[cache.labels[idx]]
-        if cfg.map_shift:
-            x = _shift_maps(x, cfg.map_shift, rng)
-        if cfg.cutout:
-            x = _cutout(x, cfg.cutout, rng)
-        if cfg.mixup:
-            lam = rng.beta(cfg.mixup, cfg.mixup, (len(idx), 1)).astype(np.float32)
-            lam = np.maximum(lam, 1 - lam)
-            other = rng.permutation(len(idx))
-            x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[other]
-            y = lam * y + (1 - lam) * y[other]
-        if class_weights is not None:
-            yield x, y, class_weights[cache.labels[idx]]
-        else:
-            yield x, y
 
 
 def predict_views(branch, cache, indices=None, batch_size=512):
@@ -264,14 +97,6 @@ class ValidationScores(keras.callbacks.Callback):
             logs["val_expression_accuracy"] = value
             logs.update({f"val_{k}": v for k, v in scores.items()})
         self.log(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-
-
-def class_weight_vector(labels, power, num_classes):
-    """Loss weights `(1 / frequency) ** power` per class, scaled to mean 1 over the samples."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    w = (counts.sum() / np.maximum(counts, 1)) ** power
-    w /= (w[labels]).mean()
-    return w.astype(np.float32)
 
 
 def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optimizer, run_dir, mirror=False,

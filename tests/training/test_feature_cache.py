@@ -7,6 +7,8 @@ import pytest
 
 from facemtl.config import FeatureCacheConfig
 from facemtl.models import presets
+from facemtl.data import feature_cache as cached
+from facemtl.models import dlib_resnet
 from facemtl.training import feature_cache as fc
 
 
@@ -25,59 +27,59 @@ def test_views_are_the_served_resize_mirrors_and_jitter():
 
     images, _ = _faces(3)
     framed = np.stack([resize_face(im, 64)[::-1] for im in images])  # any "framed" crops of the model's size
-    plain = fc.view_images(images, framed, "plain")
+    plain = cached.view_images(images, framed, "plain")
     np.testing.assert_array_equal(plain[1], resize_face(images[1], 64))
-    np.testing.assert_array_equal(fc.view_images(images, framed, "framed_mirror"), framed[:, :, ::-1])
-    np.testing.assert_array_equal(fc.view_images(images, framed, "plain_mirror"), plain[:, :, ::-1])
-    jitter = fc.view_images(images, framed, "framed_jitter", np.random.default_rng(0))
+    np.testing.assert_array_equal(cached.view_images(images, framed, "framed_mirror"), framed[:, :, ::-1])
+    np.testing.assert_array_equal(cached.view_images(images, framed, "plain_mirror"), plain[:, :, ::-1])
+    jitter = cached.view_images(images, framed, "framed_jitter", np.random.default_rng(0))
     assert jitter.shape == framed.shape and not np.array_equal(jitter, framed)
 
 
 @pytest.fixture(scope="module")
 def tiny_caches(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cache")
-    trunk = fc.build_trunk((64, 64, 3), split_stage=2, weights=None)
+    trunk = dlib_resnet.build_trunk((64, 64, 3), split_stage=2, weights=None)
     images, labels = _faces(48)
     from facemtl.preprocessing import resize_face
 
     framed = np.stack([resize_face(im, 64) for im in images])
-    train = fc.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
+    train = cached.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
                                  log=lambda *_: None)
-    val = fc.build_trunk_cache(images[40:], framed[40:], labels[40:], trunk, str(tmp), "val", views=fc.EVAL_VIEWS,
+    val = cached.build_trunk_cache(images[40:], framed[40:], labels[40:], trunk, str(tmp), "val", views=cached.EVAL_VIEWS,
                                log=lambda *_: None)
     return tmp, trunk, (images, framed, labels), train, val
 
 
 def test_cache_holds_the_trunks_maps_per_view_and_is_reused(tiny_caches, monkeypatch):
     tmp, trunk, (images, framed, labels), train, _ = tiny_caches
-    assert train.features.shape[:2] == (len(fc.TRAIN_VIEWS), 40) and train.features.dtype == np.float16
-    expected = trunk(fc.view_images(images[:4], framed[:4], "plain_mirror").astype("float32")).numpy()
+    assert train.features.shape[:2] == (len(cached.TRAIN_VIEWS), 40) and train.features.dtype == np.float16
+    expected = trunk(cached.view_images(images[:4], framed[:4], "plain_mirror").astype("float32")).numpy()
     np.testing.assert_allclose(train.features[1, :4], expected, rtol=1e-2, atol=1e-2)
-    monkeypatch.setattr(fc, "view_images", lambda *a, **k: pytest.fail("the cache should have been reused"))
-    again = fc.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
+    monkeypatch.setattr(cached, "view_images", lambda *a, **k: pytest.fail("the cache should have been reused"))
+    again = cached.build_trunk_cache(images[:40], framed[:40], labels[:40], trunk, str(tmp), "train",
                                  log=lambda *_: None)
     np.testing.assert_array_equal(again.features, train.features)
     with pytest.raises(pytest.fail.Exception):  # other labels: another cache
-        fc.build_trunk_cache(images[:40], framed[:40], 1 - labels[:40], trunk, str(tmp), "train",
+        cached.build_trunk_cache(images[:40], framed[:40], 1 - labels[:40], trunk, str(tmp), "train",
                              log=lambda *_: None)
 
 
 def test_batches_draw_one_view_per_face_and_augment_the_maps(tiny_caches):
     _, _, _, train, _ = tiny_caches
     cfg = FeatureCacheConfig(views=["plain"], map_shift=0)
-    (x, y), = list(fc.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
+    (x, y), = list(cached.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
     assert x.shape == (8, *train.features.shape[2:]) and y.shape == (8, 2)
     # One batch of the 8 faces, in index order, each its one allowed view, unshifted, with its label.
     np.testing.assert_array_equal(x, train.features[0, :8].astype(np.float32))
     np.testing.assert_array_equal(y.argmax(1), train.labels[:8])
     cfg = FeatureCacheConfig(views=["plain"], map_shift=2, mixup=0.4)
-    (x, y), = list(fc.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
+    (x, y), = list(cached.batches(train, np.arange(8), 8, cfg, 2, np.random.default_rng(0)))
     np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-6)
     assert ((y > 0) & (y < 1)).any()  # mixed labels
 
 
 def test_class_weights_balance_the_classes():
-    w = fc.class_weight_vector(np.array([0, 0, 0, 1]), 1.0, 3)
+    w = cached.class_weight_vector(np.array([0, 0, 0, 1]), 1.0, 3)
     assert w[1] == pytest.approx(3 * w[0]) and np.mean(w[[0, 0, 0, 1]]) == pytest.approx(1.0)
 
 
@@ -87,7 +89,7 @@ def test_fit_keeps_the_best_checkpoint_and_resumes(tiny_caches, tmp_path):
 
     _, _, _, train, val = tiny_caches
     cfg = FeatureCacheConfig(map_shift=1)
-    branch = fc.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
+    branch = dlib_resnet.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
     logs = []
     history = fc.fit_branch(branch, train, val, cfg, epochs=2, batch_size=16,
                             optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
@@ -111,7 +113,7 @@ def test_weight_average_of_the_last_epochs_is_scored_and_kept_only_if_better(tin
 
     _, _, _, train, val = tiny_caches
     cfg = FeatureCacheConfig(map_shift=0, average_last=2)
-    branch = fc.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
+    branch = dlib_resnet.build_expression_branch(train.features.shape[2:], units=(8,), num_classes=2, weights=None)
     logs = []
     history = fc.fit_branch(branch, train, val, cfg, epochs=3, batch_size=16,
                             optimizer=keras.optimizers.Adam(1e-3), run_dir=str(tmp_path), log=logs.append, verbose=0)
@@ -134,15 +136,15 @@ def test_weight_average_of_the_last_epochs_is_scored_and_kept_only_if_better(tin
 
 def test_spatial_pool_and_learnable_affine_change_what_the_branch_trains():
     shape = (17, 17, 64)
-    plain = fc.build_expression_branch(shape, units=(8,), weights=None)
-    spatial = fc.build_expression_branch(shape, units=(8,), weights=None, pool="spatial", learnable_affine=True)
+    plain = dlib_resnet.build_expression_branch(shape, units=(8,), weights=None)
+    spatial = dlib_resnet.build_expression_branch(shape, units=(8,), weights=None, pool="spatial", learnable_affine=True)
     names = {w.path.split("/")[0] for w in spatial.trainable_weights}
     assert "expression_reduce" in names and "expression_pool" not in [l.name for l in spatial.layers]
     affine = [w for w in spatial.trainable_weights if "affine" in w.path]
     assert affine and not [w for w in plain.trainable_weights if "affine" in w.path]
     assert spatial.output_shape == plain.output_shape == (None, 7)
     with pytest.raises(ValueError, match="pool"):
-        fc.build_expression_branch(shape, units=(8,), weights=None, pool="max")
+        dlib_resnet.build_expression_branch(shape, units=(8,), weights=None, pool="max")
 
 
 def _random_export_and_recipe(tmp_path, seed, *overrides):
@@ -178,7 +180,7 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
 
     base, path, recipe, rng = _random_export_and_recipe(tmp_path, 0, "model.expression_branches=1",
                                                         "feature_cache.branches=[]")
-    branch = fc.build_expression_branch(fc.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
+    branch = dlib_resnet.build_expression_branch(dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
                                         weights=None)
     model, meta = fc.assemble_model(recipe, branch, log=lambda *_: None)
     assert meta["identities"] == ["ann", "bob"]
@@ -200,9 +202,9 @@ def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tm
 
     base, path, recipe, rng = _random_export_and_recipe(tmp_path, 3)
     assert recipe.model.expression_branches == 2 and recipe.feature_cache.branches[0] == {"keep": True}
-    maps_shape = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
-    trained = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
-    kept = fc.build_expression_branch(maps_shape, units=(8,), weights=None)
+    maps_shape = dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:]
+    trained = dlib_resnet.build_expression_branch(maps_shape, units=(8,), weights=None)
+    kept = dlib_resnet.build_expression_branch(maps_shape, units=(8,), weights=None)
     presets.copy_weights_by_name(base, kept)  # what the export's own branch computes
     model, _ = fc.assemble_model(recipe, [None, trained], log=lambda *_: None)
     faces = rng.integers(0, 256, (3, 112, 112, 3)).astype(np.uint8)
@@ -345,10 +347,10 @@ def test_a_fine_tuned_branch_keeps_the_class_layer_only_for_the_same_classes(tmp
 
     _, path, recipe, _ = _random_export_and_recipe(tmp_path, 6)
     exported = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path)._all_variables}
-    maps = fc.build_trunk((112, 112, 3), weights=None).output_shape[1:]
+    maps = dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:]
 
     def started(names):
-        branch = fc.build_expression_branch(maps, units=(8,), weights=None, num_classes=len(names))
+        branch = dlib_resnet.build_expression_branch(maps, units=(8,), weights=None, num_classes=len(names))
         copied = fc.start_from_init(branch, recipe, names, log=lambda *_: None)
         return branch.get_layer("expression").kernel.numpy(), copied
 
