@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -21,11 +20,11 @@ from facemtl.files import write_json_atomically
 from facemtl.models.dlib_resnet import imprint_identity_classifier
 from facemtl.models.multitask import set_backbone_trainable
 from facemtl.preprocessing import Preprocessor
-from facemtl.training.backup import BackupCallback, TrainingBackup
-from facemtl.training.callbacks import AtomicBestCheckpoint, StopOnNaN
+from facemtl.training.callbacks import AtomicBestCheckpoint
 from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.feature_cache import train_on_cache
-from facemtl.training.history import read_history, truncate_history
+from facemtl.training.history import read_history
+from facemtl.training.loop import Phase, fit_phases
 from facemtl.training.runs import TrainResult, check_before_training, open_run, training_phases
 from facemtl.training.task import MultiTaskTask
 
@@ -165,7 +164,6 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
     from the next epoch.
     """
     recipe = task.recipe
-    history_csv = os.path.join(run_dir, "history.csv")
     verbose = recipe.train.verbose
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
@@ -183,49 +181,37 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
             except OSError:
                 pass
         return history
-    backup = TrainingBackup(os.path.join(run_dir, "backup", "worker-0"), trainee)
-    done = backup.epochs_done() if recipe.train.backup else 0
-    if done:
-        log(f"facemtl: {done} epoch(s) already done; continuing from the last backup")
-        truncate_history(history_csv, done)
-    nan_guard = StopOnNaN()
-    callbacks = fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint)
-    for i, (first, last, lr_factor) in enumerate(training_phases(recipe)):
-        if last <= done:  # a resumed run skips the phases it has finished
-            continue
-        if i > 0:
+    compiled = [trainee]
+
+    def unfreeze(first, lr_factor):
+        def compile_phase():
             log(f"facemtl: unfreezing the backbone at epoch {first + 1} (learning rate x{lr_factor})")
             with strategy.scope():
                 set_backbone_trainable(model, True)
-                trainee = task.compile(view, data.steps_per_epoch, lr_factor, first_epoch=first, previous=trainee)
-        backup = TrainingBackup(backup.dir, trainee, phase=i)
-        if done:  # the weights; the optimizer state only if this phase wrote the backup (its phase tag)
-            backup.restore()
-        phase_callbacks = callbacks + ([BackupCallback(backup, recipe.train.backup_every_steps)]
-                                       if recipe.train.backup else [])
-        with warnings.catch_warnings():
-            # A streamed validation set has no known length (unreadable files drop out), so
-            # Keras warns when it ends; the endless training stream never does.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            trainee.fit(data.train_ds, validation_data=data.val_ds, initial_epoch=max(first, done), epochs=last,
-                        callbacks=phase_callbacks, shuffle=False, verbose=verbose,
-                        steps_per_epoch=data.steps_per_epoch if data.splits.train_stream is not None else None)
-        if nan_guard.bad_batch is not None:
-            # The backup may hold the diverged weights: drop it so a rerun starts clean.
-            backup.remove()
-            shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
-            raise FacemtlError(
-                f"Training stopped: the loss became NaN or infinite at batch {nan_guard.bad_batch}. "
-                f"The last good checkpoint is kept at {checkpoint.path}. "
-                "Try a lower optimizer.learning_rate or train.precision=float32.")
-        if getattr(trainee, "stop_training", False):  # early stopping ends the later phases too
-            break
-    shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
-    return read_history(history_csv)
+                compiled.append(task.compile(view, data.steps_per_epoch, lr_factor, first_epoch=first,
+                                             previous=compiled[-1]))
+            return compiled[-1]
+        return compile_phase
+
+    phases = [Phase(first, last, (lambda: trainee) if i == 0 else unfreeze(first, lr_factor))
+              for i, (first, last, lr_factor) in enumerate(training_phases(recipe))]
+    try:
+        return fit_phases(phases, run_dir=run_dir, checkpoint=checkpoint, callbacks=fit_callbacks(recipe, data, run_dir),
+                          backup_dir=os.path.join(run_dir, "backup", "worker-0"), backup=recipe.train.backup,
+                          backup_every_steps=recipe.train.backup_every_steps, verbose=verbose, log=log,
+                          fit_kwargs=dict(x=data.train_ds, validation_data=data.val_ds, shuffle=False,
+                                          steps_per_epoch=data.steps_per_epoch
+                                          if data.splits.train_stream is not None else None))
+    finally:
+        try:  # empty once the run ended, or once a NaN dropped the backup (it may hold diverged weights)
+            os.rmdir(os.path.join(run_dir, "backup"))
+        except OSError:
+            pass
 
 
-def fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint):
-    """`model.fit`'s callbacks: NaN stop, best checkpoint, CSV history, TensorBoard, backup, early stopping.
+def fit_callbacks(recipe, data, run_dir):
+    """`model.fit`'s own callbacks besides `fit_phases`' (best checkpoint, history, backup, NaN stop): TensorBoard,
+    the streamed data's skip report, early stopping.
 
     TensorBoard logs (`<run>/logs`) are written where the `tensorboard` package is
     installed (`pip install tensorboard`, which also views them); the history CSV and
@@ -233,11 +219,7 @@ def fit_callbacks(recipe, data, run_dir, nan_guard, checkpoint):
     """
     import importlib.util
 
-    callbacks = [
-        nan_guard,
-        checkpoint,
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
-    ]
+    callbacks = []
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
                                                      profile_batch=0))
