@@ -38,14 +38,16 @@ def table():
 
 
 def plot(variant, out):
-    """Validation accuracy per framing and the training loss, epoch by epoch, from the run's history.json."""
+    """Validation accuracy per framing and the training loss, epoch by epoch, from the run's history.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(OUT, variant, "history.json"), encoding="utf-8") as f:
-        h = json.load(f)
+    from facemtl.training.history import read_history
+
+    h = read_history(os.path.join(OUT, variant, "history.csv"))
+    h["epoch"] = list(range(1, len(h["loss"]) + 1))
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("val_plain", "crop (plain)"), ("val_plain_mirror_avg", "crop, mirror-averaged"),
                        ("val_framed", "photo (framed)"), ("val_framed_mirror_avg", "photo, mirror-averaged")):

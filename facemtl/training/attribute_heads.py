@@ -33,7 +33,8 @@ from facemtl.files import replaced_atomically
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models.heads import attribute_head
 from facemtl.preprocessing import Preprocessor
-from facemtl.training.callbacks import save_model_atomically
+from facemtl.training.callbacks import AtomicBestCheckpoint
+from facemtl.training.loop import Phase, fit_phases
 from facemtl.training.losses import MaskedMeanAbsoluteError, MaskedSparseCategoricalCrossentropy
 
 EMBEDDING_VIEWS = ("framed", "framed_mirror")
@@ -218,8 +219,8 @@ def constant_errors(tasks, labels, train, val):
     return {t.name: _error(got[t.name]) for t in tasks}
 
 
-class BestWeights(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the lowest validation `relative_error` (in memory: the heads are small).
+class RelativeErrorScores(keras.callbacks.Callback):
+    """Logs `val_relative_error` after each epoch: the figure the best epoch is chosen on (lowest).
 
     Not the validation loss: an age distribution's cross-entropy grows (sharper
     wrong peaks) while its expected value's error still falls.
@@ -232,25 +233,27 @@ class BestWeights(keras.callbacks.Callback):
         self.reference = constant_errors(tasks, faces.labels, faces.split == 0, val)
         # The validation faces as served (their own embedding), and their labels.
         self.x, self.labels = faces.embeddings[0][val], {k: v[val] for k, v in faces.labels.items()}
-        self.best, self.best_epoch, self.weights, self.scores = float("inf"), None, None, None
+
+    def scores(self, model):
+        """`scores` of `model` on the validation faces, and their `relative_error`."""
+        everyone = np.ones(len(self.x), bool)
+        predicted = answers(model, self.tasks, self.x)
+        return (scores(self.tasks, self.labels, predicted, everyone),
+                relative_error(self.tasks, self.labels, predicted, everyone, self.reference))
 
     def on_epoch_end(self, epoch, logs=None):
-        everyone = np.ones(len(self.x), bool)
-        predicted = answers(self.model, self.tasks, self.x)
-        value = relative_error(self.tasks, self.labels, predicted, everyone, self.reference)
-        if value < self.best:
-            self.best, self.best_epoch, self.weights = value, epoch, self.model.get_weights()
-            self.scores = scores(self.tasks, self.labels, predicted, everyone)
+        if logs is not None:
+            logs["val_relative_error"] = self.scores(self.model)[1]
 
 
 def train_heads(recipe, faces, run_dir, log=print):
     """Fits the attribute heads jointly (L = Σ λ_t · L_t, masked) on the cached embeddings; keeps the best epoch.
 
     Training draws both views of each training face (the face and its mirror
-    image); validation scores the face as served (its own embedding). The
-    epoch with the lowest validation `relative_error` is kept (and written to
-    `run_dir/attributes/best.weights.h5`); the whole fit takes seconds, so a
-    stopped run simply fits again.
+    image); validation scores the face as served (its own embedding). The heads
+    fit through the one training loop (`facemtl.training.loop.fit_phases`, in
+    `run_dir/attributes/`): the epoch with the lowest validation `relative_error`
+    is kept in `best.weights.h5`, the history in `history.csv`, and a stopped run resumes.
 
     Returns:
         `(heads model with the best weights, validation scores, best epoch)`.
@@ -264,20 +267,23 @@ def train_heads(recipe, faces, run_dir, log=print):
     y = {k: np.tile(v, views) for k, v in _targets(tasks, faces.labels, train).items()}
     heads.compile(keras.optimizers.Adam(recipe.feature_cache.attribute_learning_rate), loss=_losses(tasks),
                   loss_weights={t.name: t.loss_weight for t in tasks})
-    best = BestWeights(tasks, faces)
+    folder = os.path.join(run_dir, "attributes")
+    checkpoint = AtomicBestCheckpoint(heads, os.path.join(folder, "best.weights.h5"), monitor="val_relative_error",
+                                      weights_only=True)
+    scorer = RelativeErrorScores(tasks, faces)
     epochs = recipe.feature_cache.attribute_epochs
     start = time.time()
     log(f"facemtl: attribute heads {[t.name for t in tasks]}: {len(train)} training faces x {views} views, "
         f"{len(val)} validation faces, {epochs} epochs")
-    # No Keras validation pass: the epoch is chosen on `BestWeights`' own scoring of the validation faces.
-    heads.fit(x, y, epochs=epochs, batch_size=128, shuffle=True, verbose=0, callbacks=[best])
-    heads.set_weights(best.weights)
-    save_model_atomically(heads, os.path.join(run_dir, "attributes", "best.weights.h5"), weights_only=True)
-    validation = best.scores
-    log(f"facemtl: attribute heads: best epoch {best.best_epoch + 1} of {epochs} ({time.time() - start:.0f} s); "
+    # No Keras validation pass: the epoch is chosen on the scorer's own scoring of the validation faces.
+    fit_phases([Phase(0, epochs, lambda: heads)], run_dir=folder, checkpoint=checkpoint, first_callbacks=[scorer],
+               verbose=0, log=log, fit_kwargs=dict(x=x, y=y, batch_size=128, shuffle=True))
+    heads.load_weights(checkpoint.path)
+    validation = scorer.scores(heads)[0]
+    log(f"facemtl: attribute heads: best epoch {checkpoint.best_epoch + 1} of {epochs} ({time.time() - start:.0f} s); "
         "validation " + ", ".join(f"{k}: " + ", ".join(f"{m} {v:.4f}" for m, v in r.items() if m != "count")
                                   for k, r in validation.items()))
-    return heads, validation, best.best_epoch + 1
+    return heads, validation, checkpoint.best_epoch + 1
 
 
 def copy_heads(heads, model):

@@ -12,32 +12,35 @@ from facemtl.files import replaced_atomically, write_json_atomically
 
 
 class AtomicBestCheckpoint(keras.callbacks.Callback):
-    """Saves `model` (the full multi-task model) whenever `monitor` improves.
+    """Saves `model` whenever `monitor` improves: the one best-checkpoint rule of every training loop.
 
     The file is written beside the target and renamed over it only once
     complete, so an interrupted save leaves the previous best intact. A NaN
-    value of `monitor` never counts as an improvement.
+    value of `monitor` never counts as an improvement. The best value and its
+    epoch are recorded beside it (`record_path`), so a resumed run keeps
+    competing against the best of its earlier part.
 
     Args:
         model_to_save: the model to write (may differ from the one being fit,
             e.g. the full model while a training view of it is fit).
-        path: target `.keras` file.
+        path: target file (`.keras`; `.weights.h5` with `weights_only`).
         monitor: a logged metric, e.g. `val_loss`.
         mode: `"min"` or `"max"`.
+        weights_only: write only the weights (a branch or heads assembled into another model later).
     """
 
-    def __init__(self, model_to_save, path, monitor="val_loss", mode="min"):
+    def __init__(self, model_to_save, path, monitor="val_loss", mode="min", weights_only=False):
         super().__init__()
         self.model_to_save = model_to_save
         self.path = path
         self.monitor = monitor
         self.sign = 1.0 if mode == "min" else -1.0
+        self.weights_only = weights_only
         self.best = math.inf
         self.best_epoch = None
-        # A resumed run keeps competing against the best of its earlier part.
-        self._record = f"{os.path.splitext(path)[0]}.json"
-        if os.path.isfile(self._record) and os.path.isfile(path):
-            with open(self._record, encoding="utf-8") as f:
+        self.record_path = f"{path[:-len('.weights.h5')] if weights_only else os.path.splitext(path)[0]}.json"
+        if os.path.isfile(self.record_path) and os.path.isfile(path):
+            with open(self.record_path, encoding="utf-8") as f:
                 saved = json.load(f)
             if saved.get("monitor") == monitor:
                 self.best, self.best_epoch = self.sign * saved["value"], saved["epoch"]
@@ -47,10 +50,17 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         if value is None or math.isnan(value):
             return
         if self.sign * value < self.best:
-            self.best = self.sign * value
-            self.best_epoch = epoch
-            save_model_atomically(self.model_to_save, self.path)
-            write_json_atomically(self._record, {"monitor": self.monitor, "value": value, "epoch": epoch})
+            self.keep(value, epoch)
+
+    def keep(self, value, epoch):
+        """Writes the model as the best, `value` of `monitor` at `epoch` (0-based, or a label such as an average)."""
+        self.best, self.best_epoch = self.sign * value, epoch
+        save_model_atomically(self.model_to_save, self.path, weights_only=self.weights_only)
+        write_json_atomically(self.record_path, {"monitor": self.monitor, "value": value, "epoch": epoch})
+
+    @property
+    def best_value(self):
+        return self.sign * self.best
 
 
 def save_model_atomically(model, path, weights_only=False):

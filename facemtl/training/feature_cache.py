@@ -44,10 +44,10 @@ from facemtl.models.presets import copy_weights_by_name, load_weights_from, sour
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import export_open_set
 from facemtl.training import attribute_heads as ah
-from facemtl.training.backup import BackupCallback, TrainingBackup
-from facemtl.training.callbacks import StopOnNaN, save_model_atomically
+from facemtl.training.callbacks import AtomicBestCheckpoint, save_model_atomically
+from facemtl.training.loop import Phase, fit_phases
 from facemtl.training.optimizers import build_optimizer
-from facemtl.training.runs import TrainResult, check_before_training, open_run
+from facemtl.training.runs import TrainResult, check_before_training, close_run, open_run
 
 # Views cached for validation faces (no jitter: scored as served).
 # What an export with attribute heads says of the data they learned from (the model card repeats it).
@@ -99,13 +99,28 @@ class ValidationScores(keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
 
+class KeepForAverage(keras.callbacks.Callback):
+    """Keeps the weights at the end of each epoch from `first` on, in `folder` (files: resumes keep them)."""
+
+    def __init__(self, folder, first):
+        super().__init__()
+        self.folder, self.first = folder, first
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 > self.first:
+            os.makedirs(self.folder, exist_ok=True)
+            save_model_atomically(self.model, os.path.join(self.folder, f"epoch{epoch + 1}.weights.h5"),
+                                  weights_only=True)
+
+
 def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optimizer, run_dir, mirror=False,
                log=print, verbose=2):
-    """Fits the branch on the cache with Keras `fit`, resumable, keeping the best validation checkpoint.
+    """Fits the branch on the cache through the one training loop (`facemtl.training.loop.fit_phases`).
 
-    A run that stops is resumed by calling again with the same `run_dir`
-    (`facemtl.training.backup`, at each epoch's end); the best weights are
-    written atomically to `run_dir/checkpoints/best.weights.h5`.
+    Resumable (the same call with the same `run_dir` goes on), the best
+    validation epoch kept in `run_dir/checkpoints/best.weights.h5` (its record
+    beside it), the history in `run_dir/history.csv`. With `cfg.probe_epochs`
+    a first phase trains only the head (the copied stages frozen).
 
     Args:
         branch: from `build_expression_branch`.
@@ -113,13 +128,13 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
         cfg: a `FeatureCacheConfig`.
         epochs, batch_size: the schedule.
         optimizer: a `keras.optimizers.Optimizer` (its schedule spans all epochs).
-        run_dir: where checkpoints, the backup and `history.json` go.
+        run_dir: where checkpoints, the backup and the history go.
         mirror: choose checkpoints on mirror-averaged validation accuracy.
 
     Returns:
-        The run's history (`epoch`, loss, accuracy and the validation scores per
-        epoch), kept across resumes in `run_dir/history.json`. A resumed run
-        draws its batches afresh (the generator's state is not saved).
+        The history (`read_history`: loss, accuracy and the validation scores per
+        epoch); with `cfg.average_last`, also `average`: the weight average's
+        scores. A resumed run draws its batches afresh (the generator's state is not saved).
     """
     num_classes = branch.output_shape[-1]
     rng = np.random.default_rng(cfg.seed)
@@ -137,75 +152,31 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
 
     data = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    history_path = os.path.join(run_dir, "history.json")
-    history = {}
-    if os.path.isfile(history_path):  # a resumed run keeps the epochs it already logged
-        with open(history_path, encoding="utf-8") as f:
-            history = json.load(f)
+    checkpoint = AtomicBestCheckpoint(branch, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
+                                      monitor="val_expression_accuracy", mode="max", weights_only=True)
 
-    class BestWeights(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            record = best + ".json"
-            self.best = -1.0
-            if os.path.isfile(record) and os.path.isfile(best):
-                with open(record, encoding="utf-8") as f:
-                    self.best = json.load(f)["value"]
+    def phase(stages_train, opt):
+        def compile_phase():
+            for layer in branch.layers:
+                if layer.name.startswith("expression_stage"):
+                    layer.trainable = stages_train
+            branch.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
+            return branch
+        return compile_phase
 
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get("val_expression_accuracy", -1.0)
-            # An epoch logged before an interruption and run again replaces its old entry.
-            keep = [i for i, e in enumerate(history.get("epoch", [])) if e < epoch + 1]
-            for k in list(history):
-                history[k] = [history[k][i] for i in keep]
-            history.setdefault("epoch", []).append(epoch + 1)
-            for k, v in (logs or {}).items():
-                history.setdefault(k, []).append(float(v))
-            if value > self.best:
-                self.best = value
-                save_model_atomically(self.model, best, weights_only=True)
-                write_json_atomically(best + ".json", {"value": value, "epoch": epoch + 1})
-            write_json_atomically(history_path, history)
-
-    def phase(first, last, trainable_stages, opt):
-        for layer in branch.layers:
-            if layer.name.startswith("expression_stage"):
-                layer.trainable = trainable_stages
-        branch.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
-        # Under run_dir/backup, which `find_unfinished_run` looks for: the same command resumes the run.
-        backup = TrainingBackup(os.path.join(run_dir, "backup", "branch" if trainable_stages else "probe"), branch)
-        done = backup.restore()
-        if done >= last:  # finished before (its weights are restored: a later phase starts from them)
-            return
-        callbacks = [ValidationScores(val_cache, mirror, log), BestWeights(), StopOnNaN()]
-        if cfg.average_last:
-            callbacks.append(KeepForAverage())
-        branch.fit(data, epochs=last, initial_epoch=max(first, done), steps_per_epoch=steps,
-                   callbacks=callbacks + [BackupCallback(backup)], verbose=verbose)
-
+    phases = [Phase(0, cfg.probe_epochs, phase(False, keras.optimizers.Adam(1e-3)))] if cfg.probe_epochs else []
+    phases.append(Phase(cfg.probe_epochs, epochs, phase(True, optimizer)))
     averaged = os.path.join(run_dir, "average")
-
-    class KeepForAverage(keras.callbacks.Callback):
-        """Keeps the weights at the end of each of the last `cfg.average_last` epochs (files, so resumes keep them)."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 > epochs - cfg.average_last:
-                os.makedirs(averaged, exist_ok=True)
-                save_model_atomically(self.model, os.path.join(averaged, f"epoch{epoch + 1}.weights.h5"),
-                                      weights_only=True)
-
-    if cfg.probe_epochs:
-        phase(0, cfg.probe_epochs, False, keras.optimizers.Adam(1e-3))
-    phase(cfg.probe_epochs, epochs, True, optimizer)
+    history = fit_phases(phases, run_dir=run_dir, checkpoint=checkpoint, verbose=verbose, log=log,
+                         first_callbacks=[ValidationScores(val_cache, mirror, log)],
+                         callbacks=[KeepForAverage(averaged, epochs - cfg.average_last)] if cfg.average_last else [],
+                         fit_kwargs=dict(x=data, steps_per_epoch=steps))
     if cfg.average_last:
-        _score_average(branch, averaged, val_cache, mirror, best, history, log)
-    write_json_atomically(history_path, history)
+        history["average"] = _score_average(branch, averaged, val_cache, mirror, checkpoint, log)
     return history
 
 
-def _score_average(branch, folder, val_cache, mirror, best, history, log):
+def _score_average(branch, folder, val_cache, mirror, checkpoint, log):
     """SWA: sets the branch to the mean of the kept epochs' weights, scores it, and keeps it if it beats the best."""
     files = sorted(f for f in os.listdir(folder) if f.endswith(".weights.h5"))
     total = None
@@ -218,15 +189,12 @@ def _score_average(branch, folder, val_cache, mirror, best, history, log):
     scorer.set_model(branch)
     logs = {}
     scorer.on_epoch_end(-1, logs)
-    history["average"] = {"epochs": [f[len("epoch"):-len(".weights.h5")] for f in files], **logs}
-    with open(best + ".json", encoding="utf-8") as f:
-        record = json.load(f)
-    log(f"weight average of {len(files)} epochs: {logs['val_expression_accuracy']:.4f} "
-        f"(best single epoch {record['value']:.4f}, epoch {record['epoch']})")
-    if logs["val_expression_accuracy"] > record["value"]:
-        save_model_atomically(branch, best, weights_only=True)
-        write_json_atomically(best + ".json", {"value": logs["val_expression_accuracy"],
-                                               "epoch": f"average of {len(files)}"})
+    value = logs["val_expression_accuracy"]
+    log(f"weight average of {len(files)} epochs: {value:.4f} (best single epoch {checkpoint.best_value:.4f}, "
+        f"epoch {checkpoint.best_epoch + 1})")
+    if value > checkpoint.best_value:
+        checkpoint.keep(value, f"average of {len(files)}")
+    return {"epochs": [f[len("epoch"):-len(".weights.h5")] for f in files], **logs}
 
 
 @dataclasses.dataclass
@@ -344,8 +312,10 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
     # The best weights into a float32 copy of the branch: what is assembled, scored and exported.
     branch = _build_branch(recipe, caches)
     branch.load_weights(best)
-    with open(best + ".json", encoding="utf-8") as f:
+    with open(os.path.join(run_dir, "checkpoints", "best.json"), encoding="utf-8") as f:
         record = json.load(f)
+    if isinstance(record["epoch"], int):  # epochs counted from 1 in reports, as the logs count them
+        record["epoch"] += 1
     return branch, history, record
 
 
@@ -614,13 +584,11 @@ def train_on_cache(recipe, run_dir=None, log=print):
         log(f"facemtl: exported SavedModel to {export_dir}")
         if recipe.export.tflite:
             write_lite_copy(model, export_dir, recipe.export.tflite, caches.calibration if caches else None, log)
-    seconds = time.time() - start
-    summary = {"seconds": round(seconds, 1), "export_dir": run_relative(run_dir, export_dir),
-               "best_epoch": {k: r["epoch"] for k, r in records.items()}, "validation": validation,
-               "framing": caches.framing if caches else {}, "attributes": attribute_report.get("test", {}),
-               "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
-                                       for k, r in report.items()}}}
-    write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
-    log(f"facemtl: done in {seconds:.0f} s")
+    seconds = close_run(run_dir, start, {
+        "export_dir": run_relative(run_dir, export_dir), "best_epoch": {k: r["epoch"] for k, r in records.items()},
+        "validation": validation, "framing": caches.framing if caches else {},
+        "attributes": attribute_report.get("test", {}),
+        "test": {"expression": {k: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for k, r in report.items()}}},
+        log)
     return TrainResult(run_dir, model, history[min(history)] if len(history) == 1 else history,
                        {**report, **({"attributes": attribute_report} if attribute_report else {})}, export_dir, seconds)

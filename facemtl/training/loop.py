@@ -8,7 +8,8 @@ checkpoints are chosen on (an `AtomicBestCheckpoint`). What is the same:
 
 - resume: a `TrainingBackup` in `backup_dir` (`facemtl.training.backup`), saved
   at each epoch's end; the same command restores it and goes on from the next
-  epoch, skipping finished phases; `history.csv` is cut back to the epochs done;
+  epoch, skipping finished phases (and finished fits); `history.csv` is cut
+  back to the epochs done;
 - history: `history.csv` in the run folder, one row per epoch (`read_history`);
 - a NaN or infinite loss stops the run with a clear error, the last good
   checkpoint kept and the backup (which may hold diverged weights) dropped;
@@ -56,7 +57,9 @@ def fit_phases(phases, *, run_dir, checkpoint, fit_kwargs, callbacks=(), first_c
         callbacks: more callbacks, after the checkpoint and the history.
         first_callbacks: callbacks that put metrics into the logs the checkpoint
             and the history read (run before them).
-        backup_dir: the `TrainingBackup` folder (default `run_dir/backup`), removed when the run ends.
+        backup_dir: the `TrainingBackup` folder (default `run_dir/backup`). It is kept when the fit ends (the
+            same call again has nothing left to do; a run of several fits resumes after the finished ones):
+            the run removes it once it has finished (`facemtl.training.runs.finish`).
         backup: back up at each epoch's end and resume from it (a recipe's `train.backup`).
         backup_every_steps: also back up every this many batches.
         verbose: `fit`'s verbosity.
@@ -99,5 +102,4 @@ def fit_phases(phases, *, run_dir, checkpoint, fit_kwargs, callbacks=(), first_c
                 "Try a lower optimizer.learning_rate or train.precision=float32.")
         if getattr(trainee, "stop_training", False):  # early stopping ends the later phases too
             break
-    TrainingBackup(backup_dir, None).remove()
     return read_history(history_csv)

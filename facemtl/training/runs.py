@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import shutil
+import time
 
 import yaml
 
 from facemtl.config import save_recipe
 from facemtl.errors import FacemtlError
+from facemtl.files import write_json_atomically
 from facemtl.models.multitask import check_backbone
 
 
@@ -107,3 +110,25 @@ def open_run(recipe, run_dir, chief, log):
         save_recipe(recipe, os.path.join(run_dir, "recipe.yaml"))
         log(f"facemtl: {'resuming interrupted run in' if resumed else 'run directory'} {run_dir}")
     return run_dir
+
+
+def close_run(run_dir, start, summary, log=print):
+    """Ends a run the one way every recipe's run ends: `summary.json` written, the backups removed.
+
+    `summary.json` is what marks the run finished (`find_unfinished_run`): the
+    backups kept until then (`run_dir/backup`, each branch's, the attribute
+    heads') are no longer needed.
+
+    Args:
+        start: the run's start (`time.time()`).
+        summary: what the run reports (export folder, test scores...); `seconds` is added first.
+
+    Returns:
+        The run's seconds.
+    """
+    seconds = time.time() - start
+    write_json_atomically(os.path.join(run_dir, "summary.json"), {"seconds": round(seconds, 1), **summary}, indent=2)
+    for folder in ["backup", "attributes/backup", *(f"{d}/backup" for d in os.listdir(run_dir) if d.startswith("branch"))]:
+        shutil.rmtree(os.path.join(run_dir, folder), ignore_errors=True)
+    log(f"facemtl: done in {seconds:.0f} s")
+    return seconds

@@ -16,7 +16,6 @@ from facemtl.data.pipeline import labelled_images, load_splits, make_dataset, sp
 from facemtl.errors import FacemtlError
 from facemtl.evaluation import evaluate_model, plot_history
 from facemtl.export.saved_model import export_saved_model, run_relative
-from facemtl.files import write_json_atomically
 from facemtl.models.dlib_resnet import imprint_identity_classifier
 from facemtl.models.multitask import set_backbone_trainable
 from facemtl.preprocessing import Preprocessor
@@ -25,7 +24,7 @@ from facemtl.training.custom_loop import fit_custom_loop, is_chief
 from facemtl.training.feature_cache import train_on_cache
 from facemtl.training.history import read_history
 from facemtl.training.loop import Phase, fit_phases
-from facemtl.training.runs import TrainResult, check_before_training, open_run, training_phases
+from facemtl.training.runs import TrainResult, check_before_training, close_run, open_run, training_phases
 from facemtl.training.task import MultiTaskTask
 
 
@@ -203,7 +202,7 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
                                           steps_per_epoch=data.steps_per_epoch
                                           if data.splits.train_stream is not None else None))
     finally:
-        try:  # empty once the run ended, or once a NaN dropped the backup (it may hold diverged weights)
+        try:  # empty once a NaN dropped the backup (it may hold diverged weights); `close_run` removes the rest
             os.rmdir(os.path.join(run_dir, "backup"))
         except OSError:
             pass
@@ -261,11 +260,10 @@ def finish_run(recipe, data, run_dir, model, checkpoint, start, log):
             extra_metadata={"recipe": recipe.name, "run_dir": os.path.abspath(run_dir),
                             "identity_head": recipe.model.identity_head,
                             "backbone": recipe.model.backbone,
+                            # What `presets.from_export` rebuilds the Keras model from (no run folder needed).
+                            "model_config": dataclasses.asdict(recipe.model),
                             "test_accuracy": {t: r["accuracy"] for t, r in report.items()}})
         log(f"facemtl: exported SavedModel to {export_dir}")
-    seconds = time.time() - start
-    summary = {"seconds": round(seconds, 1), "export_dir": run_relative(run_dir, export_dir),
-               "test": {t: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for t, r in report.items()}}
-    write_json_atomically(os.path.join(run_dir, "summary.json"), summary, indent=2)
-    log(f"facemtl: done in {seconds:.0f} s")
+    seconds = close_run(run_dir, start, {"export_dir": run_relative(run_dir, export_dir), "test": {
+        t: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for t, r in report.items()}}, log)
     return TrainResult(run_dir, model, history, report, export_dir, seconds)

@@ -79,8 +79,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     saved = []
     real_save = callbacks_module.save_model_atomically
 
-    def recording_save(model, path):
-        real_save(model, path)
+    def recording_save(model, path, weights_only=False):
+        real_save(model, path, weights_only)
         with open(path, "rb") as f:
             saved.append(hashlib.sha256(f.read()).hexdigest())
 
