@@ -170,7 +170,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
     history = fit_phases(phases, run_dir=run_dir, checkpoint=checkpoint, verbose=verbose, log=log,
                          first_callbacks=[ValidationScores(val_cache, mirror, log)],
                          callbacks=[KeepForAverage(averaged, epochs - cfg.average_last)] if cfg.average_last else [],
-                         fit_kwargs=dict(x=data, steps_per_epoch=steps))
+                         fit_kwargs=dict(x=data, steps_per_epoch=steps, shuffle=False))  # random draws already
     if cfg.average_last:
         history["average"] = _score_average(branch, averaged, val_cache, mirror, checkpoint, log)
     return history

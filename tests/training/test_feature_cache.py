@@ -150,38 +150,50 @@ def test_spatial_pool_and_learnable_affine_change_what_the_branch_trains():
         dlib_resnet.build_expression_branch(shape, units=(8,), weights=None, pool="max")
 
 
-def _random_export_and_recipe(tmp_path, seed, *overrides):
-    """A 112-px dlib multi-task model with random weights, exported, and the release recipe starting from it.
+@pytest.fixture(scope="module")
+def random_export(tmp_path_factory):
+    """A 112-px dlib multi-task model with random weights, exported once for the tests that start from it.
 
     Not dlib's weights: what the assembled model takes from the export must come from the export.
     112 px is the smallest common size at which all five of dlib's stages keep a positive size.
 
     Returns:
-        `(keras model, export path, recipe, rng)`.
+        `(keras model, export path)`.
     """
-    from facemtl.config import load_recipe
-    from facemtl.export import export_saved_model
+    from facemtl.export.saved_model import export_saved_model
     from facemtl.labels import EXPRESSIONS
     from facemtl.models.multitask import build_dlib_multitask
 
     base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     for v in base.variables:
         if "seed_generator" not in v.path:
             v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
-    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path), name="base",
-                              extra_metadata={"crop": {"layout": "dlib"}})
+    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path_factory.mktemp("init")),
+                              name="base", extra_metadata={"crop": {"layout": "dlib"}})
+    return base, path
+
+
+def _random_export_and_recipe(random_export, seed, *overrides):
+    """The shared random export, the release recipe starting from it, and a random generator.
+
+    Returns:
+        `(keras model, export path, recipe, rng)`.
+    """
+    from facemtl.config import load_recipe
+
+    base, path = random_export
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "release_cpu.yaml"),
                          overrides=["model.height=112", "model.width=112", "model.expression_units=[8]",
                                     f"model.init_from={path}", *overrides])
-    return base, path, recipe, rng
+    return base, path, recipe, np.random.default_rng(seed)
 
 
 @pytest.mark.slow
-def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(tmp_path):
+def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch(random_export):
     import tensorflow as tf
 
-    base, path, recipe, rng = _random_export_and_recipe(tmp_path, 0, "model.expression_branches=1",
+    base, path, recipe, rng = _random_export_and_recipe(random_export, 0, "model.expression_branches=1",
                                                         "feature_cache.branches=[]")
     branch = dlib_resnet.build_expression_branch(dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:], units=(8,),
                                         weights=None)
@@ -200,10 +212,10 @@ def test_assembled_model_keeps_the_exports_identity_and_takes_the_trained_branch
 
 
 @pytest.mark.slow
-def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tmp_path):
+def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(random_export):
     import tensorflow as tf
 
-    base, path, recipe, rng = _random_export_and_recipe(tmp_path, 3)
+    base, path, recipe, rng = _random_export_and_recipe(random_export, 3)
     assert recipe.model.expression_branches == 2 and recipe.feature_cache.branches[0] == {"keep": True}
     maps_shape = dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:]
     trained = dlib_resnet.build_expression_branch(maps_shape, units=(8,), weights=None)
@@ -223,7 +235,7 @@ def test_assembled_ensemble_keeps_the_exports_branch_and_adds_the_trained_one(tm
 
 
 @pytest.mark.slow
-def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
+def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path, random_export):
     """`facemtl train` on tiny FER2013 and UTKFace folders: frame, cache, train a branch and the age and gender
     heads, assemble, test, export."""
     import json
@@ -231,9 +243,7 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     from PIL import Image
 
     from facemtl.config import load_recipe
-    from facemtl.export import export_saved_model, read_metadata
-    from facemtl.labels import EXPRESSIONS
-    from facemtl.models.multitask import build_dlib_multitask
+    from facemtl.export import read_metadata
     from facemtl.training.trainer import train
 
     images, labels = _faces(48, seed=1)
@@ -247,9 +257,7 @@ def test_facemtl_train_runs_a_feature_cache_recipe_end_to_end(tmp_path):
     for i, im in enumerate(_faces(40, seed=3)[0]):  # UTKFace's names: age_gender_race_date.jpg.chip.jpg
         Image.fromarray(im).save(utk / f"{10 + i}_{i % 2}_{i % 5}_2017010{i:04d}.jpg.chip.jpg")
     Image.fromarray(images[0]).save(utk / "39_1_20170116174525125.jpg.chip.jpg")  # a field short
-    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
-    init = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path / "init"), name="base",
-                              extra_metadata={"crop": {"layout": "dlib"}})
+    _, init = random_export
     sources = (f"[{{format: fer2013_folders, path: '{tmp_path / 'fer'}', split: train, test_split: test, "
                f"val_fraction: 0.25}}, {{format: utkface, path: '{utk}', test_fraction: 0.3, val_fraction: 0.25}}]")
     overrides = ["model.height=112", "model.width=112", "model.expression_units=[8]", f"model.init_from={init}",
@@ -343,12 +351,12 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
 
 
 @pytest.mark.slow
-def test_a_fine_tuned_branch_keeps_the_class_layer_only_for_the_same_classes(tmp_path):
+def test_a_fine_tuned_branch_keeps_the_class_layer_only_for_the_same_classes(random_export):
     import tensorflow as tf
 
     from facemtl.labels import EXPRESSIONS
 
-    _, path, recipe, _ = _random_export_and_recipe(tmp_path, 6)
+    _, path, recipe, _ = _random_export_and_recipe(random_export, 6)
     exported = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path)._all_variables}
     maps = dlib_resnet.build_trunk((112, 112, 3), weights=None).output_shape[1:]
 
