@@ -41,9 +41,7 @@ def find_unfinished_run(recipe):
     wanted = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
     for name in sorted(os.listdir(base), reverse=True):
         run = os.path.join(base, name)
-        # A feature-cache run with several expression branches backs each up in its own branch<k>/ folder.
-        backed_up = os.path.isdir(os.path.join(run, "backup")) or any(
-            os.path.isdir(os.path.join(run, d, "backup")) for d in os.listdir(run) if d.startswith("branch"))
+        backed_up = any(os.path.isdir(os.path.join(run, folder)) for folder in backup_folders(run))
         if not backed_up or os.path.exists(os.path.join(run, "summary.json")):
             continue
         try:
@@ -128,7 +126,14 @@ def close_run(run_dir, start, summary, log=print):
     """
     seconds = time.time() - start
     write_json_atomically(os.path.join(run_dir, "summary.json"), {"seconds": round(seconds, 1), **summary}, indent=2)
-    for folder in ["backup", "attributes/backup", *(f"{d}/backup" for d in os.listdir(run_dir) if d.startswith("branch"))]:
+    for folder in backup_folders(run_dir):
         shutil.rmtree(os.path.join(run_dir, folder), ignore_errors=True)
     log(f"facemtl: done in {seconds:.0f} s")
     return seconds
+
+
+def backup_folders(run_dir):
+    """Where a run's fits back up (relative to the run folder): the run's own `backup`, each expression
+    branch's (`branch<k>/backup`, a feature-cache run with several) and the attribute heads'."""
+    branches = [d for d in os.listdir(run_dir) if d.startswith("branch")] if os.path.isdir(run_dir) else []
+    return ["backup", os.path.join("attributes", "backup"), *(os.path.join(d, "backup") for d in sorted(branches))]
