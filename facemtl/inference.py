@@ -151,6 +151,11 @@ class Predictor:
                     results[i] = {k: v[j] for k, v in out.items()}
         return results
 
+    @property
+    def engine(self):
+        """What answers `forward`: `"litert"` (the export's LiteRT copy, one invocation per face) or `"savedmodel"`."""
+        return "litert" if self._lite is not None else "savedmodel"
+
     def forward(self, batch):
         """One call of `serving_default` (or the LiteRT copy, see `backend`) on `uint8 [n, h, w, 3]`.
 

@@ -1,4 +1,4 @@
-"""One served SavedModel: its signatures behind a dynamic batcher."""
+"""One served export: its SavedModel's signatures behind a dynamic batcher, and its LiteRT copy for photos."""
 
 from __future__ import annotations
 
@@ -46,8 +46,11 @@ class ServedModel:
         self.version = int(self.metadata.get("version") or os.path.basename(self.path))
         self.signatures = dict(self.predictor.saved_model.signatures)
         self.batcher = DynamicBatcher(self._call, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
-        # FaceAnalyzer's crops go through the same batcher as `:predict` requests.
-        self.predictor.forward = lambda batch: self.batcher.submit((DEFAULT_SIGNATURE, batch.shape[1:]), batch).result()
+        if self.predictor.engine == "savedmodel":  # no LiteRT copy: FaceAnalyzer's crops share `:predict`'s batcher
+            self.predictor.forward = lambda batch: self.batcher.submit((DEFAULT_SIGNATURE, batch.shape[1:]),
+                                                                       batch).result()
+        # With one, `/v1/analyze` answers as `facemtl analyze` does, on the copy (each analysis thread its own
+        # interpreter: faster than the SavedModel's batches on a CPU); `:predict` stays TF Serving's SavedModel.
 
     def _call(self, key, inputs):
         signature = self.signatures[key[0]]

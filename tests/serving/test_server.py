@@ -128,6 +128,20 @@ def test_analyze_a_photo_three_ways(server, astronaut_jpeg):
     assert answers[0][1]["photos"][0]["source"] == "astronaut.jpg"
 
 
+def test_analyze_answers_as_facemtl_analyze_does(server, astronaut_jpeg):
+    """`/v1/analyze` and `facemtl analyze` (`FaceAnalyzer`) run the same engine, the export's LiteRT copy: the same
+    answers, not answers within the copy's quantisation noise of each other."""
+    from facemtl.inference import FaceAnalyzer
+
+    status, answer, _ = server.request("POST", "/v1/analyze", astronaut_jpeg, {"Content-Type": "image/jpeg"})
+    assert status == 200, answer
+    served, = answer["photos"][0]["faces"]
+    here, = FaceAnalyzer().analyze([astronaut_jpeg])[0]["faces"]
+    assert served["expression"] == here["expression"] and served["identity"] == here["identity"]
+    np.testing.assert_allclose(served["embedding"], here["embedding"], atol=1e-6)
+    assert served["age"] == here["age"] and served["gender"] == here["gender"]
+
+
 def test_analyze_photo_signature_answers_photos_like_the_python_route(server, astronaut_jpeg):
     """`:predict` with `analyze_photo`: detection and alignment inside the SavedModel, as stock TF Serving runs it."""
     status, python, _ = server.request("POST", "/v1/analyze", astronaut_jpeg, {"Content-Type": "image/jpeg"})
