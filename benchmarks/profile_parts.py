@@ -12,7 +12,13 @@ copy as `Predictor` runs it (what `facemtl analyze` and `/v1/analyze` use).
 
 The machine's peak: a 2048^3 matrix product in float32 and bfloat16 (`tf.linalg.matmul`, all cores), GFLOP/s.
 
-    python benchmarks/profile_parts.py [--device cpu|gpu] [--repeats 30]
+With `--peers` the pip peers answer the same face in the same run, given its box: `fer` (expression) and dlib
+through `face_recognition` (landmarks and descriptor), one face per call and 64 faces per call (a mosaic of 64
+faces with their 64 boxes, each package's own batch API), against facemtl's LiteRT copy with the alignment included
+(every answer: identity, expression, embedding, age, gender). Install them first, offline-safe:
+`pip install --no-deps fer==25.10.3 face_recognition==1.3.0 && pip install pandas requests tqdm`.
+
+    python benchmarks/profile_parts.py [--device cpu|gpu] [--repeats 30] [--peers]
 
 Results: runs/benchmarks/profile_parts.json and a table on stdout.
 """
@@ -59,6 +65,30 @@ def graph_flops(tf, fn, spec):
     return int(info.total_float_ops)
 
 
+def peer_ms(face, repeats):
+    """ms per face of `fer` + `face_recognition` given the face's box: one face per call, then 64 per call."""
+    import logging
+
+    import cv2
+    import face_recognition
+    from fer.fer import FER
+
+    logging.getLogger("fer").setLevel(logging.ERROR)
+    fer = FER(mtcnn=False)
+    h, w = face.shape[:2]
+    mosaic = np.tile(face, (8, 8, 1))
+    cells = [(x * w, y * h) for y in range(8) for x in range(8)]
+
+    def answer(image, origins):
+        # fer widens a box by 10 px each side before classifying: these boxes make it classify each whole crop.
+        fer.detect_emotions(cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            face_rectangles=[(x + 10, y + 10, w - 20, h - 20) for x, y in origins])
+        face_recognition.face_encodings(image, known_face_locations=[(y, x + w, y + h, x) for x, y in origins])
+
+    return {"ms_per_face_b1": round(best_ms(lambda: answer(face, [(0, 0)]), repeats), 3),
+            "ms_per_face_b64": round(best_ms(lambda: answer(mosaic, cells), max(3, repeats // 5)) / 64, 3)}
+
+
 def peak_gflops(tf, dtype, repeats, n=2048):
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
@@ -71,6 +101,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--peers", action="store_true", help="also fer and face_recognition on the same face")
     parser.add_argument("--out", default="runs/benchmarks/profile_parts.json")
     args = parser.parse_args()
     if args.device == "cpu":
@@ -152,7 +183,17 @@ def main():
     print(f"peak matmul GFLOP/s: {peak}; model {total_mflops:.0f} MFLOP per face; engines at batch 64: " +
           ", ".join(f"{k}: {v['gflops_per_s_b64']} GFLOP/s ({v['share_of_float32_peak_b64']:.0%} of float32 peak)"
                     for k, v in engines.items()))
-    write_results(args.out, {"cpu": cpu_name(), "isa": isa_flags(), "cores": os.cpu_count(), "commit": git_commit(),
+    peers = {}
+    if args.peers:
+        align_ms = rows["alignment per face"]["ms"]
+        peers = {"fer + face_recognition, given the box": peer_ms(face, args.repeats)}
+        lite = engines["LiteRT copy (Predictor)"]
+        ours = {f"ms_per_face_b{b}": round(lite[f"ms_per_face_b{b}"] + align_ms, 3) for b in (1, 64)}
+        peers["facemtl (LiteRT copy and alignment, every answer)"] = ours
+        peers["speedup"] = {f"b{b}": round(peers["fer + face_recognition, given the box"][f"ms_per_face_b{b}"] /
+                                           ours[f"ms_per_face_b{b}"], 1) for b in (1, 64)}
+        print(f"peers: {peers}")
+    write_results(args.out, {"peers": peers, "cpu": cpu_name(), "isa": isa_flags(), "cores": os.cpu_count(), "commit": git_commit(),
                              "device": args.device, "parts": rows, "engines": engines,
                              "peak_gflops": peak, "tensorflow": tf.__version__})
 
