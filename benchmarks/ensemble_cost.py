@@ -1,0 +1,126 @@
+"""What release 4's expression ensemble and mirror pass buy, on the validation split, against what they cost.
+
+Release 4 answers expressions with two branches, each on the face and its mirror image, averaged (4 branch
+passes and 2 trunk passes per face). This scores the cheaper ways of answering with the same weights on FER2013
+train's validation split, carved exactly as `facemtl train recipes/release_cpu.yaml` carves it
+(`catalog.split_source`), in both framings (`crop`: the crop resized as served; `photo`: framed like a served
+photo, `photo_framing`): accuracy and macro-F1 per variant, and ms per face of the whole model at batch 64 built
+from the parts' times measured in the same run (trunk, identity branch, one expression branch; float32 Keras).
+The test split is not touched (it is reported once, for a shipped release).
+
+    python benchmarks/ensemble_cost.py [--repeats 10]
+
+Results: runs/benchmarks/ensemble_cost.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from _runs import cpu_name, git_commit, write_results  # noqa: E402
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "release_cpu.yaml")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="runs/benchmarks/ensemble_cost.json")
+    args = parser.parse_args()
+    import tensorflow as tf
+
+    from facemtl.config import load_recipe
+    from facemtl.data.catalog import split_source
+    from facemtl.data.feature_cache import view_images
+    from facemtl.data.materialize import materialize
+    from facemtl.data.photo_framing import cached_framing
+    from facemtl.evaluation import classification_report
+    from facemtl.models.dlib_resnet import build_expression_branch, expression_branch_prefix
+    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir, read_preset_metadata
+    from facemtl.training.feature_cache import class_names, crop_side, expression_source, framing_settings
+
+    recipe = load_recipe(RECIPE)
+    k, cfg = expression_source(recipe)
+    src, _, val, _ = split_source(recipe, k, log=print)
+    mat = materialize(val, crop_side(cfg), margin=recipe.data.crop_margin, cache_dir=recipe.data.cache_dir)
+    framed = cached_framing(mat.images, recipe.data.cache_dir, f"{src.name}-{val.split}",
+                            **framing_settings(recipe.model))
+    views = {"crop": view_images(mat.images, framed.crops, "plain"), "photo": framed.crops}
+    labels, names = mat.expression, class_names(src)
+
+    meta = read_preset_metadata(preset_dir("release"))
+    model = from_preset("release")
+    trunk, identity = model.get_layer("backbone"), model.get_layer("identity_branch")
+    m = meta["model_config"]
+    maps_shape = tuple(trunk.output.shape[1:])
+    branches = []
+    for b in range(1, m["expression_branches"] + 1):
+        branch = build_expression_branch(maps_shape, split_stage=m["split_stage"], last_stage=m["expression_last_stage"],
+                                         units=m["expression_units"], num_classes=len(meta["expressions"]),
+                                         weights=None, pool=m["expression_pool"], learnable_affine=m["learnable_affine"])
+        copy_weights_by_name(model.get_layer("expression_branch"), branch, prefix=expression_branch_prefix(b),
+                             target_prefix="expression")
+        branches.append(tf.function(lambda x, net=branch: net(x, training=False), reduce_retracing=True))
+    run_trunk = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
+    assert meta["expressions"] == names, (meta["expressions"], names)
+
+    def probs(images):
+        """Per branch, the probabilities of each face and of its mirror image: `[branch, face/mirror, n, classes]`."""
+        out = np.zeros((len(branches), 2, len(images), len(names)), np.float32)
+        for s in range(0, len(images), 128):
+            x = tf.constant(images[s:s + 128], tf.float32)
+            for side, pixels in enumerate((x, x[:, :, ::-1])):
+                maps = run_trunk(pixels)
+                for b, branch in enumerate(branches):
+                    out[b, side, s:s + 128] = branch(maps).numpy()
+        return out
+
+    variants = {  # name: (branches used, mirror pass)
+        f"{len(branches)} branches, face and mirror (release 4)": (list(range(len(branches))), True),
+        f"{len(branches)} branches, face only": (list(range(len(branches))), False),
+        **{f"branch {b + 1}, face and mirror": ([b], True) for b in range(len(branches))},
+        **{f"branch {b + 1}, face only": ([b], False) for b in range(len(branches))},
+    }
+    scores = {name: {} for name in variants}
+    for framing, images in views.items():
+        p = probs(images)
+        for name, (used, mirror) in variants.items():
+            avg = p[used][:, :2 if mirror else 1].mean(axis=(0, 1))
+            report = classification_report(labels, avg.argmax(1), names)
+            scores[name][framing] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
+
+    def per_face_ms(fn, x):
+        fn(x)
+        best = min(_timed(fn, x) for _ in range(args.repeats))
+        return 1000 * best / len(x)
+
+    batch = tf.constant(views["photo"][:64], tf.float32)
+    maps = run_trunk(batch)
+    run_identity = tf.function(lambda x: identity(x, training=False), reduce_retracing=True)
+    parts = {"trunk pass": per_face_ms(run_trunk, batch), "identity branch": per_face_ms(run_identity, maps),
+             "expression branch pass": per_face_ms(branches[0], maps)}
+    rows = {}
+    for name, (used, mirror) in variants.items():
+        passes = 2 if mirror else 1
+        ms = parts["trunk pass"] * passes + parts["identity branch"] + parts["expression branch pass"] * len(used) * passes
+        rows[name] = {**scores[name], "ms_per_face_b64": round(ms, 3)}
+        print(f"{name:40s} crop {scores[name]['crop']['accuracy']:.4f} / F1 {scores[name]['crop']['macro_f1']:.4f}  "
+              f"photo {scores[name]['photo']['accuracy']:.4f} / F1 {scores[name]['photo']['macro_f1']:.4f}  "
+              f"{ms:6.2f} ms/face (b64, Keras float32)")
+    write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "validation_faces": int(len(labels)),
+                             "parts_ms_per_face_b64": {k: round(v, 3) for k, v in parts.items()}, "variants": rows})
+
+
+def _timed(fn, x):
+    t = time.perf_counter()
+    fn(x).numpy()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()
