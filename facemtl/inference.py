@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import os
+import threading
 import time
 
 import numpy as np
@@ -13,7 +17,7 @@ from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
 from facemtl.images import decode_each, load_image
 from facemtl.installed import folder_metadata, resolve_model
-from facemtl.litert import TFLitePredictor
+from facemtl.litert import TFLitePredictor, split_cores
 from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
 from facemtl.models.presets import is_preset
 from facemtl.preprocessing import Preprocessor
@@ -305,8 +309,10 @@ class FaceAnalyzer:
                                                 face_scale=face_scale)
         self.crop_size = (self.preprocessor.height, self.preprocessor.width)
         self.layout = self.preprocessor.layout
-        # Seconds spent per stage since creation (benchmarks read these).
+        # Seconds spent per stage since creation (benchmarks read these), and the fallback count: photos are
+        # analysed from several threads at once (`analyze_files`' workers, the server's pool).
         self.timings = {"detect": 0.0, "align": 0.0, "model": 0.0}
+        self._counting = threading.Lock()
 
     def load(self, source):
         """Decodes one photo (path, bytes, array) at most `max_side` pixels long."""
@@ -316,13 +322,15 @@ class FaceAnalyzer:
         """Detections and their aligned crops for one decoded photo."""
         t0 = time.perf_counter()
         detections = self._detect(self.detector, image)
-        if not detections and self.fallback is not None:
+        fell_back = not detections and self.fallback is not None
+        if fell_back:
             detections = self._detect(self.fallback, image)
-            self.fallback_photos += 1
         t1 = time.perf_counter()
         crops = [self.preprocessor.align(image, d)[0] for d in detections]
-        self.timings["detect"] += t1 - t0
-        self.timings["align"] += time.perf_counter() - t1
+        with self._counting:
+            self.fallback_photos += fell_back
+            self.timings["detect"] += t1 - t0
+            self.timings["align"] += time.perf_counter() - t1
         return detections, crops
 
     def _detect(self, detector, image):
@@ -346,7 +354,8 @@ class FaceAnalyzer:
         matches = []
         if self.gallery is not None and raw:
             matches = self.gallery.identify(np.stack([r["embedding"] for r in raw]), self.threshold, self.top_k)
-        self.timings["model"] += time.perf_counter() - t0
+        with self._counting:
+            self.timings["model"] += time.perf_counter() - t0
         results, k = [], 0
         for detections in per_photo:
             faces = []
@@ -401,7 +410,8 @@ def photo_record(path, frame, image, faces, embedding=True):
             "faces": faces}
 
 
-def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True, ignored=None):
+def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None, progress=True, ignored=None,
+                  workers=None):
     """Analyses photos, folders (walked recursively), videos and cameras; yields one record per photo or frame.
 
     Photos and frames are analysed `batch_photos` at a time (their faces in one
@@ -421,6 +431,9 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         ignored: a list to collect the files of walked folders that are
             neither images nor videos by name (skipped, not errors); `None`
             keeps every file (each non-image gets an error record).
+        workers: batches analysed at once, each on its own thread with
+            interpreters sharing the cores (`litert.split_cores`); default one
+            per core, at most 4. The answers do not depend on it.
 
     Yields:
         `(record, image)`: `record` is `{"path", "frame" (videos), "size", "faces"}`
@@ -444,15 +457,31 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
             return min(frames, max_frames or frames)
 
         bar = Progress(sum(expected(p) if is_video(p) and not err else 1 for p, err in files), "analyze")
-    batch = []
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    pool = concurrent.futures.ThreadPoolExecutor(workers, initializer=split_cores, initargs=(workers,),
+                                                 thread_name_prefix="facemtl-analyze")
+    batch, pending = [], collections.deque()  # pending: (items, future of their answers), in input order
 
-    def flush():
-        results = analyzer.analyze_images([img for _, _, img in batch]) if batch else []
-        if bar:
-            bar.update(len(batch))
-        for (path, frame, img), faces in zip(batch, results):
-            yield photo_record(path, frame, img, faces), img
-        batch.clear()
+    def ready(drain=False):
+        """The answered batches at the head of the queue (all of them with `drain`), in input order."""
+        while pending and (drain or len(pending) > workers or pending[0][1].done()):
+            items, future = pending.popleft()
+            results = future.result()
+            if bar:
+                bar.update(len(items))
+            for (path, frame, img), faces in zip(items, results):
+                yield photo_record(path, frame, img, faces), img
+
+    def submit():
+        if batch:
+            items = list(batch)
+            batch.clear()
+            pending.append((items, pool.submit(analyzer.analyze_images, [img for _, _, img in items])))
+        yield from ready()
+
+    def flush():  # everything queued, answered: what comes next keeps its place in the input order
+        yield from submit()
+        yield from ready(drain=True)
 
     try:
         for path, error in files:
@@ -464,11 +493,13 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
             if is_video(path):
                 try:
                     # A camera's frames are answered one by one, as they come; a file's in batches.
-                    size = 1 if is_camera(path) else batch_photos
+                    camera = is_camera(path)
                     for frame, img in video_frames(path, every, analyzer.max_side, max_frames):
                         batch.append((path, frame, img))
-                        if len(batch) >= size:
+                        if camera:
                             yield from flush()
+                        elif len(batch) >= batch_photos:
+                            yield from submit()
                 except FacemtlError as exc:
                     yield from flush()  # the frames read before the error keep their answers
                     yield {"path": path, "error": str(exc)}, None
@@ -481,8 +512,9 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
                 if bar:
                     bar.update()
             if len(batch) >= batch_photos:
-                yield from flush()
+                yield from submit()
         yield from flush()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if bar:
             bar.close()

@@ -16,6 +16,22 @@ import numpy as np
 from facemtl.errors import ModelFormatError
 from facemtl.preprocessing import prepare_images
 
+_budget = threading.local()
+
+
+def interpreter_threads(default):
+    """The threads a LiteRT interpreter made in this thread gets: `default`, or this thread's share of the cores
+    when it works in a pool that split them (`split_cores`)."""
+    return getattr(_budget, "threads", None) or default
+
+
+def split_cores(workers):
+    """A thread pool's initializer: the interpreters its threads make share the cores (`cores // workers` threads
+    each). On 2 cores, two photo streams on 1-thread interpreters answer 1.6x the photos of one stream on
+    2-thread ones (`benchmarks/analyze_workers.py`)."""
+    _budget.threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 # The name of the metadata entry facemtl writes into a `.tflite` flatbuffer (`facemtl.export.tflite.add_metadata`).
 METADATA_NAME = "facemtl"
 
@@ -64,7 +80,8 @@ class TFLitePredictor:
             from ai_edge_litert.interpreter import Interpreter
 
             try:
-                return Interpreter(model_path=path, num_threads=threads).get_signature_runner("serving_default")
+                return Interpreter(model_path=path, num_threads=interpreter_threads(threads)).get_signature_runner(
+                    "serving_default")
             except (ValueError, RuntimeError) as exc:
                 raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
 

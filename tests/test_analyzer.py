@@ -35,6 +35,18 @@ def photos(tmp_path_factory):
     return d
 
 
+def test_workers_change_the_speed_not_the_answers_or_their_order(analyzer, photos):
+    """`analyze_files` answers batches on several threads (interpreters sharing the cores): the same records, in input
+    order, error records in their place, as one stream gives."""
+    from facemtl.inference import analyze_files
+
+    files = sorted(photos.iterdir()) * 3
+    runs = {w: [r for r, _ in analyze_files(analyzer, files, batch_photos=2, progress=False, workers=w)]
+            for w in (1, 3)}
+    assert [r["path"] for r in runs[1]] == [str(f) for f in files]
+    assert runs[3] == runs[1] and sum("error" in r for r in runs[1]) == 3 * 3  # readme, truncated, empty
+
+
 def test_one_call_analyses_every_photo_and_face(analyzer, photos):
     astro = skimage_data.astronaut()
     results = analyzer.analyze([photos / "astronaut.jpg", photos / "astronaut_gray.png", photos / "astronaut_rgba.png",

@@ -26,7 +26,6 @@ from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig
 from facemtl.files import replaced_atomically
 from facemtl.preprocessing import resize_face
 
-
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from facemtl.errors import FacemtlError
 from facemtl.faces.detection import Detection
-from facemtl.litert import PerThread
+from facemtl.litert import PerThread, interpreter_threads
 
 MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
@@ -129,7 +129,7 @@ def _interpreter(path, threads):
     if not os.path.isfile(path):
         raise DetectorModelError(f"{path}: no such BlazeFace model file (reinstall facemtl)")
     try:
-        interpreter = Interpreter(model_path=path, num_threads=threads)
+        interpreter = Interpreter(model_path=path, num_threads=interpreter_threads(threads))
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise DetectorModelError(f"{path}: not a loadable TFLite model ({exc})") from None

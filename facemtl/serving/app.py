@@ -42,6 +42,7 @@ from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
 from facemtl.inference import FaceAnalyzer
+from facemtl.litert import split_cores
 from facemtl.recognition.gallery import (
     Gallery,
     GalleryError,
@@ -119,7 +120,8 @@ class ServerState:
         self.gallery_lock = threading.Lock()
         self.galleries = {}  # name -> Gallery, opened once: the store follows other writers by itself
         # Detection is CPU-heavy: a small pool keeps concurrent photos from thrashing the cores.
-        self.photo_pool = concurrent.futures.ThreadPoolExecutor(self.analyze_workers,
+        self.photo_pool = concurrent.futures.ThreadPoolExecutor(self.analyze_workers, initializer=split_cores,
+                                                                initargs=(self.analyze_workers,),
                                                                 thread_name_prefix="facemtl-photo")
 
     def load(self):

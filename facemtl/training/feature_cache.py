@@ -26,8 +26,14 @@ import tensorflow as tf
 
 from facemtl.config import TRAIN_VIEWS, TaskConfig, attribute_tasks, branch_settings
 from facemtl.data.catalog import split_source
-from facemtl.data.feature_cache import (EVAL_VIEWS, TrunkCache, batches, build_trunk_cache, class_weight_vector,
-                                        view_images)
+from facemtl.data.feature_cache import (
+    EVAL_VIEWS,
+    TrunkCache,
+    batches,
+    build_trunk_cache,
+    class_weight_vector,
+    view_images,
+)
 from facemtl.data.materialize import materialize
 from facemtl.data.photo_framing import cached_framing
 from facemtl.data.utkface import DATA_TERMS as UTKFACE_TERMS

@@ -1,0 +1,65 @@
+"""`facemtl analyze` on 1,000 real photos: one photo stream against several sharing the cores.
+
+`analyze_files` (what `facemtl analyze` runs) answers batches of photos on `workers` threads, each making
+LiteRT interpreters with its share of the cores (`litert.split_cores`). `workers=1` is how it ran before
+(one stream, 2-thread interpreters on 2 cores). The arms alternate over the same photos (decoding, detection,
+alignment and the model included), each twice; photos/s is the median. The records of every arm must be equal
+(checked here: the answers do not depend on the workers).
+
+    python benchmarks/analyze_workers.py [--photos 1000] [--workers 1 2 4]
+
+Results: runs/benchmarks/analyze_workers.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from _runs import cpu_name, git_commit, write_results  # noqa: E402
+
+CELEBA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "celeba_subset", "img_celeba")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default="runs/benchmarks/analyze_workers.json")
+    args = parser.parse_args()
+    from facemtl.inference import FaceAnalyzer, analyze_files
+
+    paths = sorted(glob.glob(os.path.join(CELEBA, "*.jpg")))[:args.photos]
+    if len(paths) < args.photos:
+        raise SystemExit(f"{CELEBA}: {len(paths)} photos, {args.photos} asked for")
+    analyzer = FaceAnalyzer()
+    list(analyze_files(analyzer, paths[:32], progress=False))  # warm-up: the model and the detector loaded
+    seconds, answers = {w: [] for w in args.workers}, {}
+    for _ in range(args.rounds):
+        for w in args.workers:
+            t = time.perf_counter()
+            records = [r for r, _ in analyze_files(analyzer, paths, progress=False, workers=w)]
+            seconds[w].append(time.perf_counter() - t)
+            answers[w] = json.dumps(records, sort_keys=True)
+    same = len(set(answers.values())) == 1
+    rows = {f"workers={w}": {"photos_per_s": round(len(paths) / float(np.median(s)), 1)} for w, s in seconds.items()}
+    base = rows[f"workers={args.workers[0]}"]["photos_per_s"]
+    for row in rows.values():
+        row["vs_first"] = round(row["photos_per_s"] / base, 2)
+    for name, row in rows.items():
+        print(f"{name:12s} {row['photos_per_s']:7.1f} photos/s  x{row['vs_first']}")
+    print(f"records equal across workers: {same}")
+    write_results(args.out, {"cpu": cpu_name(), "cores": os.cpu_count(), "commit": git_commit(), "photos": len(paths),
+                             "faces": sum(len(r.get("faces", [])) for r in json.loads(answers[args.workers[0]])),
+                             "arms": rows, "records_equal": same})
+
+
+if __name__ == "__main__":
+    main()
