@@ -1,0 +1,149 @@
+"""Distils release 4's expression ensemble into one branch that answers the face alone (issue #31, item 3).
+
+Release 4 answers an expression with two branches, each on the face and its mirror image, averaged: 2 trunk
+passes and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from) that sees one
+view of the face and learns the ensemble's answer for it: the teacher's averaged probabilities, blended with the
+label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's training part (views `plain`,
+`framed` and their mirrors: the teacher's answer for a face and for its mirror image is the same average). It
+trains through the one training loop (`facemtl.training.loop.fit_phases`), the best epoch chosen on the
+validation split's single-view accuracy (plain and framed, no mirror pass), carved as `recipes/release_cpu.yaml`
+carves it. The test split is not touched: a student that holds within 0.3 points on validation is the candidate
+for a release, which reports PublicTest once.
+
+    python benchmarks/distill_branch.py [--epochs 8] [--max-faces N]
+
+Results: runs/benchmarks/distill_branch.json (validation accuracy and macro-F1 of the teacher and the student in
+both framings) and the student's weights in runs/benchmarks/distill_branch/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+from _runs import cpu_name, git_commit, write_results  # noqa: E402
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "release_cpu.yaml")
+VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--label-weight", type=float, default=0.3, help="the label's share of each target")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-faces", type=int, default=0, help="a quick run on fewer training faces")
+    parser.add_argument("--out", default="runs/benchmarks/distill_branch.json")
+    args = parser.parse_args()
+    import keras
+    import tensorflow as tf
+
+    from facemtl.config import load_recipe
+    from facemtl.data.catalog import split_source
+    from facemtl.data.feature_cache import build_trunk_cache
+    from facemtl.data.materialize import materialize
+    from facemtl.data.photo_framing import cached_framing
+    from facemtl.evaluation import classification_report
+    from facemtl.models.dlib_resnet import build_expression_branch, build_trunk, expression_branch_prefix
+    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir, read_preset_metadata
+    from facemtl.training.callbacks import AtomicBestCheckpoint
+    from facemtl.training.feature_cache import (ValidationScores, class_names, crop_side, expression_source,
+                                                framing_settings, predict_views)
+    from facemtl.training.loop import Phase, fit_phases
+
+    recipe = load_recipe(RECIPE)
+    k, cfg = expression_source(recipe)
+    src, train, val, _ = split_source(recipe, k, log=print)
+    if args.max_faces and args.max_faces < len(train):
+        train = train.subset(np.sort(np.random.default_rng(0).choice(len(train), args.max_faces, replace=False)))
+    m, data = recipe.model, recipe.data
+    trunk = build_trunk((m.height, m.width, 3), m.split_stage)
+    caches = {}
+    for part, sub in (("train", train), ("val", val)):
+        mat = materialize(sub, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
+        framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", **framing_settings(m))
+        caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
+                                         f"{src.name}-{sub.split}", views=VIEWS, cfg=recipe.feature_cache)
+    names = class_names(src)
+    meta = read_preset_metadata(preset_dir("release"))
+    assert meta["expressions"] == names, (meta["expressions"], names)
+    model = from_preset("release")
+    maps_shape = caches["train"].features.shape[2:]
+
+    def branch(b=None):
+        net = build_expression_branch(maps_shape, split_stage=m.split_stage, last_stage=m.expression_last_stage,
+                                      units=m.expression_units, num_classes=len(names), weights=None,
+                                      pool=m.expression_pool, learnable_affine=m.learnable_affine)
+        if b is not None:
+            copy_weights_by_name(model.get_layer("expression_branch"), net, prefix=expression_branch_prefix(b),
+                                 target_prefix="expression")
+        return net
+
+    teachers = [branch(b) for b in range(1, m.expression_branches + 1)]
+
+    def teacher(cache):
+        """Release 4's answer per face and framing, `[views, n, classes]`: the branches' mean over face and mirror."""
+        p = np.mean([predict_views(t, cache) for t in teachers], axis=0)
+        out = np.empty_like(p)
+        for v, view in enumerate(VIEWS):
+            face = VIEWS.index(view.removesuffix("_mirror"))
+            out[v] = (p[face] + p[face + 1]) / 2
+        return out
+
+    targets = teacher(caches["train"])
+    labels = caches["train"].labels
+    soft = (1 - args.label_weight) * targets + args.label_weight * np.eye(len(names), dtype=np.float32)[labels]
+    rng = np.random.default_rng(recipe.feature_cache.seed)
+    n = len(labels)
+
+    def endless():
+        while True:
+            order = rng.permutation(n)
+            for s in range(0, n, args.batch_size):
+                idx = np.sort(order[s:s + args.batch_size])
+                pick = rng.integers(0, len(VIEWS), len(idx))
+                x = np.empty((len(idx), *maps_shape), np.float32)
+                for v in np.unique(pick):
+                    x[pick == v] = caches["train"].features[v, idx[pick == v]]
+                yield x, soft[pick, idx]
+
+    spec = (tf.TensorSpec([None, *maps_shape], tf.float32), tf.TensorSpec([None, len(names)], tf.float32))
+    dataset = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
+    student = branch(1)
+    run_dir = os.path.join(os.path.dirname(args.out), "distill_branch")
+    checkpoint = AtomicBestCheckpoint(student, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
+                                      monitor="val_expression_accuracy", mode="max", weights_only=True)
+
+    def compile_student():
+        student.compile(keras.optimizers.Adam(args.learning_rate), loss=keras.losses.CategoricalCrossentropy(),
+                        metrics=["accuracy"])
+        return student
+
+    fit_phases([Phase(0, args.epochs, compile_student)], run_dir=run_dir, checkpoint=checkpoint, verbose=2,
+               first_callbacks=[ValidationScores(caches["val"], mirror=False)],
+               fit_kwargs=dict(x=dataset, steps_per_epoch=-(-n // args.batch_size), shuffle=False))
+    student.load_weights(checkpoint.path)
+    val_labels = caches["val"].labels
+    teacher_val = teacher(caches["val"])
+    student_val = predict_views(student, caches["val"])
+    rows = {}
+    for label, probs in (("release 4: 2 branches, face and mirror", teacher_val),
+                         ("distilled: 1 branch, face only", student_val)):
+        rows[label] = {}
+        for framing in ("plain", "framed"):
+            report = classification_report(val_labels, probs[VIEWS.index(framing)].argmax(1), names)
+            rows[label]["crop" if framing == "plain" else "photo"] = {"accuracy": round(report["accuracy"], 4),
+                                                                      "macro_f1": round(report["macro_f1"], 4)}
+        print(label, rows[label])
+    write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "training_faces": int(n),
+                             "validation_faces": int(len(val_labels)), "epochs": args.epochs,
+                             "best_epoch": checkpoint.best_epoch + 1, "label_weight": args.label_weight,
+                             "learning_rate": args.learning_rate, "validation": rows})
+
+
+if __name__ == "__main__":
+    main()
