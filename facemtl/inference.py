@@ -16,10 +16,10 @@ from facemtl.export.metadata import EXPORT_FILE
 from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
 from facemtl.images import decode_each, load_image
-from facemtl.installed import folder_metadata, resolve_model
+from facemtl.installed import resolve_model
 from facemtl.litert import TFLitePredictor, split_cores
 from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
-from facemtl.models.presets import is_preset
+from facemtl.models.presets import folder_metadata, is_preset
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import rule_for_export
 
@@ -75,8 +75,6 @@ class Predictor:
     BACKENDS = ("auto", "savedmodel", "tflite")
 
     def __init__(self, saved_model_dir=None, batch_size=64, backend="auto", align_crops=True):
-        import os
-
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {self.BACKENDS}. Received: backend={backend!r}")
 
@@ -433,7 +431,8 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
             keeps every file (each non-image gets an error record).
         workers: batches analysed at once, each on its own thread with
             interpreters sharing the cores (`litert.split_cores`); default one
-            per core, at most 4. The answers do not depend on it.
+            per core, at most 4, and no more than there are batches of photos
+            (one runs in the calling thread). The answers do not depend on it.
 
     Yields:
         `(record, image)`: `record` is `{"path", "frame" (videos), "size", "faces"}`
@@ -458,8 +457,11 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
 
         bar = Progress(sum(expected(p) if is_video(p) and not err else 1 for p, err in files), "analyze")
     workers = workers or max(1, min(4, os.cpu_count() or 1))
+    if not any(is_video(p) for p, err in files if not err):  # no more streams than batches of photos
+        workers = min(workers, max(1, -(-len(files) // batch_photos)))
+    # One stream runs in this thread, on the interpreters the analyzer already made (no start-up cost).
     pool = concurrent.futures.ThreadPoolExecutor(workers, initializer=split_cores, initargs=(workers,),
-                                                 thread_name_prefix="facemtl-analyze")
+                                                 thread_name_prefix="facemtl-analyze") if workers > 1 else None
     batch, pending = [], collections.deque()  # pending: (items, future of their answers), in input order
 
     def ready(drain=False):
@@ -476,7 +478,13 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
         if batch:
             items = list(batch)
             batch.clear()
-            pending.append((items, pool.submit(analyzer.analyze_images, [img for _, _, img in items])))
+            images = [img for _, _, img in items]
+            if pool is None:
+                future = concurrent.futures.Future()
+                future.set_result(analyzer.analyze_images(images))
+            else:
+                future = pool.submit(analyzer.analyze_images, images)
+            pending.append((items, future))
         yield from ready()
 
     def flush():  # everything queued, answered: what comes next keeps its place in the input order
@@ -515,6 +523,7 @@ def analyze_files(analyzer, paths, *, every=10, batch_photos=16, max_frames=None
                 yield from submit()
         yield from flush()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar:
             bar.close()

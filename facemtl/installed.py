@@ -12,7 +12,15 @@ import sys
 
 from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import read_metadata
-from facemtl.models.presets import cached_saved_model, is_preset, model_folders, model_versions, read_preset_metadata
+from facemtl.models.presets import (
+    cached_saved_model,
+    folder_metadata,
+    is_preset,
+    model_folders,
+    model_versions,
+    newest_version,
+    read_preset_metadata,
+)
 from facemtl.pretrained import PRETRAINED_DIR, RELEASE
 
 
@@ -89,21 +97,7 @@ def resolve_model(path=None, write=True):
         >>> resolve_model("saved_models/quickstart")
         'saved_models/quickstart/2'
     """
-    if not path:
-        return default_model(write=write)
-    path = os.fspath(path)
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        versions = model_versions(path)
-        if versions:
-            return _loadable(os.path.join(path, versions[-1]), write)
-    return _loadable(path, write)
-
-
-def folder_metadata(folder):
-    """The metadata of a SavedModel version folder or of a preset folder (a folder that is neither: one clear error)."""
-    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
-        return read_preset_metadata(folder)
-    return read_metadata(folder)
+    return _loadable(newest_version(path), write) if path else default_model(write=write)
 
 
 def model_metadata(path=None):

@@ -26,9 +26,9 @@ from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig
 from facemtl.files import replaced_atomically
 from facemtl.preprocessing import resize_face
 
+# Views cached for validation faces (no jitter: scored as served).
 EVAL_VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
-
-
+# Bumped whenever what a trunk cache holds changes, so older caches are not reused.
 CACHE_FORMAT = 1
 
 

@@ -44,7 +44,6 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
     Returns:
         The SavedModel version folder.
     """
-
     folder = preset_dir(name)
     meta = read_preset_metadata(folder)
     base_dir = base_dir or cache_root()
@@ -61,9 +60,8 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
                                   max_faces=meta.get("analyze_photo", {}).get("max_faces", 16),
                                   extra_metadata={k: v for k, v in meta.items() if k not in OWN_METADATA},
                                   open_set=export_open_set(folder, meta))
-        for inside in (EXPORT_FILE,):
-            if os.path.isfile(os.path.join(folder, inside)):
-                shutil.copyfile(os.path.join(folder, inside), os.path.join(path, inside))
+        if os.path.isfile(os.path.join(folder, EXPORT_FILE)):  # the preset's LiteRT copy
+            shutil.copyfile(os.path.join(folder, EXPORT_FILE), os.path.join(path, EXPORT_FILE))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder),
                                                               "weights_stamp": _weights_stamp(folder),

@@ -311,26 +311,36 @@ def from_export(saved_model_dir):
     return model, meta
 
 
+def newest_version(path):
+    """A model's base folder (`saved_models/NAME`, as TF Serving takes it) means its newest version folder; any
+    other path (a version folder, a preset folder, a path that does not exist) is itself."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        versions = model_versions(path)
+        if versions:
+            return os.path.join(path, versions[-1])
+    return path
+
+
+def folder_metadata(folder):
+    """The metadata of a SavedModel version folder or of a preset folder (a folder that is neither: one clear error)."""
+    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
+        return read_preset_metadata(folder)
+    return read_metadata(folder)
+
+
 def source_folder(name):
     """The folder a recipe's `model.init_from` names: a shipped preset (`release`, `release/4`) or an export.
 
     A path that exists is taken as it is (a SavedModel version folder, a
     model's base folder meaning its newest version, or a preset folder).
     """
-    if os.path.exists(name):
-        if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "saved_model.pb")) and not is_preset(name):
-            versions = model_versions(name)
-            if versions:
-                return os.path.join(name, versions[-1])
-        return os.fspath(name)
-    return preset_dir(name)
+    return newest_version(name) if os.path.exists(name) else preset_dir(name)
 
 
 def source_metadata(name):
     """The metadata of what `source_folder(name)` names (a preset's or an export's)."""
-    folder = source_folder(name)
-    return read_metadata(folder) if os.path.isfile(os.path.join(folder, "saved_model.pb")) \
-        else read_preset_metadata(folder)
+    return folder_metadata(source_folder(name))
 
 
 def named_under(name, prefix):

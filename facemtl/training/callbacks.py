@@ -38,7 +38,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         self.weights_only = weights_only
         self.best = math.inf
         self.best_epoch = None
-        self.record_path = f"{path[:-len('.weights.h5')] if weights_only else os.path.splitext(path)[0]}.json"
+        self.record_path = record_path(path)
         if os.path.isfile(self.record_path) and os.path.isfile(path):
             with open(self.record_path, encoding="utf-8") as f:
                 saved = json.load(f)
@@ -61,6 +61,12 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
     @property
     def best_value(self):
         return self.sign * self.best
+
+
+def record_path(path):
+    """Where a best checkpoint's value and epoch are recorded: beside it (`best.keras`, `best.weights.h5`: `best.json`)."""
+    stem = path[:-len(".weights.h5")] if path.endswith(".weights.h5") else os.path.splitext(path)[0]
+    return f"{stem}.json"
 
 
 def save_model_atomically(model, path, weights_only=False):

@@ -50,13 +50,13 @@ from facemtl.models.presets import copy_weights_by_name, load_weights_from, sour
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import export_open_set
 from facemtl.training import attribute_heads as ah
-from facemtl.training.callbacks import AtomicBestCheckpoint, save_model_atomically
+from facemtl.training.callbacks import AtomicBestCheckpoint, record_path, save_model_atomically
 from facemtl.training.loop import Phase, fit_phases
 from facemtl.training.optimizers import build_optimizer
 from facemtl.training.runs import TrainResult, check_before_training, close_run, open_run
 
-# Views cached for validation faces (no jitter: scored as served).
-# What an export with attribute heads says of the data they learned from (the model card repeats it).
+# Where a branch's best validation epoch is kept, in its run folder (its record beside it: `record_path`).
+BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
 
 
 def predict_views(branch, cache, indices=None, batch_size=512):
@@ -158,7 +158,7 @@ def fit_branch(branch, train_cache, val_cache, cfg, *, epochs, batch_size, optim
 
     data = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    checkpoint = AtomicBestCheckpoint(branch, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
+    checkpoint = AtomicBestCheckpoint(branch, os.path.join(run_dir, BEST_WEIGHTS),
                                       monitor="val_expression_accuracy", mode="max", weights_only=True)
 
     def phase(stages_train, opt):
@@ -307,18 +307,18 @@ def train_expression_branch(recipe, run_dir, caches=None, log=print, verbose=2, 
         branch = _build_branch(recipe, caches)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    if settings.start == "init_from" and not os.path.isfile(os.path.join(run_dir, "checkpoints", "best.weights.h5")):
+    if settings.start == "init_from" and not os.path.isfile(os.path.join(run_dir, BEST_WEIGHTS)):
         start_from_init(branch, recipe, caches.expression_names, log)
     steps = -(-len(caches.train.labels) // recipe.train.batch_size)
     keras.utils.set_random_seed(recipe.train.seed)
     history = fit_branch(branch, caches.train, caches.val, settings, epochs=recipe.train.epochs,
                          batch_size=recipe.train.batch_size, optimizer=build_optimizer(recipe, steps),
                          run_dir=run_dir, mirror=m.mirror_expression, log=log, verbose=verbose)
-    best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    best = os.path.join(run_dir, BEST_WEIGHTS)
     # The best weights into a float32 copy of the branch: what is assembled, scored and exported.
     branch = _build_branch(recipe, caches)
     branch.load_weights(best)
-    with open(os.path.join(run_dir, "checkpoints", "best.json"), encoding="utf-8") as f:
+    with open(record_path(best), encoding="utf-8") as f:
         record = json.load(f)
     if isinstance(record["epoch"], int):  # epochs counted from 1 in reports, as the logs count them
         record["epoch"] += 1

@@ -59,7 +59,7 @@ def fit_phases(phases, *, run_dir, checkpoint, fit_kwargs, callbacks=(), first_c
             and the history read (run before them).
         backup_dir: the `TrainingBackup` folder (default `run_dir/backup`). It is kept when the fit ends (the
             same call again has nothing left to do; a run of several fits resumes after the finished ones):
-            the run removes it once it has finished (`facemtl.training.runs.finish`).
+            the run removes it once it has finished (`facemtl.training.runs.close_run`).
         backup: back up at each epoch's end and resume from it (a recipe's `train.backup`).
         backup_every_steps: also back up every this many batches.
         verbose: `fit`'s verbosity.
