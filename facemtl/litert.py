@@ -27,8 +27,8 @@ def interpreter_threads(default):
 
 def split_cores(workers):
     """A thread pool's initializer: the interpreters its threads make share the cores (`cores // workers` threads
-    each). On 2 cores, two photo streams on 1-thread interpreters answer 1.6x the photos of one stream on
-    2-thread ones (`benchmarks/analyze_workers.py`)."""
+    each). On 2 cores, two photo streams on 1-thread interpreters answer 1.2-1.3x the photos of one stream on
+    2-thread ones (`benchmarks/analyze_workers.py`, docs/benchmarks.md)."""
     _budget.threads = max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
