@@ -10,7 +10,11 @@ validation split's single-view accuracy (plain and framed, no mirror pass), carv
 carves it. The test split is not touched: a student that holds within 0.3 points on validation is the candidate
 for a release, which reports PublicTest once.
 
-    python benchmarks/distill_branch.py [--epochs 8] [--max-faces N]
+    python benchmarks/distill_branch.py [--epochs 8] [--max-faces N] [--transfer utkface]
+
+`--transfer utkface` adds a transfer set the branches never trained on: UTKFace's faces (no expression label),
+made gray and 48 px like FER2013's crops, then taken through the same views (plain, framed as photos, mirrors);
+their target is the teacher's answer alone. The validation and test splits stay FER2013's.
 
 Results: runs/benchmarks/distill_branch.json (validation accuracy and macro-F1 of the teacher and the student in
 both framings) and the student's weights in runs/benchmarks/distill_branch/.
@@ -34,9 +38,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--cosine", action="store_true", help="the learning rate decays to 0 along a cosine")
     parser.add_argument("--label-weight", type=float, default=0.3, help="the label's share of each target")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-faces", type=int, default=0, help="a quick run on fewer training faces")
+    parser.add_argument("--transfer", choices=("none", "utkface"), default="none",
+                        help="unlabelled faces the teacher answers for the student to learn from")
+    parser.add_argument("--transfer-max", type=int, default=0, help="at most this many transfer faces (0: all)")
+    parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", default="runs/benchmarks/distill_branch.json")
     args = parser.parse_args()
     import keras
@@ -68,6 +77,20 @@ def main():
         framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", **framing_settings(m))
         caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
                                          f"{src.name}-{sub.split}", views=VIEWS, cfg=recipe.feature_cache)
+    if args.transfer == "utkface":
+        from facemtl.data.sources import FaceSource, no_labels
+        from facemtl.data.utkface import load_faces, read_utkface
+
+        faces, _ = load_faces(read_utkface(os.path.join(args.data, "utkface")), side=48)
+        if args.transfer_max:
+            faces = faces[np.sort(np.random.default_rng(1).choice(len(faces), args.transfer_max, replace=False))]
+        gray = faces.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # FER2013's crops are gray
+        gray = np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, axis=-1)
+        extra = FaceSource("utkface_gray", no_labels(len(gray)), no_labels(len(gray)), pixels=gray, split="transfer")
+        mat = materialize(extra, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
+        framed = cached_framing(mat.images, data.cache_dir, "utkface_gray-transfer", **framing_settings(m))
+        caches["transfer"] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
+                                               "utkface_gray-transfer", views=VIEWS, cfg=recipe.feature_cache)
     names = class_names(src)
     meta = read_preset_metadata(preset_dir("release"))
     assert meta["expressions"] == names, (meta["expressions"], names)
@@ -97,8 +120,13 @@ def main():
     targets = teacher(caches["train"])
     labels = caches["train"].labels
     soft = (1 - args.label_weight) * targets + args.label_weight * np.eye(len(names), dtype=np.float32)[labels]
+    pools = [(caches["train"].features, soft)]
+    if "transfer" in caches:
+        pools.append((caches["transfer"].features, teacher(caches["transfer"])))
+    owner = np.concatenate([np.full(p[0].shape[1], k) for k, p in enumerate(pools)])
+    row = np.concatenate([np.arange(p[0].shape[1]) for p in pools])
     rng = np.random.default_rng(recipe.feature_cache.seed)
-    n = len(labels)
+    n = len(owner)
 
     def endless():
         while True:
@@ -107,19 +135,26 @@ def main():
                 idx = np.sort(order[s:s + args.batch_size])
                 pick = rng.integers(0, len(VIEWS), len(idx))
                 x = np.empty((len(idx), *maps_shape), np.float32)
-                for v in np.unique(pick):
-                    x[pick == v] = caches["train"].features[v, idx[pick == v]]
-                yield x, soft[pick, idx]
+                y = np.empty((len(idx), len(names)), np.float32)
+                for k, (features, goal) in enumerate(pools):
+                    for v in np.unique(pick):
+                        sel = (pick == v) & (owner[idx] == k)
+                        x[sel] = features[v, row[idx[sel]]]
+                        y[sel] = goal[v, row[idx[sel]]]
+                yield x, y
 
     spec = (tf.TensorSpec([None, *maps_shape], tf.float32), tf.TensorSpec([None, len(names)], tf.float32))
     dataset = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
     student = branch(1)
-    run_dir = os.path.join(os.path.dirname(args.out), "distill_branch")
+    run_dir = os.path.splitext(args.out)[0]
     checkpoint = AtomicBestCheckpoint(student, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
                                       monitor="val_expression_accuracy", mode="max", weights_only=True)
 
     def compile_student():
-        student.compile(keras.optimizers.Adam(args.learning_rate), loss=keras.losses.CategoricalCrossentropy(),
+        rate = args.learning_rate
+        if args.cosine:
+            rate = keras.optimizers.schedules.CosineDecay(rate, args.epochs * -(-n // args.batch_size))
+        student.compile(keras.optimizers.Adam(rate), loss=keras.losses.CategoricalCrossentropy(),
                         metrics=["accuracy"])
         return student
 
@@ -139,10 +174,11 @@ def main():
             rows[label]["crop" if framing == "plain" else "photo"] = {"accuracy": round(report["accuracy"], 4),
                                                                       "macro_f1": round(report["macro_f1"], 4)}
         print(label, rows[label])
-    write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "training_faces": int(n),
+    write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "training_faces": int(len(labels)),
+                             "transfer": args.transfer, "transfer_faces": int(n - len(labels)),
                              "validation_faces": int(len(val_labels)), "epochs": args.epochs,
                              "best_epoch": checkpoint.best_epoch + 1, "label_weight": args.label_weight,
-                             "learning_rate": args.learning_rate, "validation": rows})
+                             "learning_rate": args.learning_rate, "cosine": args.cosine, "validation": rows})
 
 
 if __name__ == "__main__":
