@@ -1,7 +1,7 @@
 """Distils release 4's expression ensemble into one branch that answers the face alone (issue #31, item 3).
 
 Release 4 answers an expression with two branches, each on the face and its mirror image, averaged: 2 trunk
-passes and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from) that sees one
+passes and 4 branch passes per face. The student is one branch (`--students 2`: both, averaged) (release 4's branch 1 to start from) that sees one
 view of the face and learns the ensemble's answer for it: the teacher's averaged probabilities, blended with the
 label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's training part (views `plain`,
 `framed` and their mirrors: the teacher's answer for a face and for its mirror image is the same average). It
@@ -34,10 +34,27 @@ RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "release_cpu.y
 VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
 
 
+def Average(branches):
+    """The branches' mean answer, as one Keras model (trained together: the ensemble is what is distilled)."""
+    import keras
+
+    class Mean(keras.Model):
+        def __init__(self, parts):
+            super().__init__(name="students")
+            self.parts = parts
+
+        def call(self, x, training=False):
+            return sum(p(x, training=training) for p in self.parts) / len(self.parts)
+
+    return Mean(branches)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--students", type=int, choices=(1, 2), default=1,
+                        help="2: both branches (from release 4's two) learn the ensemble's answer, averaged, face only")
     parser.add_argument("--cosine", action="store_true", help="the learning rate decays to 0 along a cosine")
     parser.add_argument("--label-weight", type=float, default=0.3, help="the label's share of each target")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -145,7 +162,7 @@ def main():
 
     spec = (tf.TensorSpec([None, *maps_shape], tf.float32), tf.TensorSpec([None, len(names)], tf.float32))
     dataset = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
-    student = branch(1)
+    student = branch(1) if args.students == 1 else Average([branch(1), branch(2)])
     run_dir = os.path.splitext(args.out)[0]
     checkpoint = AtomicBestCheckpoint(student, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
                                       monitor="val_expression_accuracy", mode="max", weights_only=True)
@@ -167,7 +184,8 @@ def main():
     student_val = predict_views(student, caches["val"])
     rows = {}
     for label, probs in (("release 4: 2 branches, face and mirror", teacher_val),
-                         ("distilled: 1 branch, face only", student_val)):
+                         (f"distilled: {args.students} branch{'es' if args.students > 1 else ''}, face only",
+                          student_val)):
         rows[label] = {}
         for framing in ("plain", "framed"):
             report = classification_report(val_labels, probs[VIEWS.index(framing)].argmax(1), names)
@@ -175,7 +193,7 @@ def main():
                                                                       "macro_f1": round(report["macro_f1"], 4)}
         print(label, rows[label])
     write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "training_faces": int(len(labels)),
-                             "transfer": args.transfer, "transfer_faces": int(n - len(labels)),
+                             "students": args.students, "transfer": args.transfer, "transfer_faces": int(n - len(labels)),
                              "validation_faces": int(len(val_labels)), "epochs": args.epochs,
                              "best_epoch": checkpoint.best_epoch + 1, "label_weight": args.label_weight,
                              "learning_rate": args.learning_rate, "cosine": args.cosine, "validation": rows})
