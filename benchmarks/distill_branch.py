@@ -1,9 +1,9 @@
 """Distils release 4's expression ensemble into one branch that answers the face alone (issue #31, item 3).
 
 Release 4 answers an expression with two branches, each on the face and its mirror image, averaged: 2 trunk
-passes and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from; `--students 2`: both, averaged) that sees one
-view of the face and learns the ensemble's answer for it: the teacher's averaged probabilities, blended with the
-label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's training part (views `plain`,
+passes and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from;
+`--students 2`: both branches, averaged) that sees one view of the face and learns the ensemble's answer for
+it: the teacher's averaged probabilities, blended with the label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's training part (views `plain`,
 `framed` and their mirrors: the teacher's answer for a face and for its mirror image is the same average). It
 trains through the one training loop (`facemtl.training.loop.fit_phases`), the best epoch chosen on the
 validation split's single-view accuracy (plain and framed, no mirror pass), carved as `recipes/release_cpu.yaml`
@@ -193,7 +193,8 @@ def main():
                                                                       "macro_f1": round(report["macro_f1"], 4)}
         print(label, rows[label])
     write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "training_faces": int(len(labels)),
-                             "students": args.students, "transfer": args.transfer, "transfer_faces": int(n - len(labels)),
+                             "students": args.students, "transfer": args.transfer,
+                             "transfer_faces": int(n - len(labels)),
                              "validation_faces": int(len(val_labels)), "epochs": args.epochs,
                              "best_epoch": checkpoint.best_epoch + 1, "label_weight": args.label_weight,
                              "learning_rate": args.learning_rate, "cosine": args.cosine, "validation": rows})
