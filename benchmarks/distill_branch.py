@@ -1,14 +1,14 @@
 """Distils release 4's expression ensemble into one branch that answers the face alone (issue #31, item 3).
 
-Release 4 answers an expression with two branches, each on the face and its mirror image, averaged: 2 trunk
-passes and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from;
-`--students 2`: both branches, averaged) that sees one view of the face and learns the ensemble's answer for
-it: the teacher's averaged probabilities, blended with the label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's training part (views `plain`,
-`framed` and their mirrors: the teacher's answer for a face and for its mirror image is the same average). It
-trains through the one training loop (`facemtl.training.loop.fit_phases`), the best epoch chosen on the
-validation split's single-view accuracy (plain and framed, no mirror pass), carved as `recipes/release_cpu.yaml`
-carves it. The test split is not touched: a student that holds within 0.3 points on validation is the candidate
-for a release, which reports PublicTest once.
+Release 4 answers an expression with two branches, each on the face and its mirror image, averaged: 2 trunk passes
+and 4 branch passes per face. The student is one branch (release 4's branch 1 to start from; `--students 2`: both
+branches, averaged) that sees one view of the face and learns the ensemble's answer for it: the teacher's averaged
+probabilities, blended with the label (`--label-weight`), on the frozen trunk's cached maps of FER2013 train's
+training part (views `plain`, `framed` and their mirrors: the teacher's answer for a face and for its mirror image
+is the same average). It trains through the one training loop (`facemtl.training.loop.fit_phases`), the best epoch
+chosen on the validation split's single-view accuracy (plain and framed, no mirror pass), carved as
+`recipes/release_cpu.yaml` carves it. The test split is not touched: a student that holds within 0.3 points on
+validation is the candidate for a release, which reports PublicTest once.
 
     python benchmarks/distill_branch.py [--epochs 8] [--max-faces N] [--transfer utkface]
 
