@@ -1,12 +1,13 @@
 """What release 4's expression ensemble and mirror pass buy, on the validation split, against what they cost.
 
-Release 4 answers expressions with two branches, each on the face and its mirror image, averaged (4 branch
-passes and 2 trunk passes per face). This scores the cheaper ways of answering with the same weights on FER2013
+Release 4 answers expressions with two branches, each on the face and its mirror image, averaged (4 branch passes
+and 2 trunk passes per face); one cheaper row runs the mirror's branch passes on the face's own trunk maps flipped
+left-right, with no second trunk pass. This scores the cheaper ways of answering with the same weights on FER2013
 train's validation split, carved exactly as `facemtl train recipes/release_cpu.yaml` carves it
-(`catalog.split_source`), in both framings (`crop`: the crop resized as served; `photo`: framed like a served
-photo, `photo_framing`): accuracy and macro-F1 per variant, and ms per face of the whole model at batch 64 built
-from the parts' times measured in the same run (trunk, identity branch, one expression branch; float32 Keras).
-The test split is not touched (it is reported once, for a shipped release).
+(`catalog.split_source`), in both framings (`crop`: the crop resized as served; `photo`: framed like a served photo,
+`photo_framing`): accuracy and macro-F1 per variant, and ms per face of the whole model at batch 64 built from the
+parts' times measured in the same run (trunk, identity branch, one expression branch; float32 Keras). The test split
+is not touched (it is reported once, for a shipped release).
 
     python benchmarks/ensemble_cost.py [--repeats 10]
 
@@ -70,27 +71,30 @@ def main():
     assert meta["expressions"] == names, (meta["expressions"], names)
 
     def probs(images):
-        """Per branch, the probabilities of each face and of its mirror image: `[branch, face/mirror, n, classes]`."""
-        out = np.zeros((len(branches), 2, len(images), len(names)), np.float32)
+        """Per branch, the probabilities of each face, of its mirror image, and of the face's trunk maps flipped
+        left-right (the mirror pass without its trunk pass): `[branch, face/mirror/flipped maps, n, classes]`."""
+        out = np.zeros((len(branches), 3, len(images), len(names)), np.float32)
         for s in range(0, len(images), 128):
             x = tf.constant(images[s:s + 128], tf.float32)
-            for side, pixels in enumerate((x, x[:, :, ::-1])):
-                maps = run_trunk(pixels)
+            face = run_trunk(x)
+            for side, maps in enumerate((face, run_trunk(x[:, :, ::-1]), face[:, :, ::-1])):
                 for b, branch in enumerate(branches):
                     out[b, side, s:s + 128] = branch(maps).numpy()
         return out
 
-    variants = {  # name: (branches used, mirror pass)
-        f"{len(branches)} branches, face and mirror (release 4)": (list(range(len(branches))), True),
-        f"{len(branches)} branches, face only": (list(range(len(branches))), False),
-        **{f"branch {b + 1}, face and mirror": ([b], True) for b in range(len(branches))},
-        **{f"branch {b + 1}, face only": ([b], False) for b in range(len(branches))},
+    every = list(range(len(branches)))
+    variants = {  # name: (branches used, which passes: 0 face, 1 mirror image, 2 the face's maps flipped)
+        f"{len(branches)} branches, face and mirror (release 4)": (every, (0, 1)),
+        f"{len(branches)} branches, face only": (every, (0,)),
+        f"{len(branches)} branches, face and its trunk maps flipped": (every, (0, 2)),
+        **{f"branch {b + 1}, face and mirror": ([b], (0, 1)) for b in every},
+        **{f"branch {b + 1}, face only": ([b], (0,)) for b in every},
     }
     scores = {name: {} for name in variants}
     for framing, images in views.items():
         p = probs(images)
-        for name, (used, mirror) in variants.items():
-            avg = p[used][:, :2 if mirror else 1].mean(axis=(0, 1))
+        for name, (used, sides) in variants.items():
+            avg = p[used][:, list(sides)].mean(axis=(0, 1))
             report = classification_report(labels, avg.argmax(1), names)
             scores[name][framing] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
 
@@ -105,9 +109,10 @@ def main():
     parts = {"trunk pass": per_face_ms(run_trunk, batch), "identity branch": per_face_ms(run_identity, maps),
              "expression branch pass": per_face_ms(branches[0], maps)}
     rows = {}
-    for name, (used, mirror) in variants.items():
-        passes = 2 if mirror else 1
-        ms = parts["trunk pass"] * passes + parts["identity branch"] + parts["expression branch pass"] * len(used) * passes
+    for name, (used, sides) in variants.items():
+        trunk_passes = 1 + (1 in sides)
+        ms = (parts["trunk pass"] * trunk_passes + parts["identity branch"]
+              + parts["expression branch pass"] * len(used) * len(sides))
         rows[name] = {**scores[name], "ms_per_face_b64": round(ms, 3)}
         print(f"{name:40s} crop {scores[name]['crop']['accuracy']:.4f} / F1 {scores[name]['crop']['macro_f1']:.4f}  "
               f"photo {scores[name]['photo']['accuracy']:.4f} / F1 {scores[name]['photo']['macro_f1']:.4f}  "
