@@ -51,6 +51,9 @@ def test_embedding_is_dlibs_normalised_descriptor(dlib_weights):
 
 
 def test_training_leaves_the_frozen_parts_unchanged(dlib_weights):
+    # Seeded: with an unlucky draw every unit of the 8-unit head is dead on the 8 faces and no gradient reaches
+    # the trained stage: 1 draw in 16 did (seeds 0-15: seed 7), which failed a fresh-clone run once.
+    keras.utils.set_random_seed(0)
     model = build_dlib_multitask(3, weights=dlib_weights, split_stage=3, expression_last_stage=4, expression_units=(8,))
     frozen = {w.path: w.numpy().copy() for w in model.get_layer("backbone").weights + model.get_layer(
         "identity_branch").weights}
