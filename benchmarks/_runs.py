@@ -24,6 +24,26 @@ def git_commit():
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+def best_ms(fn, repeats):
+    """The fastest of `repeats` calls, in ms (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * min(times)
+
+
+def box_iou(a, b):
+    """Intersection over union of two `(x, y, w, h)` boxes."""
+    ax0, ay0, aw, ah = a
+    bx0, by0, bw, bh = b
+    w = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
+    h = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
 def write_results(path, results):
     """Writes a benchmark's results as indented JSON to `path` (folders made) and prints them."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -28,17 +28,9 @@ import glob
 import os
 
 import numpy as np
-from _runs import write_results
+from _runs import box_iou, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def box_iou(a, b):
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    w = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    h = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    return w * h / (aw * ah + bw * bh - w * h)
 
 
 def main():

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from _runs import cpu_name, git_commit, write_results  # noqa: E402
+from _runs import best_ms, cpu_name, git_commit, write_results  # noqa: E402
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "release_cpu.yaml")
 
@@ -99,9 +98,7 @@ def main():
             scores[name][framing] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
 
     def per_face_ms(fn, x):
-        fn(x)
-        best = min(_timed(fn, x) for _ in range(args.repeats))
-        return 1000 * best / len(x)
+        return best_ms(lambda: fn(x).numpy(), args.repeats) / len(x)
 
     batch = tf.constant(views["photo"][:64], tf.float32)
     maps = run_trunk(batch)
@@ -119,12 +116,6 @@ def main():
               f"{ms:6.2f} ms/face (b64, Keras float32)")
     write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "validation_faces": int(len(labels)),
                              "parts_ms_per_face_b64": {k: round(v, 3) for k, v in parts.items()}, "variants": rows})
-
-
-def _timed(fn, x):
-    t = time.perf_counter()
-    fn(x).numpy()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

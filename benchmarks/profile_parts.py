@@ -28,12 +28,11 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from _runs import cpu_name, git_commit, write_results  # noqa: E402
+from _runs import best_ms, cpu_name, git_commit, write_results  # noqa: E402
 
 
 def isa_flags():
@@ -41,17 +40,6 @@ def isa_flags():
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
     return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-
-
-def best_ms(fn, repeats):
-    """The fastest of `repeats` calls, in ms (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * min(times)
 
 
 def graph_flops(tf, fn, spec):
