@@ -34,7 +34,7 @@ RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "release_cpu.y
 VIEWS = ("plain", "plain_mirror", "framed", "framed_mirror")
 
 
-def Average(branches):
+def averaged(branches):
     """The branches' mean answer, as one Keras model (trained together: the ensemble is what is distilled)."""
     import keras
 
@@ -88,12 +88,16 @@ def main():
         train = train.subset(np.sort(np.random.default_rng(0).choice(len(train), args.max_faces, replace=False)))
     m, data = recipe.model, recipe.data
     trunk = build_trunk((m.height, m.width, 3), m.split_stage)
-    caches = {}
-    for part, sub in (("train", train), ("val", val)):
-        mat = materialize(sub, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
-        framed = cached_framing(mat.images, data.cache_dir, f"{src.name}-{sub.split}", **framing_settings(m))
-        caches[part] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
-                                         f"{src.name}-{sub.split}", views=VIEWS, cfg=recipe.feature_cache)
+
+    def trunk_cache(source):
+        """A source's faces decoded, framed like photos and through the frozen trunk in every view (all cached)."""
+        name = f"{source.name}-{source.split}"
+        mat = materialize(source, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
+        framed = cached_framing(mat.images, data.cache_dir, name, **framing_settings(m))
+        return build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir, name, views=VIEWS,
+                                 cfg=recipe.feature_cache)
+
+    caches = {"train": trunk_cache(train), "val": trunk_cache(val)}
     if args.transfer == "utkface":
         from facemtl.data.sources import FaceSource, no_labels
         from facemtl.data.utkface import load_faces, read_utkface
@@ -103,11 +107,8 @@ def main():
             faces = faces[np.sort(np.random.default_rng(1).choice(len(faces), args.transfer_max, replace=False))]
         gray = faces.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # FER2013's crops are gray
         gray = np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, axis=-1)
-        extra = FaceSource("utkface_gray", no_labels(len(gray)), no_labels(len(gray)), pixels=gray, split="transfer")
-        mat = materialize(extra, crop_side(cfg), margin=data.crop_margin, cache_dir=data.cache_dir)
-        framed = cached_framing(mat.images, data.cache_dir, "utkface_gray-transfer", **framing_settings(m))
-        caches["transfer"] = build_trunk_cache(mat.images, framed.crops, mat.expression, trunk, data.cache_dir,
-                                               "utkface_gray-transfer", views=VIEWS, cfg=recipe.feature_cache)
+        caches["transfer"] = trunk_cache(FaceSource("utkface_gray", no_labels(len(gray)), no_labels(len(gray)),
+                                                    pixels=gray, split="transfer"))
     names = class_names(src)
     meta = read_preset_metadata(preset_dir("release"))
     assert meta["expressions"] == names, (meta["expressions"], names)
@@ -162,7 +163,7 @@ def main():
 
     spec = (tf.TensorSpec([None, *maps_shape], tf.float32), tf.TensorSpec([None, len(names)], tf.float32))
     dataset = tf.data.Dataset.from_generator(endless, output_signature=spec).prefetch(2)
-    student = branch(1) if args.students == 1 else Average([branch(1), branch(2)])
+    student = branch(1) if args.students == 1 else averaged([branch(1), branch(2)])
     run_dir = os.path.splitext(args.out)[0]
     checkpoint = AtomicBestCheckpoint(student, os.path.join(run_dir, "checkpoints", "best.weights.h5"),
                                       monitor="val_expression_accuracy", mode="max", weights_only=True)
