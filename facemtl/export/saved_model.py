@@ -36,6 +36,7 @@ signatures are the public contract:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime
 import json
 import os
@@ -106,9 +107,13 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
         x = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
         return serve(x)
 
+    # The network is traced once, here, and every signature calls that one function: traced inside each
+    # signature (and again when written out) it was most of an export's time.
+    forward = tf.function(lambda x: model(x, training=False), autograph=False,
+                          input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)])
+
     def serve(images):
-        x = prepare_images(images, height, width, channels)
-        out = model(x, training=False)
+        out = forward(prepare_images(images, height, width, channels))
         numbers = {f"{task}_probs": out[task] for task in ("expression", "identity") if task in out}
         if "identity" in out:
             numbers["embedding"] = out["embedding"]
@@ -128,14 +133,17 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     return fns
 
 
-def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
-    height, width = preprocessor.height, preprocessor.width
+@functools.lru_cache(maxsize=8)
+def _photo_finder(max_faces, max_side, height, width, face_scale, layout):
+    """One photo's faces, found and aligned in the graph: a `tf.function` per setting, kept for the process.
 
+    Tracing the detector's graph takes seconds, twice per export (once more when it is written out); kept, its
+    traces serve every later export with the same settings (a training run's exports, the test suite's).
+    """
     detector = BlazeFaceGraph(max_faces=max_faces)
-    crop_spec = tf.TensorSpec([max_faces, height, width, 3], tf.uint8)
 
     # Plain TF ops (tf.cond, map_fn) throughout: autograph's source rewrite would only add seconds to tracing.
-    @tf.autograph.experimental.do_not_convert
+    @functools.partial(tf.function, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
     def find(data):
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
         shape = tf.shape(image)[:2]
@@ -144,12 +152,20 @@ def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
         image = tf.cond(longest > max_side, lambda: tf.cast(tf.round(tf.image.resize(
             image, tf.maximum(new, 1), method="bilinear", antialias=True)), tf.uint8), lambda: image)
         boxes, keypoints, scores, count = detector.detect(image)
-        crops = align_crops(image, keypoints[:, :4], (height, width), preprocessor.face_scale, preprocessor.layout)
+        crops = align_crops(image, keypoints[:, :4], (height, width), face_scale, layout)
         pad = max_faces - count
         xywh = tf.concat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        return (tf.ensure_shape(tf.pad(crops, [[0, pad], [0, 0], [0, 0], [0, 0]]), crop_spec.shape),
+        return (tf.ensure_shape(tf.pad(crops, [[0, pad], [0, 0], [0, 0], [0, 0]]), [max_faces, height, width, 3]),
                 tf.pad(xywh, [[0, pad], [0, 0]]), tf.pad(scores, [[0, pad]]),
                 tf.pad(keypoints, [[0, pad], [0, 0], [0, 0]]), count, tf.shape(image)[:2])
+
+    return find
+
+
+def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
+    height, width = preprocessor.height, preprocessor.width
+    find = _photo_finder(max_faces, max_side, height, width, preprocessor.face_scale, preprocessor.layout)
+    crop_spec = tf.TensorSpec([max_faces, height, width, 3], tf.uint8)
 
     @tf.autograph.experimental.do_not_convert
     def analyze_photo(images):

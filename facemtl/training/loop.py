@@ -85,6 +85,11 @@ def fit_phases(phases, *, run_dir, checkpoint, fit_kwargs, callbacks=(), first_c
         if phase.last <= done:  # a resumed run skips the phases it has finished
             continue
         trainee = phase.compile()
+        if hasattr(fit_kwargs.get("x"), "element_spec"):
+            # Metrics, loss and optimizer built from the data's spec, as Keras's `fit` does under a strategy: built
+            # inside the first traced step instead, their new variables make it trace the step twice (seconds).
+            with trainee.distribute_strategy.scope():
+                trainee._symbolic_build(data_batch=fit_kwargs["x"].element_spec)
         state = TrainingBackup(backup_dir, trainee, phase=i)
         if done:  # the weights; the optimizer state only if this phase wrote the backup (its phase tag)
             state.restore()
