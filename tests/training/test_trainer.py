@@ -13,7 +13,7 @@ import pytest
 from facemtl.config import load_recipe
 from facemtl.errors import FacemtlError
 from facemtl.training.trainer import train
-from tests.helpers import QUICKSTART, REPO, tiny_overrides
+from tests.helpers import QUICKSTART, REPO, run_cli_here, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,8 @@ def test_kill_9_then_same_command_resumes(tmp_path):
     assert 3 <= finished_before < 8
     assert (run_dir / "backup").is_dir()
 
-    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    # The same command again, through the CLI's own entry in this process (TensorFlow is started here already).
+    out = run_cli_here(*args[3:])
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"resuming interrupted run in {run_dir}" in out.stdout
     assert list(runs.glob("*")) == [run_dir]  # no second run folder
