@@ -91,14 +91,7 @@ def main():
         **{f"branch {b + 1}, face and mirror": ([b], (0, 1)) for b in every},
         **{f"branch {b + 1}, face only": ([b], (0,)) for b in every},
     }
-    scores = {name: {} for name in variants}
-    all_probs = {}
-    for framing, images in views.items():
-        p = all_probs[framing] = probs(images)
-        for name, (used, sides) in variants.items():
-            avg = p[used][:, list(sides)].mean(axis=(0, 1))
-            report = classification_report(labels, avg.argmax(1), names)
-            scores[name][framing] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)}
+    all_probs = {framing: probs(images) for framing, images in views.items()}
 
     def per_face_ms(fn, x):
         return best_ms(lambda: fn(x).numpy(), args.repeats) / len(x)
@@ -109,34 +102,38 @@ def main():
     parts = {"trunk pass": per_face_ms(run_trunk, batch), "identity branch": per_face_ms(run_identity, maps),
              "expression branch pass": per_face_ms(branches[0], maps)}
     rows = {}
-    for name, (used, sides) in variants.items():
-        trunk_passes = 1 + (1 in sides)
-        ms = (parts["trunk pass"] * trunk_passes + parts["identity branch"]
-              + parts["expression branch pass"] * len(used) * len(sides))
-        rows[name] = {**scores[name], "ms_per_face_b64": round(ms, 3)}
-        print(f"{name:40s} crop {scores[name]['crop']['accuracy']:.4f} / F1 {scores[name]['crop']['macro_f1']:.4f}  "
-              f"photo {scores[name]['photo']['accuracy']:.4f} / F1 {scores[name]['photo']['macro_f1']:.4f}  "
-              f"{ms:6.2f} ms/face (b64, Keras float32)")
-    # The mirror pass only where it pays: the face-only answer stands where its top probability is high; the least
-    # confident `share` of the faces also run the mirror pass (the threshold is that quantile of the confidence, so
-    # it is fitted on these faces: a screen, not a release figure).
-    for share in args.mirror_shares:
-        name = f"{len(branches)} branches, mirror pass for the {share:.0%} least confident"
+
+    def add_row(name, answers, trunk_passes, branch_passes, extra=None):
+        """A row: accuracy and macro-F1 of `answers` (per framing, the probabilities), and ms per face of that many
+        trunk and expression branch passes (fractions: passes run for a share of the faces) and the identity branch."""
         rows[name] = {}
-        for framing, p in all_probs.items():
-            face, both = p[:, 0].mean(axis=0), p[:, :2].mean(axis=(0, 1))
-            confidence = face.max(1)
-            threshold = float(np.quantile(confidence, share))
-            answer = np.where((confidence < threshold)[:, None], both, face)
+        for framing, answer in answers.items():
             report = classification_report(labels, answer.argmax(1), names)
             rows[name][framing] = {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
-                                   "threshold": round(threshold, 4)}
-        ms = (parts["trunk pass"] * (1 + share) + parts["identity branch"]
-              + parts["expression branch pass"] * len(branches) * (1 + share))
+                                   **(extra or {}).get(framing, {})}
+        ms = (parts["trunk pass"] * trunk_passes + parts["identity branch"]
+              + parts["expression branch pass"] * branch_passes)
         rows[name]["ms_per_face_b64"] = round(ms, 3)
         print(f"{name:40s} crop {rows[name]['crop']['accuracy']:.4f} / F1 {rows[name]['crop']['macro_f1']:.4f}  "
               f"photo {rows[name]['photo']['accuracy']:.4f} / F1 {rows[name]['photo']['macro_f1']:.4f}  "
               f"{ms:6.2f} ms/face (b64, Keras float32)")
+
+    for name, (used, sides) in variants.items():
+        add_row(name, {framing: p[used][:, list(sides)].mean(axis=(0, 1)) for framing, p in all_probs.items()},
+                trunk_passes=1 + (1 in sides), branch_passes=len(used) * len(sides))
+    # The mirror pass only where it pays: the face-only answer stands where its top probability is high; the least
+    # confident `share` of the faces also run the mirror pass (the threshold is that quantile of the confidence, so
+    # it is fitted on these faces: a screen, not a release figure).
+    for share in args.mirror_shares:
+        answers, thresholds = {}, {}
+        for framing, p in all_probs.items():
+            face, both = p[:, 0].mean(axis=0), p[:, :2].mean(axis=(0, 1))
+            confidence = face.max(1)
+            threshold = float(np.quantile(confidence, share))
+            answers[framing] = np.where((confidence < threshold)[:, None], both, face)
+            thresholds[framing] = {"threshold": round(threshold, 4)}
+        add_row(f"{len(branches)} branches, mirror pass for the {share:.0%} least confident", answers,
+                trunk_passes=1 + share, branch_passes=len(branches) * (1 + share), extra=thresholds)
     write_results(args.out, {"cpu": cpu_name(), "commit": git_commit(), "validation_faces": int(len(labels)),
                              "parts_ms_per_face_b64": {k: round(v, 3) for k, v in parts.items()}, "variants": rows})
 
