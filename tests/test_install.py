@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -50,7 +51,12 @@ def test_the_installed_wheel_analyzes_without_tensorflow_and_trains_with_it(tmp_
     # pip keeps it (pyproject.toml's promise) instead of installing 1.3 GB again.
     [site] = venv.glob("lib/python*/site-packages")
     (site / "outer_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"{wheel}[cpu]"], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", f"{wheel}[cpu]"], check=True, capture_output=True,
+                         text=True).stdout
+    # The extra asks for TensorFlow and Keras, and pip found this suite's in its ranges: it installed neither.
+    for wanted in ("tensorflow(-cpu)?", "keras"):
+        assert re.search(rf"Requirement already satisfied: {wanted}[<>=!,.\d]* in .* \(from facemtl==", pip), (
+            wanted, pip[-3000:])
     assert not list(site.glob("tensorflow*")) and not list(site.glob("keras*"))
     facemtl("train", "quickstart", "--smoke")
     exports = list((here / "runs" / "smoke" / "saved_models" / "quickstart").glob("*/saved_model.pb"))
