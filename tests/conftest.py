@@ -1,12 +1,14 @@
 """Shared fixtures: a tiny trained-and-exported model, reused by export/inference/CLI tests."""
 
+import dataclasses
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from tests.helpers import QUICKSTART, SHARED_DATA, fer_pixels, tiny_overrides, write_image
+from tests.helpers import QUICKSTART, SHARED_DATA, fer_pixels, once_per_run, tiny_overrides, write_image
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -14,28 +16,46 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _train_quickstart(name, *overrides):
+    """The quickstart's smoke variant trained and exported into a shared folder, once per test run (about 15 s).
+
+    Returns:
+        `(build, load)` for `once_per_run`: `load` gives the same `TrainResult`, the model read back from the
+        copy `build` saved beside the run.
+    """
+    def build(folder):
+        from facemtl.config import load_recipe
+        from facemtl.training.trainer import train
+
+        recipe = load_recipe(QUICKSTART, overrides=[*tiny_overrides(folder), *overrides], smoke=True)
+        result = train(recipe, log=lambda *_: None)
+        result.model.save(folder / "model.keras")
+        record = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "model"}
+        (folder / "result.json").write_text(json.dumps(record, default=lambda x: x.tolist()))  # NumPy numbers
+        return result
+
+    def load(folder):
+        import keras
+
+        from facemtl.training.runs import TrainResult
+
+        record = json.loads((folder / "result.json").read_text())
+        return TrainResult(model=keras.saving.load_model(folder / "model.keras", compile=False), **record)
+
+    return build, load
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """Trains the quickstart's smoke variant once and exports it (about 15 s)."""
-    from facemtl.config import load_recipe
-    from facemtl.training.trainer import train
-
-    tmp = tmp_path_factory.mktemp("trained")
-    recipe = load_recipe(QUICKSTART, overrides=tiny_overrides(tmp), smoke=True)
-    result = train(recipe, log=lambda *_: None)
-    return result
+def trained(tmp_path_factory, worker_id):
+    """The quickstart's smoke variant, trained and exported once for the whole run."""
+    return once_per_run(tmp_path_factory, worker_id, "trained", *_train_quickstart("trained"))
 
 
 @pytest.fixture(scope="session")
-def trained_arcface(tmp_path_factory):
-    """The quickstart's smoke variant with an ArcFace identity head, exported (about 15 s)."""
-    from facemtl.config import load_recipe
-    from facemtl.training.trainer import train
-
-    tmp = tmp_path_factory.mktemp("trained_arcface")
-    recipe = load_recipe(QUICKSTART, overrides=[*tiny_overrides(tmp), "model.identity_head=arcface",
-                                                "export.name=arcface"], smoke=True)
-    return train(recipe, log=lambda *_: None)
+def trained_arcface(tmp_path_factory, worker_id):
+    """The quickstart's smoke variant with an ArcFace identity head, exported once for the whole run."""
+    return once_per_run(tmp_path_factory, worker_id, "trained_arcface",
+                        *_train_quickstart("trained_arcface", "model.identity_head=arcface", "export.name=arcface"))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ bytes and arrays that a user might hand to `FaceAnalyzer.analyze`,
 from __future__ import annotations
 
 import base64
+import fcntl
 import glob
 import http.client
 import io
@@ -35,6 +36,27 @@ TINY_MODEL = dict(stage_blocks=[1, 1], base_filters=16, identity_units=(32,), ex
 
 def tiny_overrides(tmp_path):
     return [f"output_dir={tmp_path / 'runs'}", f"export.base_dir={tmp_path / 'saved_models'}"]
+
+
+def once_per_run(tmp_path_factory, worker_id, name, build, load):
+    """A session-scoped fixture's work done by one pytest-xdist worker for the whole run; the others reuse it.
+
+    The first worker to ask runs `build(folder)` under a file lock in the run's shared temporary folder; a
+    worker that asks later waits for it, then returns `load(folder)`, which reads what `build` wrote there.
+    Without xdist (`-n 0`) it is `build` in a fresh folder.
+    """
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own (popen-gwN)
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if `build` raises
+        if (folder / "done").exists():
+            return load(folder)
+        folder.mkdir(exist_ok=True)
+        result = build(folder)
+        (folder / "done").touch()
+        return result
 
 
 def _png_chunk(kind, data):

@@ -15,22 +15,57 @@ from facemtl.labels import EXPRESSIONS
 
 pytestmark = pytest.mark.slow
 
+# One fresh process loads the export and answers every signature's inputs (loading TensorFlow and the SavedModel
+# once for the three tests that read its answers): argv is the export, then `signature=inputs=output` triples,
+# inputs an .npy file of images or a comma-separated list of encoded files.
 _FRESH_PROCESS = r"""
 import sys, numpy as np, tensorflow as tf
 loaded = tf.saved_model.load(sys.argv[1])
-serve = loaded.signatures["serving_default"]
-images = np.load(sys.argv[2])
-out = serve(images=tf.constant(images))
-np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})
+for job in sys.argv[2:]:
+    signature, inputs, output = job.split("=")
+    if inputs.endswith(".npy"):
+        images = tf.constant(np.load(inputs))
+    else:
+        images = tf.constant([open(p, "rb").read() for p in inputs.split(",")])
+    out = loaded.signatures[signature](images=images)
+    np.savez(output, **{k: v.numpy() for k, v in out.items()})
 """
 
-_FRESH_PROCESS_BYTES = r"""
-import sys, numpy as np, tensorflow as tf
-loaded = tf.saved_model.load(sys.argv[1])
-encoded = [open(p, "rb").read() for p in sys.argv[3:]]
-out = loaded.signatures["serving_bytes"](images=tf.constant(encoded))
-np.savez(sys.argv[2], **{k: v.numpy() for k, v in out.items()})
-"""
+
+@pytest.fixture(scope="module")
+def fresh_answers(trained, tmp_path_factory):
+    """The export's answers from a fresh process: `{signature: (inputs, answers)}` for the three signatures."""
+    from PIL import Image
+    from skimage import data
+
+    tmp = tmp_path_factory.mktemp("fresh")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 90, 70, 3), dtype=np.uint8)  # not the model's size: resized inside
+    np.save(tmp / "images.npy", images)
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
+    crop_paths = []
+    for i, crop in enumerate(crops):  # PNG is lossless, so the decoded pixels are the crops themselves
+        crop_paths.append(str(tmp / f"crop{i}.png"))
+        Image.fromarray(crop).save(crop_paths[-1])
+    crop_paths.append(str(tmp / "gray.png"))
+    Image.fromarray(crops[0][..., 0]).save(crop_paths[-1])
+    astronaut = data.astronaut()
+    group = np.zeros((300, 700, 3), np.uint8)
+    face = np.asarray(Image.fromarray(astronaut[:256, 100:356]).resize((200, 200)))
+    group[50:250, 20:220], group[50:250, 480:680] = face, face
+    photo_paths = []
+    for name, photo in (("astronaut.png", astronaut), ("group.png", group), ("coffee.png", data.coffee())):
+        photo_paths.append(str(tmp / name))
+        Image.fromarray(photo).save(photo_paths[-1])
+    inputs = {"serving_default": (images, str(tmp / "images.npy")), "serving_bytes": (crops, ",".join(crop_paths)),
+              "analyze_photo": (photo_paths, ",".join(photo_paths))}
+    jobs = [f"{signature}={arg}={tmp / signature}.npz" for signature, (_, arg) in inputs.items()]
+    subprocess.run([sys.executable, "-c", _FRESH_PROCESS, trained.export_dir, *jobs], check=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # String outputs are object arrays (allow_pickle): our own files.
+    return {signature: (given, np.load(tmp / f"{signature}.npz", allow_pickle=True))
+            for signature, (given, _) in inputs.items()}
 
 
 def test_layout_and_metadata(trained):
@@ -53,13 +88,8 @@ def test_each_weight_is_stored_once(trained):
     assert weights <= stored < 1.3 * weights
 
 
-def test_fresh_process_matches_in_memory_model(trained, tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (5, 90, 70, 3), dtype=np.uint8)  # not the model's size: resized inside
-    np.save(tmp_path / "images.npy", images)
-    subprocess.run([sys.executable, "-c", _FRESH_PROCESS, trained.export_dir, str(tmp_path / "images.npy"),
-                    str(tmp_path / "out.npz")], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    served = np.load(tmp_path / "out.npz", allow_pickle=True)  # string outputs are object arrays; our own file
+def test_fresh_process_matches_in_memory_model(trained, fresh_answers):
+    images, served = fresh_answers["serving_default"]
     meta = read_metadata(trained.export_dir)
     expected = make_serving_fns(trained.model, meta["identities"], meta["expressions"])["serving_default"](
         tf.constant(images))
@@ -73,21 +103,9 @@ def test_fresh_process_matches_in_memory_model(trained, tmp_path):
     assert [s.decode() for s in served["identity"]] == [meta["identities"][i] for i in served["identity_probs"].argmax(1)]
 
 
-def test_bytes_signature_decodes_in_the_graph(trained, tmp_path):
+def test_bytes_signature_decodes_in_the_graph(trained, fresh_answers):
     """serving_bytes on encoded crops answers as serving_default on the decoded pixels."""
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
-    paths = []
-    for i, crop in enumerate(crops):  # PNG is lossless, so the decoded pixels are the crops themselves
-        paths.append(str(tmp_path / f"crop{i}.png"))
-        Image.fromarray(crop).save(paths[-1])
-    gray = str(tmp_path / "gray.png")
-    Image.fromarray(crops[0][..., 0]).save(gray)
-    subprocess.run([sys.executable, "-c", _FRESH_PROCESS_BYTES, trained.export_dir, str(tmp_path / "out.npz"),
-                    *paths, gray], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    served = np.load(tmp_path / "out.npz", allow_pickle=True)
+    crops, served = fresh_answers["serving_bytes"]
     meta = read_metadata(trained.export_dir)
     serve = make_serving_fns(trained.model, meta["identities"], meta["expressions"])["serving_default"]
     expected = [serve(tf.constant(c[None])) for c in (*crops, np.repeat(crops[0][..., :1], 3, axis=-1))]
@@ -109,33 +127,13 @@ def test_saved_model_cli_lists_the_signature(trained):
     assert "dtype: DT_UINT8" in out and "dtype: DT_STRING" in out
 
 
-_FRESH_PROCESS_PHOTOS = r"""
-import sys, numpy as np, tensorflow as tf
-loaded = tf.saved_model.load(sys.argv[1])
-encoded = [open(p, "rb").read() for p in sys.argv[3:]]
-out = loaded.signatures["analyze_photo"](images=tf.constant(encoded))
-np.savez(sys.argv[2], **{k: v.numpy() for k, v in out.items()})
-"""
-
-
-def test_analyze_photo_finds_and_answers_faces_in_the_graph(trained, tmp_path):
+def test_analyze_photo_finds_and_answers_faces_in_the_graph(trained, fresh_answers):
     """Whole photos in, in a fresh process: the faces, boxes and answers FaceAnalyzer gives with BlazeFace."""
-    from PIL import Image
     from skimage import data
 
     from facemtl.inference import FaceAnalyzer
 
-    astronaut = data.astronaut()
-    group = np.zeros((300, 700, 3), np.uint8)
-    face = np.asarray(Image.fromarray(astronaut[:256, 100:356]).resize((200, 200)))
-    group[50:250, 20:220], group[50:250, 480:680] = face, face
-    paths = []
-    for name, photo in (("astronaut.png", astronaut), ("group.png", group), ("coffee.png", data.coffee())):
-        paths.append(str(tmp_path / name))
-        Image.fromarray(photo).save(paths[-1])
-    subprocess.run([sys.executable, "-c", _FRESH_PROCESS_PHOTOS, trained.export_dir, str(tmp_path / "out.npz"),
-                    *paths], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    served = np.load(tmp_path / "out.npz", allow_pickle=True)
+    paths, served = fresh_answers["analyze_photo"]
     assert served["count"].tolist() == [1, 2, 0]
     assert served["boxes"].shape == (3, 16, 4) and served["embedding"].shape == (3, 16, 16)
     assert served["image_size"].tolist() == [[512, 512], [300, 700], list(data.coffee().shape[:2])]

@@ -135,10 +135,11 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
 
 @functools.lru_cache(maxsize=8)
 def _photo_finder(max_faces, max_side, height, width, face_scale, layout):
-    """One photo's faces, found and aligned in the graph: a `tf.function` per setting, kept for the process.
+    """One photo's faces, found and aligned in the graph: a concrete function per setting, kept for the process.
 
-    Tracing the detector's graph takes seconds, twice per export (once more when it is written out); kept, its
-    traces serve every later export with the same settings (a training run's exports, the test suite's).
+    Tracing the detector's graph takes about a second; kept, the trace serves every later export with the same
+    settings (a training run's exports, the test suite's). A concrete function, not the `tf.function`: writing
+    the SavedModel would trace a `tf.function` called inside a signature once more (in its save context).
     """
     detector = BlazeFaceGraph(max_faces=max_faces)
 
@@ -159,7 +160,7 @@ def _photo_finder(max_faces, max_side, height, width, face_scale, layout):
                 tf.pad(xywh, [[0, pad], [0, 0]]), tf.pad(scores, [[0, pad]]),
                 tf.pad(keypoints, [[0, pad], [0, 0], [0, 0]]), count, tf.shape(image)[:2])
 
-    return find
+    return find.get_concrete_function()
 
 
 def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):

@@ -10,6 +10,7 @@ from facemtl.models import presets
 from facemtl.data import feature_cache as cached
 from facemtl.models import dlib_resnet
 from facemtl.training import feature_cache as fc
+from tests.helpers import once_per_run
 
 
 def _faces(n, seed=0):
@@ -151,8 +152,9 @@ def test_spatial_pool_and_learnable_affine_change_what_the_branch_trains():
 
 
 @pytest.fixture(scope="module")
-def random_export(tmp_path_factory):
-    """A 112-px dlib multi-task model with random weights, exported once for the tests that start from it.
+def random_export(tmp_path_factory, worker_id):
+    """A 112-px dlib multi-task model with random weights, exported once per test run for the tests that start
+    from it.
 
     Not dlib's weights: what the assembled model takes from the export must come from the export.
     112 px is the smallest common size at which all five of dlib's stages keep a positive size.
@@ -166,12 +168,16 @@ def random_export(tmp_path_factory):
 
     base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
     rng = np.random.default_rng(0)
-    for v in base.variables:
+    for v in base.variables:  # the same weights in every worker: the one export is of this model
         if "seed_generator" not in v.path:
             v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
-    path = export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path_factory.mktemp("init")),
-                              name="base", extra_metadata={"crop": {"layout": "dlib"}})
-    return base, path
+
+    def build(folder):
+        return base, export_saved_model(base, ["ann", "bob"], EXPRESSIONS, base_dir=str(folder), name="base",
+                                        extra_metadata={"crop": {"layout": "dlib"}})
+
+    return once_per_run(tmp_path_factory, worker_id, "random_export", build,
+                        lambda folder: (base, str(folder / "base" / "1")))
 
 
 def _random_export_and_recipe(random_export, seed, *overrides):
