@@ -20,7 +20,7 @@ import numpy as np
 from facemtl.errors import FacemtlError
 from facemtl.export.metadata import EXPORT_FILE
 from facemtl.export.outputs import attribute_output
-from facemtl.export.saved_model import load_run_model
+from facemtl.export.saved_model import load_run_model, write_archive
 from facemtl.files import write_bytes_atomically
 from facemtl.images import load_image
 from facemtl.litert import METADATA_NAME
@@ -77,7 +77,7 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         attributes = metadata.get("attributes", [])
         archive.add_endpoint(name="serving_default", fn=_serving_function(model, attributes),
                              input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
-        archive.write_out(tmp, verbose=False)
+        write_archive(archive, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         flat = _convert(converter, quantize, calibration)
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
