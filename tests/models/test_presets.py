@@ -115,6 +115,19 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
 
 
 @pytest.mark.slow
+def test_an_exports_weights_are_read_from_its_files_as_the_model_held_them(trained, tmp_path):
+    """`export_variables` (no graph loaded) gives every weight of the exported model, by name, to the bit."""
+    values = presets.export_variables(trained.export_dir)
+    weights = {v.path: np.asarray(v) for v in trained.model.weights if "seed_generator" not in v.path}
+    assert set(weights) <= set(values)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(values[name], value, err_msg=name)
+    (tmp_path / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(ModelFormatError, match=f"^{tmp_path}: not a readable SavedModel"):
+        presets.export_variables(str(tmp_path))
+
+
+@pytest.mark.slow
 def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_path):
     r = run_cli_here("export", "release", "--base-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
