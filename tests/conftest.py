@@ -16,7 +16,7 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _train_quickstart(name, *overrides):
+def _train_quickstart(*overrides):
     """The quickstart's smoke variant trained and exported into a shared folder, once per test run (about 15 s).
 
     Returns:
@@ -48,14 +48,14 @@ def _train_quickstart(name, *overrides):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, worker_id):
     """The quickstart's smoke variant, trained and exported once for the whole run."""
-    return once_per_run(tmp_path_factory, worker_id, "trained", *_train_quickstart("trained"))
+    return once_per_run(tmp_path_factory, worker_id, "trained", *_train_quickstart())
 
 
 @pytest.fixture(scope="session")
 def trained_arcface(tmp_path_factory, worker_id):
     """The quickstart's smoke variant with an ArcFace identity head, exported once for the whole run."""
     return once_per_run(tmp_path_factory, worker_id, "trained_arcface",
-                        *_train_quickstart("trained_arcface", "model.identity_head=arcface", "export.name=arcface"))
+                        *_train_quickstart("model.identity_head=arcface", "export.name=arcface"))
 
 
 @pytest.fixture

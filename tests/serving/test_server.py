@@ -10,7 +10,8 @@ from PIL import Image
 
 from tests.helpers import API_KEY, b64, png, png_claiming, start_server, stop_server
 
-pytestmark = pytest.mark.slow  # each server process loads TensorFlow and the model (about 15 s)
+# One worker runs them all: one `server` process per run (each loads TensorFlow and the model: about 15 s).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server")]
 
 MODEL = "/v1/models/release"
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import identity_labels, orl_photos
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow, pytest.mark.xdist_group("server")]  # one server per run
 
 
 def test_strangers_are_unknown_through_the_rest_api(server):
