@@ -63,11 +63,10 @@ def faces(path, fmt, split, layout, size):
 
 def head_directions(saved_model_dir):
     """The cosine classifier's class weights (`identity_similarity/kernel`, `[D, N]`) as directions `[N, D]`."""
-    import tensorflow as tf
+    from facemtl.models.presets import export_variables
 
-    loaded = tf.saved_model.load(saved_model_dir)
-    kernel = [v for v in loaded._all_variables if v.name.startswith("identity_similarity/kernel")]
-    return kernel[0].numpy().T if kernel else None
+    kernel = export_variables(saved_model_dir).get("identity_similarity/kernel")
+    return None if kernel is None else kernel.T
 
 
 def gallery_trials(emb, people, threshold, fpir, sizes, rng, trials=20):

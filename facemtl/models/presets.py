@@ -406,8 +406,10 @@ def export_variables(saved_model_dir):
         graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
         values = {}
         for node, stored in zip(saved.meta_graphs[0].object_graph_def.nodes, graph.nodes):
+            if node.WhichOneof("kind") != "variable":
+                continue
             keys = [a.checkpoint_key for a in stored.attributes if a.name == "VARIABLE_VALUE"]
-            if node.WhichOneof("kind") == "variable" and keys:
+            if keys:
                 values[node.variable.name.rsplit(":", 1)[0]] = reader.get_tensor(keys[0])
         return values
     except (OSError, DecodeError, IndexError, tf.errors.OpError) as exc:
