@@ -203,8 +203,8 @@ def write_archive(archive, path):
 
     Keras 3.15's archive saves every weight twice: its tracked lists hold the Keras variables, and the
     endpoints' list (`_all_variables`) the TF variables inside them, which are all that serving restores.
-    Dropping the former halves the export and its writing time (tests/test_export.py checks the size and
-    that answers are unchanged; the LiteRT copy converted from it is the same, 7 of a dlib model's 22 s saved).
+    Dropping the former halves the export and shortens its writing (tests/test_export.py checks the size and
+    that answers are unchanged; tests/test_tflite.py that the LiteRT copy converted from it answers the same).
     """
     trackable = archive._tf_trackable
     trackable.variables, trackable.trainable_variables, trackable.non_trainable_variables = [], [], []

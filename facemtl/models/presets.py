@@ -384,8 +384,8 @@ def export_variables(saved_model_dir):
     """An export's weights by variable name, read from its files without loading its graphs.
 
     `tf.saved_model.load` would build every signature's graph (the in-graph detector's included) to reach the
-    same numbers: 2.7 s for the release export, 0.15 s read here. The SavedModel's object graph names each
-    variable; the checkpoint beside it, whose nodes share the object graph's ids, holds its value.
+    same numbers, seconds for a dlib export. The SavedModel's object graph names each variable; the checkpoint
+    beside it, whose nodes share the object graph's ids, holds its value.
 
     Returns:
         `{name: np.ndarray}` (names as `tf.Variable.name` gives them, without `:0`).
