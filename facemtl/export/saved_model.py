@@ -201,13 +201,13 @@ def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
 def write_archive(archive, path):
     """Writes a Keras `ExportArchive` to `path` as a SavedModel, each weight once.
 
-    Keras 3.15's archive saves every weight twice: its tracked lists hold the Keras variables, and the
-    endpoints' list (`_all_variables`) the TF variables inside them, which are all that serving restores.
-    Dropping the former halves the export and shortens its writing (tests/test_export.py checks the size and
-    that answers are unchanged; tests/test_tflite.py that the LiteRT copy converted from it answers the same).
+    Its callers never `track` the model: the endpoints' functions carry every variable they use (which is all
+    that serving restores), while a tracked model adds each weight a second time and makes Keras walk every
+    layer for lookup tables, tracing the functions it finds on the way (a large share of an
+    export's time). Our networks hold no lookup table; one that did would fail here loudly
+    (TensorFlow refuses to save a function that uses an untracked resource), not export without it.
+    tests/test_export.py checks the export's size and answers; tests/test_tflite.py the LiteRT copy made from it.
     """
-    trackable = archive._tf_trackable
-    trackable.variables, trackable.trainable_variables, trackable.non_trainable_variables = [], [], []
     archive.write_out(path, verbose=False)
 
 
@@ -274,7 +274,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     tmp = os.path.join(model_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
         archive = keras.export.ExportArchive()
-        archive.track(model)
         height, width, channels = model.input_shape[1:]
         if preprocessor is None:
             preprocessor = Preprocessor.from_metadata({"input": {"height": height, "width": width},

@@ -73,7 +73,6 @@ def convert(model, metadata, *, quantize=None, calibration=None):
     with tempfile.TemporaryDirectory() as tmp:
         # Through a SavedModel (Keras's own export), so the converter sees the weights as variables to freeze.
         archive = keras.export.ExportArchive()
-        archive.track(model)
         attributes = metadata.get("attributes", [])
         archive.add_endpoint(name="serving_default", fn=_serving_function(model, attributes),
                              input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
