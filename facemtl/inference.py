@@ -45,6 +45,52 @@ def describe_attributes(attributes, raw):
     return answer
 
 
+_LOADED = collections.OrderedDict()  # (folder, its files' stats) -> the loaded SavedModel, newest last
+_LOADED_KEEP = 4
+_LOADED_LOCK = threading.Lock()
+
+
+def load_saved_model(folder):
+    """`tf.saved_model.load(folder)`, shared by the `Predictor`s of this process that run the same export.
+
+    Loading rebuilds every signature's graphs, the in-graph detector's included (seconds for the release);
+    a notebook, a gallery or a pipeline that makes several `Predictor`s or `FaceAnalyzer`s of one export
+    pays it once. The key is the folder, the size and modification time of the files loading reads
+    (`saved_model.pb`, `variables/variables.index`) and the export's `fingerprint.pb` (TensorFlow's hashes
+    of its graph and weights), so an export written again is loaded again; the `_LOADED_KEEP` most
+    recently used stay loaded. Signatures are stateless, safe to call from threads.
+
+    Args:
+        folder: a SavedModel folder.
+
+    Returns:
+        What `tf.saved_model.load` returns.
+    """
+    import tensorflow as tf  # heavy: imported when the SavedModel must run
+
+    folder = os.path.realpath(folder)
+    key = [folder]
+    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        try:
+            st = os.stat(os.path.join(folder, name))
+            key.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            key.append(None)  # tf.saved_model.load says what is missing
+    try:
+        with open(os.path.join(folder, "fingerprint.pb"), "rb") as f:
+            key.append(f.read())  # TensorFlow's hashes of the graph and the weights
+    except OSError:
+        key.append(None)
+    key = tuple(key)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = tf.saved_model.load(folder)
+            while len(_LOADED) > _LOADED_KEEP:
+                _LOADED.popitem(last=False)
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+
+
 class Predictor:
     """Loads a facemtl SavedModel and answers for face crops.
 
@@ -175,9 +221,7 @@ class Predictor:
     def saved_model(self):
         """The loaded SavedModel (written first from a preset, the first time it is needed)."""
         if self._saved_model is None:
-            import tensorflow as tf  # heavy: imported when the SavedModel must run
-
-            self._saved_model = tf.saved_model.load(resolve_model(self.path))
+            self._saved_model = load_saved_model(resolve_model(self.path))
         return self._saved_model
 
     def _forward_lite(self, batch):

@@ -200,6 +200,32 @@ def test_predict_answers_from_a_single_task_export(tmp_path):
     assert set(json.loads(r.stdout)) == {"path", "expression"}
 
 
+def test_predictors_of_one_export_share_its_load_and_an_export_written_again_is_loaded_again(tmp_path):
+    import shutil
+
+    from facemtl.inference import Predictor
+    from facemtl.models.multitask import build_multitask_model
+    from tests.helpers import TINY_MODEL
+
+    def export(name, seed):
+        tf.keras.utils.set_random_seed(seed)
+        model = build_multitask_model(3, input_shape=(64, 64, 3), tasks=("expression",), **TINY_MODEL)
+        return export_saved_model(model, [], EXPRESSIONS, base_dir=str(tmp_path), name=name)
+
+    path, other = export("expr", 0), export("other", 1)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    first, second = Predictor(path, backend="savedmodel"), Predictor(path, backend="savedmodel")
+    assert first.saved_model is second.saved_model
+    before = first.forward(faces)["expression_probs"]
+    shutil.rmtree(path)
+    shutil.copytree(other, path)  # another network's export in the same folder (the same graph's size)
+    again = Predictor(path, backend="savedmodel")
+    assert again.saved_model is not first.saved_model
+    after = again.forward(faces)["expression_probs"]
+    np.testing.assert_array_equal(after, Predictor(other, backend="savedmodel").forward(faces)["expression_probs"])
+    assert np.abs(after - before).max() > 1e-4
+
+
 def test_analyze_photo_is_built_from_the_preprocessor(trained):
     from facemtl.preprocessing import Preprocessor
 
