@@ -1,4 +1,4 @@
-"""Files: writing small ones so that a crash never leaves a half-written one, and naming unreadable ones."""
+"""Files: writing small ones so that a crash never leaves a half-written one, naming unreadable ones, locking."""
 
 from __future__ import annotations
 
@@ -91,6 +91,25 @@ def write_bytes_atomically(path, data):
 def write_json_atomically(path, data, indent=None):
     """Writes `data` as JSON, atomically (see `write_text_atomically`)."""
     write_text_atomically(path, json.dumps(data, indent=indent))
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Holds an exclusive lock on the file `path` (made, mode 0600, with its folder) across processes.
+
+    Example:
+        >>> with file_lock("/tmp/facemtl-example.lock"):
+        ...     pass  # one process at a time here
+    """
+    import fcntl  # POSIX only: imported where a lock is taken
+
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def facemtl_home():

@@ -16,7 +16,7 @@ import uuid
 
 from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, update_metadata
 from facemtl.export.saved_model import OWN_METADATA, export_saved_model
-from facemtl.files import writable_folder
+from facemtl.files import file_lock, writable_folder
 from facemtl.models.presets import (
     WEIGHTS_FILE,
     cache_root,
@@ -105,29 +105,43 @@ def saved_model_for(name="release", log=None):
     from, and the weights file's size and time: while those are unchanged
     (every start-up but the first after an install) nothing is hashed. When
     only the time changed (the same weights installed again), the digest is
-    read once and the new time recorded.
+    read once and the new time recorded. Processes asking at once write it once: the others wait for it
+    (a lock file in the cache).
 
     Returns:
         The SavedModel version folder.
     """
     folder = preset_dir(name)
     target = cached_saved_model(read_preset_metadata(folder))
-    if os.path.isfile(os.path.join(target, "saved_model.pb")):
-        try:
-            with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
-                written = json.load(f).get("preset", {})
-            stamp, described = _weights_stamp(folder), _metadata_sha1(folder)
-            if written.get("weights_stamp") == stamp or written.get("weights_sha1") == _weights_sha1(folder):
-                if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
-                    meta = read_preset_metadata(folder)
-                    update_metadata(target, {**meta, "version": meta["version"],
-                                             "preset": {**written, "weights_stamp": stamp,
-                                                        "metadata_sha1": described}})
-                elif written.get("weights_stamp") != stamp:
-                    update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
-                return target
-        except (OSError, ValueError):
-            pass
-        shutil.rmtree(target, ignore_errors=True)  # written from other weights (another install): written again
+    if _written_from(folder, target):
+        return target
     writable_folder(cache_root(), "the model cache", "FACEMTL_HOME")
-    return export_preset(folder, log=log)
+    # Two processes starting at once (a server and a command, or a pool's workers): the second waits for the
+    # first's SavedModel instead of writing its own copy.
+    with file_lock(os.path.join(cache_root(), f".{os.path.basename(os.path.dirname(target))}.lock")):
+        if _written_from(folder, target):
+            return target
+        shutil.rmtree(target, ignore_errors=True)  # written from other weights (another install): written again
+        return export_preset(folder, log=log)
+
+
+def _written_from(folder, target):
+    """Whether `target` holds the SavedModel of the preset in `folder` as installed now (its metadata brought
+    up to date when only the metadata or the weights file's time changed)."""
+    if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+        return False
+    try:
+        with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
+            written = json.load(f).get("preset", {})
+        stamp, described = _weights_stamp(folder), _metadata_sha1(folder)
+        if written.get("weights_stamp") != stamp and written.get("weights_sha1") != _weights_sha1(folder):
+            return False
+        if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
+            meta = read_preset_metadata(folder)
+            update_metadata(target, {**meta, "version": meta["version"],
+                                     "preset": {**written, "weights_stamp": stamp, "metadata_sha1": described}})
+        elif written.get("weights_stamp") != stamp:
+            update_metadata(target, {"preset": {**written, "weights_stamp": stamp}})
+        return True
+    except (OSError, ValueError):
+        return False

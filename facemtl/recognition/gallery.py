@@ -15,7 +15,6 @@ use into the embedded store beside them; the `.npz` file is left as it was.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -26,6 +25,7 @@ import zipfile
 import numpy as np
 
 from facemtl.errors import GalleryError
+from facemtl.files import file_lock
 from facemtl.recognition.metrics import model_threshold, normalize
 from facemtl.recognition.open_set import UNKNOWN, gallery_threshold
 from facemtl.recognition.stores import default_store, open_store
@@ -59,19 +59,6 @@ def list_galleries(store=None):
     if isinstance(st, LocalStore) and os.path.isdir(st.folder):
         names |= {f[:-4] for f in os.listdir(st.folder) if f.endswith(".npz") and not f.startswith(".")}
     return sorted(names)
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-    import fcntl
-
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def check_person_name(name):
@@ -144,7 +131,7 @@ class Gallery:
     @classmethod
     def _convert(cls, st, name, old):
         """Converts an earlier `.npz` gallery into the store (once, under a lock); the file stays as it is."""
-        with _file_lock(os.path.join(st.folder, f".{name}.convert.lock")):
+        with file_lock(os.path.join(st.folder, f".{name}.convert.lock")):
             if st.exists(name):  # another process converted it meanwhile
                 return cls(st.open(name), name)
             meta, names, embeddings, sources = read_npz(old)

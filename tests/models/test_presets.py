@@ -139,6 +139,29 @@ def test_export_command_writes_the_release_savedmodel_without_a_run_folder(tmp_p
 
 
 @pytest.mark.slow
+def test_processes_asking_at_once_for_a_presets_savedmodel_write_it_once(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
+    _, folder = _tiny_preset(tmp_path)
+    writes, export = [], cache.export_preset
+
+    def counted(*args, **kwargs):
+        writes.append(args)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "export_preset", counted)
+    got = []
+    # Each thread opens the lock file itself, as another process would: flock excludes them the same way.
+    threads = [threading.Thread(target=lambda: got.append(cache.saved_model_for(folder))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(writes) == 1 and len(got) == 2 and got[0] == got[1]
+    assert os.path.isfile(os.path.join(got[0], "saved_model.pb"))
+
+
 def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_not_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
     _, folder = _tiny_preset(tmp_path)

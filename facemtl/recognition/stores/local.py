@@ -33,7 +33,7 @@ import threading
 import numpy as np
 
 from facemtl.errors import GalleryError
-from facemtl.files import writable_folder
+from facemtl.files import file_lock, writable_folder
 from facemtl.recognition.metrics import normalize
 
 FORMAT_VERSION = 2
@@ -384,11 +384,7 @@ class LocalGallery:
         """
         from usearch.index import Index
 
-        lock_fd = os.open(os.path.join(self.folder, "compact.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            import fcntl
-
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        with file_lock(os.path.join(self.folder, "compact.lock")):
             with self._lock:  # a consistent snapshot of the changes; the index is built outside the lock
                 self._refresh()
                 tail, tail_ids, tail_matrix, seq = set(self._tail), self._tail_ids, self._tail_matrix, self._seen_seq
@@ -422,8 +418,6 @@ class LocalGallery:
                 if old_seq < seq:
                     os.remove(old)
             return True
-        finally:
-            os.close(lock_fd)
 
     def close(self):
         with self._lock:
