@@ -162,6 +162,7 @@ def test_processes_asking_at_once_for_a_presets_savedmodel_write_it_once(tmp_pat
     assert os.path.isfile(os.path.join(got[0], "saved_model.pb"))
 
 
+@pytest.mark.slow
 def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_not_rewritten(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
     _, folder = _tiny_preset(tmp_path)
