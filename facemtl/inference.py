@@ -45,7 +45,7 @@ def describe_attributes(attributes, raw):
     return answer
 
 
-_LOADED = collections.OrderedDict()  # (folder, its files' stats) -> the loaded SavedModel, newest last
+_LOADED = collections.OrderedDict()  # (folder, its files' stats, fingerprint) -> the loaded SavedModel, newest last
 _LOADED_KEEP = 4
 _LOADED_LOCK = threading.Lock()
 
