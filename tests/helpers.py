@@ -10,7 +10,6 @@ bytes and arrays that a user might hand to `FaceAnalyzer.analyze`,
 from __future__ import annotations
 
 import base64
-import fcntl
 import glob
 import http.client
 import io
@@ -26,6 +25,8 @@ import zlib
 
 import numpy as np
 from PIL import Image
+
+from facemtl.files import file_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.abspath(os.path.join(REPO, "..", "shared", "data"))
@@ -49,8 +50,7 @@ def once_per_run(tmp_path_factory, worker_id, name, build, load):
         return build(tmp_path_factory.mktemp(name))
     shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own (popen-gwN)
     folder = shared / name
-    with open(shared / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if `build` raises
+    with file_lock(str(shared / f"{name}.lock")):  # released also if `build` raises
         if (folder / "done").exists():
             return load(folder)
         folder.mkdir(exist_ok=True)

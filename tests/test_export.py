@@ -89,17 +89,14 @@ def test_each_weight_is_stored_once(trained):
 
 
 def test_a_function_using_an_untracked_lookup_table_is_refused_not_exported_without_it(tmp_path):
-    # write_archive's callers never track the model (each weight once, no walk of its layers): a network that
+    # write_archive never tracks the model (each weight once, no walk of its layers): a network that
     # held a lookup table would then fail loudly here rather than export without its table.
-    import keras
-
     from facemtl.export.saved_model import write_archive
 
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(["happy", "sad"], [3, 4]), -1)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint(name="serving_default", fn=table.lookup, input_signature=[tf.TensorSpec([None], tf.string)])
     with pytest.raises(AssertionError, match="untracked"):
-        write_archive(archive, str(tmp_path / "export"))
+        write_archive(str(tmp_path / "export"),
+                      [("serving_default", table.lookup, [tf.TensorSpec([None], tf.string)])])
 
 
 def test_fresh_process_matches_in_memory_model(trained, fresh_answers):

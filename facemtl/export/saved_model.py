@@ -198,16 +198,23 @@ def _analyze_photo_fn(serve, preprocessor, max_faces, max_side):
     return analyze_photo
 
 
-def write_archive(archive, path):
-    """Writes a Keras `ExportArchive` to `path` as a SavedModel, each weight once.
+def write_archive(path, endpoints):
+    """Writes functions as a SavedModel at `path` through a Keras `ExportArchive`, each weight once.
 
-    Its callers never `track` the model: the endpoints' functions carry every variable they use (which is all
+    The archive never `track`s the model: the endpoints' functions carry every variable they use (which is all
     that serving restores), while a tracked model adds each weight a second time and makes Keras walk every
-    layer for lookup tables, tracing the functions it finds on the way (a large share of an
-    export's time). Our networks hold no lookup table; one that did would fail here loudly
-    (TensorFlow refuses to save a function that uses an untracked resource), not export without it.
-    tests/test_export.py checks the export's size and answers; tests/test_tflite.py the LiteRT copy made from it.
+    layer for lookup tables, tracing the functions it finds on the way (a large share of an export's time).
+    Our networks hold no lookup table; one that did would fail here loudly (TensorFlow refuses to save a
+    function that uses an untracked resource), not export without it. tests/test_export.py checks the export's
+    size and answers; tests/test_tflite.py the LiteRT copy made from it.
+
+    Args:
+        path: the SavedModel folder to write.
+        endpoints: `(name, fn, input_signature)` triples; the first is also TF Serving's default.
     """
+    archive = keras.export.ExportArchive()
+    for name, fn, input_signature in endpoints:
+        archive.add_endpoint(name=name, fn=fn, input_signature=input_signature)
     archive.write_out(path, verbose=False)
 
 
@@ -273,7 +280,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     os.makedirs(model_base, exist_ok=True)
     tmp = os.path.join(model_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        archive = keras.export.ExportArchive()
         height, width, channels = model.input_shape[1:]
         if preprocessor is None:
             preprocessor = Preprocessor.from_metadata({"input": {"height": height, "width": width},
@@ -283,13 +289,11 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             rule = OpenSetRule(open_set["directions"], identity_names, open_set.get("threshold"))
         fns = make_serving_fns(model, identity_names, expression_names, preprocessor=preprocessor,
                                max_faces=int(max_faces), rule=rule, attributes=attributes)
-        archive.add_endpoint(name="serving_default", fn=fns["serving_default"],
-                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-        for signature in ("serving_bytes", "analyze_photo"):
-            if signature in fns:
-                archive.add_endpoint(name=signature, fn=fns[signature],
-                                     input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        write_archive(archive, tmp)
+        endpoints = [("serving_default", fns["serving_default"],
+                      [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])]
+        endpoints += [(signature, fns[signature], [tf.TensorSpec([None], tf.string, name="images")])
+                      for signature in ("serving_bytes", "analyze_photo") if signature in fns]
+        write_archive(tmp, endpoints)
         metadata = {
             "format_version": FORMAT_VERSION,
             "model_id": uuid.uuid4().hex,

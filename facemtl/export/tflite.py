@@ -67,16 +67,12 @@ def convert(model, metadata, *, quantize=None, calibration=None):
 
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}")
-    import keras
-
     height, width, _ = model.input_shape[1:]
+    attributes = metadata.get("attributes", [])
     with tempfile.TemporaryDirectory() as tmp:
         # Through a SavedModel (Keras's own export), so the converter sees the weights as variables to freeze.
-        archive = keras.export.ExportArchive()
-        attributes = metadata.get("attributes", [])
-        archive.add_endpoint(name="serving_default", fn=_serving_function(model, attributes),
-                             input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])
-        write_archive(archive, tmp)
+        write_archive(tmp, [("serving_default", _serving_function(model, attributes),
+                             [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])])
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
         flat = _convert(converter, quantize, calibration)
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
