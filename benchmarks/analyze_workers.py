@@ -6,7 +6,7 @@ LiteRT interpreters with its share of the cores (`litert.split_cores`). `workers
 alignment and the model included), each twice; photos/s is the median. The records of every arm must be equal
 (checked here: the answers do not depend on the workers).
 
-    python benchmarks/analyze_workers.py [--photos 1000] [--workers 1 2 4]
+    python benchmarks/analyze_workers.py [--photos 1000] [--workers 1 2 4] [--base PREVIOUS_RELEASE_FOLDER]
 
 Results: runs/benchmarks/analyze_workers.json and a table on stdout.
 """
@@ -32,6 +32,9 @@ def main():
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--base", help="another model (e.g. the previous release's preset folder): its arms run "
+                                       "on the same photos in the same rounds, and every arm is also compared with "
+                                       "its first arm (the base with the first --workers: how analyze ran before)")
     parser.add_argument("--out", default="runs/benchmarks/analyze_workers.json")
     args = parser.parse_args()
     from facemtl.inference import FaceAnalyzer, analyze_files
@@ -39,26 +42,30 @@ def main():
     paths = sorted(glob.glob(os.path.join(CELEBA, "*.jpg")))[:args.photos]
     if len(paths) < args.photos:
         raise SystemExit(f"{CELEBA}: {len(paths)} photos, {args.photos} asked for")
-    analyzer = FaceAnalyzer()
-    list(analyze_files(analyzer, paths[:32], progress=False))  # warm-up: the model and the detector loaded
-    seconds, answers = {w: [] for w in args.workers}, {}
+    models = {**({"base": FaceAnalyzer(args.base)} if args.base else {}), "release": FaceAnalyzer()}
+    for analyzer in models.values():
+        list(analyze_files(analyzer, paths[:32], progress=False))  # warm-up: the model and the detector loaded
+    arms = [(m, w) for m in models for w in args.workers]
+    seconds, answers = {a: [] for a in arms}, {}
     for _ in range(args.rounds):
-        for w in args.workers:
+        for m, w in arms:
             t = time.perf_counter()
-            records = [r for r, _ in analyze_files(analyzer, paths, progress=False, workers=w)]
-            seconds[w].append(time.perf_counter() - t)
-            answers[w] = json.dumps(records, sort_keys=True)
-    same = len(set(answers.values())) == 1
-    rows = {f"workers={w}": {"photos_per_s": round(len(paths) / float(np.median(s)), 1)} for w, s in seconds.items()}
-    base = rows[f"workers={args.workers[0]}"]["photos_per_s"]
+            records = [r for r, _ in analyze_files(models[m], paths, progress=False, workers=w)]
+            seconds[m, w].append(time.perf_counter() - t)
+            answers[m, w] = json.dumps(records, sort_keys=True)
+    # The answers do not depend on the workers (per model; two models answer differently).
+    same = all(len({answers[m, w] for w in args.workers}) == 1 for m in models)
+    rows = {f"{m} workers={w}": {"photos_per_s": round(len(paths) / float(np.median(s)), 1)}
+            for (m, w), s in seconds.items()}
+    first = rows[next(iter(rows))]["photos_per_s"]
     for row in rows.values():
-        row["vs_first"] = round(row["photos_per_s"] / base, 2)
+        row["vs_first"] = round(row["photos_per_s"] / first, 2)
     for name, row in rows.items():
-        print(f"{name:12s} {row['photos_per_s']:7.1f} photos/s  x{row['vs_first']}")
+        print(f"{name:22s} {row['photos_per_s']:7.1f} photos/s  x{row['vs_first']}")
     print(f"records equal across workers: {same}")
     write_results(args.out, {"cpu": cpu_name(), "cores": os.cpu_count(), "commit": git_commit(), "photos": len(paths),
-                             "faces": sum(len(r.get("faces", [])) for r in json.loads(answers[args.workers[0]])),
-                             "arms": rows, "records_equal": same})
+                             "faces": sum(len(r.get("faces", [])) for r in json.loads(answers[arms[-1]])),
+                             "base": args.base, "arms": rows, "records_equal": same})
 
 
 if __name__ == "__main__":

@@ -637,7 +637,7 @@ def build_parser():
 
     p = sub.add_parser("export", help="export a run's best checkpoint again, or a preset (facemtl export release): "
                                       "a SavedModel (keeps its metadata) or a .tflite")
-    p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000, or a preset: release, release/4")
+    p.add_argument("run", help="run folder, e.g. runs/quickstart/20261128-120000, or a preset: release, release/5")
     p.add_argument("--like", help="the earlier export whose class names, calibration and model id to keep "
                                   "(default: the run's own export)")
     p.add_argument("--base-dir", default="saved_models", help="the model repository the export goes into, in TF "

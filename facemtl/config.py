@@ -64,6 +64,9 @@ class ModelConfig:
     # dlib_resnet only: the expression branch also answers for the mirror image and averages the two
     # (one forward pass, the face and its mirror in one batch).
     mirror_expression: bool = False
+    # With mirror_expression: the mirror pass runs only for the faces whose face-only answer's top probability is
+    # below this (None: for every face). The same weights; the threshold is chosen on validation.
+    mirror_threshold: Optional[float] = None
     # dlib_resnet only: independently trained expression branches averaged inside the network (an ensemble in
     # one forward pass; feature_cache.branches says how each is trained).
     expression_branches: int = 1

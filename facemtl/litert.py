@@ -34,6 +34,8 @@ def split_cores(workers):
 
 # The name of the metadata entry facemtl writes into a `.tflite` flatbuffer (`facemtl.export.tflite.add_metadata`).
 METADATA_NAME = "facemtl"
+# A mirror-gated model's second signature: the expression branches' answer for the mirror image of the crop.
+MIRROR_SIGNATURE = "mirror"
 
 
 class PerThread:
@@ -76,12 +78,17 @@ class TFLitePredictor:
         self.metadata = metadata
         path = os.fspath(path)
 
+        # The mirror gate (`facemtl.models.multitask.split_mirror_gate`): the mirror pass for uncertain faces only.
+        self.mirror_threshold = self.metadata.get("model_config", {}).get("mirror_threshold")
+        gated = self.mirror_threshold is not None
+
         def load():  # no reference to self: the predictor and its interpreters form no cycle
             from ai_edge_litert.interpreter import Interpreter
 
             try:
-                return Interpreter(model_path=path, num_threads=interpreter_threads(threads)).get_signature_runner(
-                    "serving_default")
+                interpreter = Interpreter(model_path=path, num_threads=interpreter_threads(threads))
+                return (interpreter.get_signature_runner("serving_default"),
+                        interpreter.get_signature_runner(MIRROR_SIGNATURE) if gated else None)
             except (ValueError, RuntimeError) as exc:
                 raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
 
@@ -89,9 +96,6 @@ class TFLitePredictor:
         self._runners.get()  # checks the file now, and serves the thread that made the predictor
         self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
 
-    @property
-    def _runner(self):
-        return self._runners.get()
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
@@ -103,8 +107,19 @@ class TFLitePredictor:
                 if img.shape[:2] != self.size else img for img in images]
 
     def run(self, images):
-        """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1)."""
-        return [{k: v[0] for k, v in self._runner(images=img[None]).items()} for img in self.resize(images)]
+        """One dict of numpy outputs per `uint8 [h, w, 3]` crop, one invocation each (the model takes batch 1).
+
+        With a mirror gate, a crop whose expression answer's top probability is
+        below the threshold also runs the mirror pass and takes the mean of the two.
+        """
+        runner, mirror = self._runners.get()
+        results = []
+        for img in self.resize(images):
+            out = {k: v[0] for k, v in runner(images=img[None]).items()}
+            if mirror is not None and out["expression_probs"].max() < self.mirror_threshold:
+                out["expression_probs"] = (out["expression_probs"] + mirror(images=img[None])["expression_probs"][0]) / 2
+            results.append(out)
+        return results
 
 
 def read_tflite_metadata(path):

@@ -60,7 +60,7 @@ def test_models_command_lists_the_release_model():
     r = run_cli_here("models")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert any(row["saved_model"] == path and row["preset"] == "release/4" and row["metrics"] for row in rows)
+    assert any(row["saved_model"] == path and row["preset"] == "release/5" and row["metrics"] for row in rows)
 
 
 @pytest.mark.slow

@@ -23,21 +23,23 @@ from facemtl.export.outputs import attribute_output
 from facemtl.export.saved_model import load_run_model, write_archive
 from facemtl.files import write_bytes_atomically
 from facemtl.images import load_image
-from facemtl.litert import METADATA_NAME
+from facemtl.litert import METADATA_NAME, MIRROR_SIGNATURE
+from facemtl.models.multitask import split_mirror_gate
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 
-def _serving_function(model, attributes=()):
+def _model_input(model, images):
+    """uint8 RGB crops as the model takes them (float, gray for a 1-channel model)."""
     import tensorflow as tf
 
-    _, _, channels = model.input_shape[1:]
+    x = tf.cast(images, tf.float32)
+    return tf.image.rgb_to_grayscale(x) if model.input_shape[-1] == 1 else x
 
+
+def _serving_function(model, attributes=()):
     def serve(images):
-        x = tf.cast(images, tf.float32)
-        if channels == 1:
-            x = tf.image.rgb_to_grayscale(x)
-        out = model(x, training=False)
+        out = model(_model_input(model, images), training=False)
         result = {"expression_probs": out["expression"]}
         if "identity" in out:
             result.update(identity_probs=out["identity"], embedding=out["embedding"])
@@ -46,6 +48,13 @@ def _serving_function(model, attributes=()):
         return result
 
     return serve
+
+
+def _mirror_function(mirror_model):
+    def mirror(images):
+        return {"expression_probs": mirror_model(_model_input(mirror_model, images), training=False)}
+
+    return mirror
 
 
 def convert(model, metadata, *, quantize=None, calibration=None):
@@ -69,11 +78,18 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}. Received: quantize={quantize!r}")
     height, width, _ = model.input_shape[1:]
     attributes = metadata.get("attributes", [])
+    spec = [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")]
+    parts = split_mirror_gate(model)
+    # A mirror gate runs the mirror pass on a data-dependent part of the batch, which LiteRT's XNNPACK cannot
+    # reshape to: the copy has the face's pass and the mirror pass as two signatures, the host gates
+    # (`litert.TFLitePredictor`).
+    endpoints = [("serving_default", _serving_function(parts[0] if parts else model, attributes), spec)]
+    if parts:
+        endpoints.append((MIRROR_SIGNATURE, _mirror_function(parts[1]), spec))
     with tempfile.TemporaryDirectory() as tmp:
         # Through a SavedModel (Keras's own export), so the converter sees the weights as variables to freeze.
-        write_archive(tmp, [("serving_default", _serving_function(model, attributes),
-                             [tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")])])
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+        write_archive(tmp, endpoints)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[e[0] for e in endpoints])
         flat = _convert(converter, quantize, calibration)
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
             "outputs": ["expression_probs", "identity_probs", "embedding", *map(attribute_output, attributes)]}

@@ -109,6 +109,77 @@ class MeanOfHalves(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
+class Mean(keras.layers.Layer):
+    """The mean of same-shape tensors, as `keras.layers.Average` computes it.
+
+    Average's add, run eagerly on a batch of 0 or 1 rows (a mirror gate's
+    uncertain faces), takes the second tensor for a bias and fails.
+    """
+
+    def call(self, inputs):
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = total + x
+        return total / len(inputs)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class UncertainRows(keras.layers.Layer):
+    """`[batch, classes]` probabilities -> `int32 [k]`: the rows whose top probability is below `threshold`.
+
+    With `TakeRows` and `MergeMirror`, a model runs its mirror pass only for the
+    faces whose answer is uncertain (a data-dependent part of the batch).
+    """
+
+    def __init__(self, threshold, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = float(threshold)
+
+    def call(self, probs):
+        import tensorflow as tf  # ops.nonzero unstacks tf.where's columns, which LiteRT cannot convert
+
+        return tf.cast(tf.reshape(tf.where(ops.max(probs, axis=-1) < self.threshold), [-1]), tf.int32)
+
+    def compute_output_shape(self, input_shape):
+        return (None,)
+
+    def compute_output_spec(self, probs):
+        return keras.KerasTensor((None,), dtype="int32")
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class TakeRows(keras.layers.Layer):
+    """`([batch, ...], int32 [k])` -> `[k, ...]`: the rows of a batch at the given indices."""
+
+    def call(self, inputs):
+        x, rows = inputs
+        return ops.take(x, rows, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        return (None, *input_shapes[0][1:])
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
+class MergeMirror(keras.layers.Layer):
+    """`(probs [batch, c], rows int32 [k], mirror probs [k, c])` -> `[batch, c]`: each listed row averaged with its
+    mirror image's answer, the other rows as they are."""
+
+    def call(self, inputs):
+        probs, rows, mirrored = inputs
+        averaged = (ops.take(probs, rows, axis=0) + mirrored) / 2
+        return ops.scatter_update(probs, ops.expand_dims(rows, -1), averaged)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+@keras.saving.register_keras_serializable(package="facemtl")
 class ExpectedValue(keras.layers.Layer):
     """`[batch, bins]` probabilities over the values 0, 1, ..., bins - 1 -> `[batch]` their expected value.
 

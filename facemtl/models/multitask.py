@@ -25,7 +25,15 @@ from facemtl.models import heads
 from facemtl.models.backbones import build_resnet
 from facemtl.models.dlib_resnet import INPUT_SIZE, DlibBackbone, expression_branch_prefix
 from facemtl.models.heads import attribute_head
-from facemtl.models.layers import FlipLeftRight, ImageNormalization, MeanOfHalves
+from facemtl.models.layers import (
+    FlipLeftRight,
+    ImageNormalization,
+    Mean,
+    MeanOfHalves,
+    MergeMirror,
+    TakeRows,
+    UncertainRows,
+)
 from facemtl.preprocessing import Preprocessor
 
 TASKS = ("identity", "expression")
@@ -110,7 +118,9 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
     The input `image` holds pixel values in [0, 255] at the recipe's size (1
     channel: copied to RGB). With `mirror_expression` the expression branches
     also answer for the mirror image and average (the trunk runs on both in
-    one batch; identity sees only the face); with `expression_branches > 1`
+    one batch; identity sees only the face), and with `mirror_threshold` only
+    for the faces whose answer's top probability is below it (the others keep
+    the face's answer); with `expression_branches > 1`
     the branches' probabilities are averaged (an ensemble in one forward pass;
     branch k's layers are `expression{k}_*`). Either makes the branches the
     sub-model layer `expression_branch`.
@@ -147,6 +157,9 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
         raise ValueError(f"num_identities must be >= 1. Received: num_identities={num_identities}")
     if c.expression_branches < 1:
         raise ValueError(f"expression_branches must be >= 1. Received: expression_branches={c.expression_branches}")
+    if c.mirror_threshold is not None and not (c.mirror_expression and 0.0 <= c.mirror_threshold <= 1.0):
+        raise ValueError("mirror_threshold gates the mirror pass: it needs mirror_expression and a value in [0, 1]. "
+                         f"Received: mirror_expression={c.mirror_expression}, mirror_threshold={c.mirror_threshold}")
     backbone = BACKBONES[c.backbone]
     backbone.check(c, input_shape, tasks)
 
@@ -163,9 +176,18 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
         if c.mirror_expression or len(prefixes) > 1:
             branch_in = keras.Input(shape=features.shape[1:], name="expression_branch_input")
             outs = [backbone.expression(branch_in, c, num_expressions, p) for p in prefixes]
-            out = outs[0] if len(outs) == 1 else layers.Average(dtype="float32", name="expression_ensemble")(outs)
+            out = outs[0] if len(outs) == 1 else Mean(dtype="float32", name="expression_ensemble")(outs)
             branch = keras.Model(branch_in, out, name="expression_branch")
-        if c.mirror_expression:
+        if c.mirror_expression and c.mirror_threshold is not None:
+            # The mirror pass for the uncertain faces only: the same answer where it would change, at a fraction
+            # of its cost (docs/expression.md).
+            face = branch(features)
+            rows = UncertainRows(c.mirror_threshold, name="mirror_gate")(face)
+            uncertain = TakeRows(name="uncertain_faces")([x, rows])
+            mirrored = branch(shared(FlipLeftRight(name="mirror_images")(uncertain)))
+            outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(
+                MergeMirror(dtype="float32", name="mirror_average")([face, rows, mirrored]))
+        elif c.mirror_expression:
             mirrored = shared(FlipLeftRight(name="mirror_images")(x))
             both = layers.Concatenate(axis=0, name="face_and_mirror")([features, mirrored])
             outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(
@@ -273,6 +295,32 @@ def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions
     """
     return build_multitask(model_config, num_identities, num_expressions=num_expressions, tasks=tasks,
                            attributes=attributes)
+
+
+def split_mirror_gate(model):
+    """A mirror-gated model as two passes, for an engine that cannot run part of a batch (LiteRT).
+
+    Returns `(face_model, mirror_model)`, or `None` for a model without a
+    mirror gate (`model.mirror_threshold`): `face_model` answers everything for
+    the face alone (its `expression`: the branches' answer before the mirror
+    pass); `mirror_model` is the branches' answer for the mirror image of its
+    input. The engine runs `mirror_model` on the faces whose `expression` top
+    probability is below `mirror_threshold` and averages the two answers: the
+    gated model's answer.
+
+    Example:
+        >>> face_model, mirror_model = split_mirror_gate(from_preset("release"))
+    """
+    try:
+        gate = model.get_layer("mirror_gate")
+    except ValueError:
+        return None
+    outputs = dict(zip(model.output_names, model.outputs))
+    outputs["expression"] = gate.input
+    face_model = keras.Model(model.input, outputs, name="facemtl_face")
+    images = model.get_layer("uncertain_faces").input[0]  # the input as the trunk takes it
+    mirrored = model.get_layer("expression_branch")(model.get_layer("backbone")(FlipLeftRight()(images)))
+    return face_model, keras.Model(model.input, mirrored, name="facemtl_mirror")
 
 
 def set_backbone_trainable(model, trainable):

@@ -140,7 +140,7 @@ def from_preset(name="release"):
     face (`tests/models/test_presets.py` checks 1e-4 on real faces).
 
     Args:
-        name: `"release"` (the newest shipped release), `"release/4"`, or a
+        name: `"release"` (the newest shipped release), `"release/5"`, or a
             preset folder.
 
     Returns:
@@ -242,7 +242,7 @@ def preset_from_export(saved_model_dir, folder=None):
         The preset folder.
 
     Example:
-        >>> preset_from_export("saved_models/release/4")  # facemtl export saved_models/release/4 --format preset
+        >>> preset_from_export("saved_models/release/5")  # facemtl export saved_models/release/5 --format preset
     """
     model, meta = from_export(saved_model_dir)
     folder = folder or os.path.join(PRETRAINED_DIR, meta["name"], str(meta["version"]))
@@ -330,7 +330,7 @@ def folder_metadata(folder):
 
 
 def source_folder(name):
-    """The folder a recipe's `model.init_from` names: a shipped preset (`release`, `release/4`) or an export.
+    """The folder a recipe's `model.init_from` names: a shipped preset (`release`, `release/5`) or an export.
 
     A path that exists is taken as it is (a SavedModel version folder, a
     model's base folder meaning its newest version, or a preset folder).

@@ -123,6 +123,45 @@ def test_mirror_expression_averages_the_face_and_its_mirror_in_one_pass():
     assert tuple(out["identity"].shape) == (2, 3) and tuple(out["embedding"].shape) == (2, 128)
 
 
+def test_mirror_gate_runs_the_mirror_pass_only_for_uncertain_faces():
+    from facemtl.models.multitask import build_multitask, split_mirror_gate
+    from facemtl.models.presets import copy_variables
+
+    def build(threshold):
+        config = ModelConfig(backbone="dlib_resnet", height=150, width=150, crop_layout="dlib", expression_units=[8],
+                             mirror_expression=True, expression_branches=2, mirror_threshold=threshold)
+        return build_multitask(config, 3, weights=None)
+
+    always = build(None)
+    rng = np.random.default_rng(2)
+    for v in always.variables:  # distinct branches with confident and uncertain answers
+        if "seed_generator" not in v.path:
+            v.assign(rng.normal(0, 0.05, v.shape).astype("float32"))
+    weights = {v.path: v.numpy() for v in always.variables if "seed_generator" not in v.path}
+    faces = rng.integers(0, 256, (6, 150, 150, 3)).astype("float32")
+    trunk, branch = always.get_layer("backbone"), always.get_layer("expression_branch")
+    face = branch(trunk(faces), training=False).numpy()
+    mirror = branch(trunk(faces[:, :, ::-1]), training=False).numpy()
+    threshold = float(np.median(face.max(1)))
+    assert 0 < (face.max(1) < threshold).sum() < len(faces)  # some faces on each side of the gate
+    expected = {0.0: face, threshold: np.where((face.max(1) < threshold)[:, None], (face + mirror) / 2, face),
+                1.0: (face + mirror) / 2}
+    for t, answer in expected.items():
+        gated = build(t)
+        copy_variables(weights, gated)  # the same weight names as the ungated model: a release loads into either
+        out = gated(faces, training=False)
+        np.testing.assert_allclose(out["expression"], answer, atol=1e-6)
+        for name in ("identity", "embedding"):  # the gate touches only the expression answer
+            np.testing.assert_array_equal(out[name], always(faces, training=False)[name])
+    face_model, mirror_model = split_mirror_gate(gated)  # LiteRT's two passes
+    np.testing.assert_allclose(face_model(faces)["expression"], face, atol=1e-6)
+    np.testing.assert_allclose(mirror_model(faces), mirror, atol=1e-6)
+    assert split_mirror_gate(always) is None
+    with pytest.raises(ValueError, match="mirror_threshold gates the mirror pass"):
+        build_multitask(ModelConfig(backbone="dlib_resnet", height=150, width=150, mirror_threshold=0.5), 3,
+                        weights=None)
+
+
 def test_expression_branches_are_averaged_in_one_pass_and_keep_branch_one_s_names():
     one = build_dlib_multitask(3, weights=None, expression_units=(8,))
     two = build_dlib_multitask(3, weights=None, expression_units=(8,), expression_branches=2)
