@@ -79,14 +79,18 @@ class TFLitePredictor:
         path = os.fspath(path)
 
         # The mirror gate (`facemtl.models.multitask.split_mirror_gate`): the mirror pass for uncertain faces only.
-        self.mirror_threshold = self.metadata.get("model_config", {}).get("mirror_threshold")
-        gated = self.mirror_threshold is not None
+        self.mirror_threshold = self.metadata.get("mirror_threshold",
+                                                  self.metadata.get("model_config", {}).get("mirror_threshold"))
+        gated, threshold = self.mirror_threshold is not None, self.mirror_threshold
 
         def load():  # no reference to self: the predictor and its interpreters form no cycle
             from ai_edge_litert.interpreter import Interpreter
 
             try:
                 interpreter = Interpreter(model_path=path, num_threads=interpreter_threads(threads))
+                if (MIRROR_SIGNATURE in interpreter.get_signature_list()) != gated:
+                    raise ModelFormatError(f"{path}: its mirror pass and its metadata's mirror_threshold "
+                                           f"({threshold}) do not go together")
                 return (interpreter.get_signature_runner("serving_default"),
                         interpreter.get_signature_runner(MIRROR_SIGNATURE) if gated else None)
             except (ValueError, RuntimeError) as exc:

@@ -91,6 +91,8 @@ def convert(model, metadata, *, quantize=None, calibration=None):
         write_archive(tmp, endpoints)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[e[0] for e in endpoints])
         flat = _convert(converter, quantize, calibration)
+    if parts:  # the host's gate: the file says it itself (a standalone .tflite has no export metadata beside it)
+        metadata = {**metadata, "mirror_threshold": model.get_layer("mirror_gate").threshold}
     meta = {**metadata, "format": "tflite", "quantize": quantize or "float32",
             "outputs": ["expression_probs", "identity_probs", "embedding", *map(attribute_output, attributes)]}
     return add_metadata(flat, meta)
