@@ -3,8 +3,9 @@
 The `.tflite` takes one face crop already at the model's size, `uint8 [1, H, W, 3]`
 (resize on the host: phones and small boxes have their own image pipelines), and
 returns `expression_probs`, `identity_probs` and `embedding` from one signature,
-`serving_default`. The class names, input size, crop layout and model id travel
-in the file itself, as TFLite metadata named `facemtl` (JSON).
+`serving_default` (a mirror-gated model adds `mirror`: see `convert`). The class names,
+input size, crop layout and model id travel in the file itself, as TFLite metadata named
+`facemtl` (JSON).
 
     facemtl export RUN_DIR --format tflite [--quantize float16|int8] [--calibration FACES_DIR]
 """
@@ -68,6 +69,11 @@ def convert(model, metadata, *, quantize=None, calibration=None):
             (weights and activations, calibrated on `calibration`; inputs and
             outputs stay uint8 / float32).
         calibration: for int8, `uint8 [n, H, W, 3]` real face crops at the model's size.
+
+    A mirror-gated model (`model.mirror_threshold`) becomes two signatures:
+    `serving_default` answers for the face alone and `mirror` is the expression
+    branches' answer for its mirror image; the host gates (`TFLitePredictor`),
+    with the threshold recorded in the metadata.
 
     Returns:
         `bytes`.
