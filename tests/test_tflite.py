@@ -131,5 +131,17 @@ def test_the_release_copy_gates_its_mirror_pass_face_by_face():
                                (face["noise"] + mirror(images=noise[None])["expression_probs"][0]) / 2, rtol=1e-6)
     # The real face against the Keras model (int8 weights: quantisation noise; an odd image like the unsure one
     # above can move further).
-    keras_answer = np.asarray(from_preset("release")(chip[None].astype("float32"))["expression"])[0]
-    np.testing.assert_allclose(together[0]["expression_probs"], keras_answer, atol=0.01)
+    model = from_preset("release")
+    keras_answer = np.asarray(model(np.stack([chip, noise]).astype("float32"))["expression"])
+    np.testing.assert_allclose(together[0]["expression_probs"], keras_answer[0], atol=0.01)
+    # The SavedModel (TF Serving's) gates inside its graph: a batch with no, one and some faces to mirror.
+    import tensorflow as tf
+
+    from facemtl.inference import load_saved_model
+    from facemtl.installed import resolve_model
+
+    serve = load_saved_model(resolve_model(None)).signatures["serving_default"]
+    for rows in ([0], [1], [0, 1, 0]):
+        batch = np.stack([(chip, noise)[i] for i in rows])
+        served = serve(images=tf.constant(batch))["expression_probs"].numpy()
+        np.testing.assert_allclose(served, keras_answer[rows], atol=1e-4)
