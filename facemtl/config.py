@@ -324,6 +324,8 @@ _NON_NEGATIVE = {"train.early_stopping_min_delta", "loss_weights.identity", "los
                  "feature_cache.label_smoothing", "feature_cache.map_shift", "feature_cache.cutout", "feature_cache.mixup",
                  "feature_cache.probe_epochs", "feature_cache.class_balance", "tasks.loss_weight", "tasks.dropout"}
 
+_FRACTIONS = {"model.mirror_threshold"}  # a probability
+
 
 def _check(value, tp, key):
     """Validates `value` against the annotation `tp`; returns the (possibly converted) value."""
@@ -396,6 +398,8 @@ def _from_dict(cls, data, prefix=""):
                 raise RecipeError(f"Bad value for '{key}': must be > 0. Received: {key}={value!r}")
             if rule in _NON_NEGATIVE and value is not None and value < 0:
                 raise RecipeError(f"Bad value for '{key}': must be >= 0. Received: {key}={value!r}")
+            if rule in _FRACTIONS and value is not None and not 0 <= value <= 1:
+                raise RecipeError(f"Bad value for '{key}': must be in [0, 1]. Received: {key}={value!r}")
             kwargs[name] = value
     return cls(**kwargs)
 

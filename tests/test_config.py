@@ -40,6 +40,7 @@ def test_smoke_variant_applies_before_overrides():
          "takes no training settings"),
         ({"data": {"sources": [{"path": "a"}]}}, ["data.sources.1.path=b"], "has 1 entries; '1'"),
         ({"data": {"sources": [{"path": "a"}]}}, ["data.sources.0.pth=b"], "'data.sources.0.pth'"),
+        ({}, ["model.mirror_threshold=1.5"], "'model.mirror_threshold': must be in [0, 1]"),
     ],
 )
 def test_bad_recipes_name_the_key(raw, overrides, message):

@@ -64,11 +64,6 @@ class DlibResNetWeights:
     threshold: float
     source: str = ""
 
-    @property
-    def num_parameters(self):
-        return (sum(k.size + b.size for k, b, _ in self.convs) + sum(s.size + t.size for s, t in self.affines)
-                + self.fc.size)
-
 
 def expected_layers():
     """The order of named layers in the file, input first (the check on what is read)."""
