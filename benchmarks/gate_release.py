@@ -36,7 +36,6 @@ def main():
     from facemtl.models.multitask import split_mirror_gate
     from facemtl.models.presets import (
         WEIGHTS_FILE,
-        _variables,
         build_from_metadata,
         copy_variables,
         from_preset,
@@ -62,7 +61,7 @@ def main():
             "model_config": {**base["model_config"], "mirror_threshold": args.threshold}}
     old = from_preset(folder)
     model = build_from_metadata(meta, args.out)
-    copy_variables({v.path: v.numpy() for v in _variables(old)}, model, where=folder)
+    copy_variables({v.path: v for v in old.variables}, model, where=folder)  # every weight: none is new
 
     faces = sorted(glob.glob(os.path.join(args.check, "**", "*.jpg"), recursive=True))[:256]
     if faces:
@@ -76,8 +75,9 @@ def main():
             if name != "expression" and diff != 0.0:
                 raise SystemExit(f"{name} changed: the gate must touch only the expression answer")
         face = np.asarray(split_mirror_gate(model)[0](x.astype("float32"), training=False)["expression"])
-        print(f"expression: labels equal on {np.mean(np.argmax(a['expression'], 1) == np.argmax(b['expression'], 1)):.1%}"
-              f"; the mirror pass ran for {np.mean(face.max(1) < args.threshold):.1%} of the faces")
+        equal = np.mean(np.argmax(a["expression"], 1) == np.argmax(b["expression"], 1))
+        print(f"expression: labels equal on {equal:.1%}; the mirror pass ran for "
+              f"{np.mean(face.max(1) < args.threshold):.1%} of the faces")
 
     if args.recipe:  # FER2013 PublicTest, once, as the release recipe reports it (its test split, both framings)
         from facemtl.config import load_recipe

@@ -79,27 +79,26 @@ class TFLitePredictor:
         path = os.fspath(path)
 
         # The mirror gate (`facemtl.models.multitask.split_mirror_gate`): the mirror pass for uncertain faces only.
-        self.mirror_threshold = self.metadata.get("mirror_threshold",
-                                                  self.metadata.get("model_config", {}).get("mirror_threshold"))
-        gated, threshold = self.mirror_threshold is not None, self.mirror_threshold
+        threshold = self.metadata.get("mirror_threshold", self.metadata.get("model_config", {}).get("mirror_threshold"))
+        self.mirror_threshold = threshold
 
         def load():  # no reference to self: the predictor and its interpreters form no cycle
             from ai_edge_litert.interpreter import Interpreter
 
             try:
                 interpreter = Interpreter(model_path=path, num_threads=interpreter_threads(threads))
-                if (MIRROR_SIGNATURE in interpreter.get_signature_list()) != gated:
-                    raise ModelFormatError(f"{path}: its mirror pass and its metadata's mirror_threshold "
-                                           f"({threshold}) do not go together")
-                return (interpreter.get_signature_runner("serving_default"),
-                        interpreter.get_signature_runner(MIRROR_SIGNATURE) if gated else None)
+                signatures = interpreter.get_signature_list()
             except (ValueError, RuntimeError) as exc:
                 raise ModelFormatError(f"{path}: not a loadable TFLite model ({exc})") from None
+            if (MIRROR_SIGNATURE in signatures) != (threshold is not None):
+                raise ModelFormatError(f"{path}: its mirror pass and its metadata's mirror_threshold ({threshold}) "
+                                       "do not go together")
+            return (interpreter.get_signature_runner("serving_default"),
+                    interpreter.get_signature_runner(MIRROR_SIGNATURE) if threshold is not None else None)
 
         self._runners = PerThread(load)
         self._runners.get()  # checks the file now, and serves the thread that made the predictor
         self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
-
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
@@ -120,8 +119,9 @@ class TFLitePredictor:
         results = []
         for img in self.resize(images):
             out = {k: v[0] for k, v in runner(images=img[None]).items()}
-            if mirror is not None and out["expression_probs"].max() < self.mirror_threshold:
-                out["expression_probs"] = (out["expression_probs"] + mirror(images=img[None])["expression_probs"][0]) / 2
+            probs = out["expression_probs"]
+            if mirror is not None and probs.max() < self.mirror_threshold:
+                out["expression_probs"] = (probs + mirror(images=img[None])["expression_probs"][0]) / 2
             results.append(out)
         return results
 

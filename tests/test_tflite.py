@@ -121,6 +121,9 @@ def test_the_release_copy_gates_its_mirror_pass_face_by_face():
     noise = next(c for c in candidates if runner(images=c[None])["expression_probs"][0].max() < lite.mirror_threshold)
     face = {name: runner(images=img[None])["expression_probs"][0] for name, img in (("chip", chip), ("noise", noise))}
     assert face["chip"].max() >= lite.mirror_threshold > face["noise"].max()  # one face on each side of the gate
+    meta = {**lite.metadata, "model_config": {**lite.metadata["model_config"], "mirror_threshold": None}}
+    with pytest.raises(ModelFormatError, match="its mirror pass and its metadata's mirror_threshold .None."):
+        TFLitePredictor(os.path.join(analyzer.predictor.path, "assets.extra", "model.tflite"), metadata=meta)
     alone = [lite.run([img])[0] for img in (chip, noise)]
     together = lite.run([chip, noise])
     for a, b in zip(alone, together):
