@@ -130,7 +130,7 @@ class Mean(keras.layers.Layer):
 class UncertainRows(keras.layers.Layer):
     """`[batch, classes]` probabilities -> `int32 [k]`: the rows whose top probability is below `threshold`.
 
-    With `TakeRows` and `MergeMirror`, a model runs its mirror pass only for the
+    With `MirrorPass` and `MergeMirror`, a model runs its mirror pass only for the
     faces whose answer is uncertain (a data-dependent part of the batch).
     """
 
@@ -154,15 +154,33 @@ class UncertainRows(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
-class TakeRows(keras.layers.Layer):
-    """`([batch, ...], int32 [k])` -> `[k, ...]`: the rows of a batch at the given indices."""
+class MirrorPass(keras.layers.Layer):
+    """`(images [batch, h, w, c], rows int32 [k])` -> `[k, ...]`: `network` on the mirror images of the listed rows.
+
+    Nothing runs when no row is listed. Besides saving the pass, this keeps an
+    empty batch away from the convolutions: TensorFlow 2.21's oneDNN
+    convolution (on by default on CPUs with AVX-512 VNNI, BF16 or AMX) answers
+    a batch of 0 images with its input's shape, which breaks the next layer.
+
+    Args:
+        network: the model the mirror images go through (the shared trunk and
+            the expression branches, whose weights the face's own pass uses).
+    """
+
+    def __init__(self, network, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
 
     def call(self, inputs):
-        x, rows = inputs
-        return ops.take(x, rows, axis=0)
+        images, rows = inputs
+        spec = self.network.output
+        return ops.cond(ops.shape(rows)[0] > 0,
+                        lambda: self.network(ops.flip(ops.take(images, rows, axis=0), axis=2)),
+                        lambda: ops.zeros((0, *spec.shape[1:]), dtype=spec.dtype))
 
-    def compute_output_shape(self, input_shapes):
-        return (None, *input_shapes[0][1:])
+    def compute_output_spec(self, inputs):
+        spec = self.network.output
+        return keras.KerasTensor((None, *spec.shape[1:]), dtype=spec.dtype)
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
