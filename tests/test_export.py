@@ -114,6 +114,14 @@ def test_fresh_process_matches_in_memory_model(trained, fresh_answers):
     assert [s.decode() for s in served["identity"]] == [meta["identities"][i] for i in served["identity_probs"].argmax(1)]
 
 
+def test_an_empty_batch_answers_with_no_rows(trained):
+    # oneDNN's convolution (on by default on AVX-512 VNNI/BF16/AMX CPUs) fails on an empty batch: the export guards it.
+    served = tf.saved_model.load(trained.export_dir).signatures["serving_default"](images=tf.zeros((0, 64, 64, 3),
+                                                                                                   tf.uint8))
+    assert served["expression_probs"].shape == (0, 7) and served["embedding"].shape == (0, 16)
+    assert served["identity"].shape == (0,) and served["identity"].dtype == tf.string
+
+
 def test_bytes_signature_decodes_in_the_graph(trained, fresh_answers):
     """serving_bytes on encoded crops answers as serving_default on the decoded pixels."""
     crops, served = fresh_answers["serving_bytes"]

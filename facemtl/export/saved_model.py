@@ -114,7 +114,11 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
     forward = forward.get_concrete_function()
 
     def serve(images):
-        out = forward(prepare_images(images, height, width, channels))
+        x = prepare_images(images, height, width, channels)
+        # A batch of no images answers with no rows: TensorFlow 2.21's oneDNN convolution (on by default on CPUs
+        # with AVX-512 VNNI, BF16 or AMX) answers an empty batch with its input's shape and the graph fails.
+        empty = {k: tf.zeros((0, *t.shape[1:]), t.dtype) for k, t in forward.structured_outputs.items()}
+        out = tf.cond(tf.shape(x)[0] > 0, lambda: forward(x), lambda: empty)
         numbers = {f"{task}_probs": out[task] for task in ("expression", "identity") if task in out}
         if "identity" in out:
             numbers["embedding"] = out["embedding"]
