@@ -6,6 +6,10 @@ LiteRT interpreters with its share of the cores (`litert.split_cores`). `workers
 alignment and the model included), each twice; photos/s is the median. The records of every arm must be equal
 (checked here: the answers do not depend on the workers).
 
+With `--base`, the base also runs as `facemtl analyze` ran when issue #31 was filed: one stream, each batch's faces
+answered one after another on the stream's 2-thread interpreter (`TFLitePredictor` shares a batch out among
+one-thread interpreters since commit `0762bae`); that arm comes first and every arm is compared with it.
+
     python benchmarks/analyze_workers.py [--photos 1000] [--workers 1 2 4] [--base PREVIOUS_RELEASE_FOLDER]
 
 Results: runs/benchmarks/analyze_workers.json and a table on stdout.
@@ -43,9 +47,15 @@ def main():
     if len(paths) < args.photos:
         raise SystemExit(f"{CELEBA}: {len(paths)} photos, {args.photos} asked for")
     models = {**({"base": FaceAnalyzer(args.base)} if args.base else {}), "release": FaceAnalyzer()}
+    arms = [(m, w) for m in models for w in args.workers]
+    if args.base:
+        in_turn = FaceAnalyzer(args.base)
+        lite = in_turn.predictor._lite
+        lite.run = lambda images: lite._run(lite.resize(images))  # the faces one after another, this thread's
+        models["base, faces in turn"] = in_turn
+        arms.insert(0, ("base, faces in turn", 1))
     for analyzer in models.values():
         list(analyze_files(analyzer, paths[:32], progress=False))  # warm-up: the model and the detector loaded
-    arms = [(m, w) for m in models for w in args.workers]
     seconds, answers = {a: [] for a in arms}, {}
     for _ in range(args.rounds):
         for m, w in arms:
@@ -54,14 +64,15 @@ def main():
             seconds[m, w].append(time.perf_counter() - t)
             answers[m, w] = json.dumps(records, sort_keys=True)
     # The answers do not depend on the workers (per model; two models answer differently).
-    same = all(len({answers[m, w] for w in args.workers}) == 1 for m in models)
+    families = {m.split(",")[0] for m in models}  # "base, faces in turn" answers as "base"
+    same = all(len({a for (m, _), a in answers.items() if m.split(",")[0] == f}) == 1 for f in families)
     rows = {f"{m} workers={w}": {"photos_per_s": round(len(paths) / float(np.median(s)), 1)}
             for (m, w), s in seconds.items()}
     first = rows[next(iter(rows))]["photos_per_s"]
     for row in rows.values():
         row["vs_first"] = round(row["photos_per_s"] / first, 2)
     for name, row in rows.items():
-        print(f"{name:22s} {row['photos_per_s']:7.1f} photos/s  x{row['vs_first']}")
+        print(f"{name:32s} {row['photos_per_s']:7.1f} photos/s  x{row['vs_first']}")
     print(f"records equal across workers: {same}")
     write_results(args.out, {"cpu": cpu_name(), "cores": os.cpu_count(), "commit": git_commit(), "photos": len(paths),
                              "faces": sum(len(r.get("faces", [])) for r in json.loads(answers[arms[-1]])),
