@@ -126,8 +126,9 @@ def test_the_release_copy_gates_its_mirror_pass_face_by_face():
         TFLitePredictor(os.path.join(analyzer.predictor.path, "assets.extra", "model.tflite"), metadata=meta)
     alone = [lite.run([img])[0] for img in (chip, noise)]
     together = lite.run([chip, noise])
-    # A batch is shared out among one-thread interpreters run at once (pool threads), with the same answers.
-    assert lite._pool is not None and len(lite._runners._objects) >= 3
+    # A batch is shared out among one-thread interpreters (the pool's threads: 1 or 2 of them took these two faces,
+    # as they came free), with the same answers.
+    assert lite._pool is not None and len(lite._runners._objects) >= 2
     for a, b in zip(alone, together):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])

@@ -52,7 +52,7 @@ from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import METADATA_FILE, read_metadata
 from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.graph import BlazeFaceGraph, align_crops
-from facemtl.models.multitask import build_from_recipe
+from facemtl.models.multitask import build_from_recipe, split_mirror_gate
 from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
@@ -107,18 +107,38 @@ def make_serving_fns(model, identity_names, expression_names, *, preprocessor=No
         x = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
         return serve(x)
 
-    # The network is traced once, here, and every signature calls that one concrete function: traced inside each
-    # signature it was most of an export's time, and a `tf.function` would be traced again when written out.
-    forward = tf.function(lambda x: model(x, training=False), autograph=False,
-                          input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)])
-    forward = forward.get_concrete_function()
+    # The network is traced once, here (a mirror-gated one: its two passes), and every signature calls those
+    # concrete functions: traced inside each signature it was most of an export's time, and a `tf.function` would
+    # be traced again when written out.
+    def trace(net):
+        return tf.function(lambda x: net(x, training=False), autograph=False,
+                           input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32)]
+                           ).get_concrete_function()
+
+    def guarded(fn, x):  # no images, no network: TensorFlow 2.21's oneDNN convolution (on by default on CPUs with
+        # AVX-512 VNNI, BF16 or AMX) answers a batch of no images with its input's shape and the graph fails
+        empty = tf.nest.map_structure(lambda t: tf.zeros((0, *t.shape[1:]), t.dtype), fn.structured_outputs)
+        return tf.cond(tf.shape(x)[0] > 0, lambda: fn(x), lambda: empty)
+
+    parts = split_mirror_gate(model)
+    if parts is None:
+        network = trace(model)
+
+        def forward(x):
+            return guarded(network, x)
+    else:  # the mirror pass for the uncertain faces only, and not at all when there are none (where the Keras
+        # graph runs it on a stand-in face: `TakeRows`)
+        face_pass, mirror_pass = trace(parts[0]), trace(parts[1])
+        gate, merge = model.get_layer("mirror_gate"), model.get_layer("mirror_average")
+
+        def forward(x):
+            out = dict(guarded(face_pass, x))
+            rows = gate(out["expression"])
+            out["expression"] = merge([out["expression"], rows, guarded(mirror_pass, tf.gather(x, rows))])
+            return out
 
     def serve(images):
-        x = prepare_images(images, height, width, channels)
-        # A batch of no images answers with no rows: TensorFlow 2.21's oneDNN convolution (on by default on CPUs
-        # with AVX-512 VNNI, BF16 or AMX) answers an empty batch with its input's shape and the graph fails.
-        empty = {k: tf.zeros((0, *t.shape[1:]), t.dtype) for k, t in forward.structured_outputs.items()}
-        out = tf.cond(tf.shape(x)[0] > 0, lambda: forward(x), lambda: empty)
+        out = forward(prepare_images(images, height, width, channels))
         numbers = {f"{task}_probs": out[task] for task in ("expression", "identity") if task in out}
         if "identity" in out:
             numbers["embedding"] = out["embedding"]

@@ -130,7 +130,7 @@ class Mean(keras.layers.Layer):
 class UncertainRows(keras.layers.Layer):
     """`[batch, classes]` probabilities -> `int32 [k]`: the rows whose top probability is below `threshold`.
 
-    With `MirrorPass` and `MergeMirror`, a model runs its mirror pass only for the
+    With `TakeRows` and `MergeMirror`, a model runs its mirror pass only for the
     faces whose answer is uncertain (a data-dependent part of the batch).
     """
 
@@ -154,43 +154,32 @@ class UncertainRows(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
-class MirrorPass(keras.layers.Layer):
-    """`(images [batch, h, w, c], rows int32 [k])` -> `[k, ...]`: `network` on the mirror images of the listed rows.
+class TakeRows(keras.layers.Layer):
+    """`([batch, ...], int32 [k])` -> `[max(k, 1), ...]`: the rows of a batch at the given indices.
 
-    Nothing runs when no row is listed. Besides saving the pass, this keeps an
-    empty batch away from the convolutions: TensorFlow 2.21's oneDNN
-    convolution (on by default on CPUs with AVX-512 VNNI, BF16 or AMX) answers
-    a batch of 0 images with its input's shape, which breaks the next layer.
-
-    Args:
-        network: the model the mirror images go through (the shared trunk and
-            the expression branches, whose weights the face's own pass uses).
+    With no index it takes the batch's first row (`MergeMirror` drops that
+    answer): the network after it never gets an empty batch, which TensorFlow
+    2.21's oneDNN convolution (on by default on CPUs with AVX-512 VNNI, BF16 or
+    AMX) answers with its input's shape, failing the next layer.
     """
 
-    def __init__(self, network, **kwargs):
-        super().__init__(**kwargs)
-        self.network = network
-
     def call(self, inputs):
-        images, rows = inputs
-        spec = self.network.output
-        return ops.cond(ops.shape(rows)[0] > 0,
-                        lambda: self.network(ops.flip(ops.take(images, rows, axis=0), axis=2)),
-                        lambda: ops.zeros((0, *spec.shape[1:]), dtype=spec.dtype))
+        x, rows = inputs
+        first = ops.zeros((ops.minimum(ops.shape(x)[0], 1),), dtype=rows.dtype)
+        return ops.take(x, ops.cond(ops.shape(rows)[0] > 0, lambda: rows, lambda: first), axis=0)
 
-    def compute_output_spec(self, inputs):
-        spec = self.network.output
-        return keras.KerasTensor((None, *spec.shape[1:]), dtype=spec.dtype)
+    def compute_output_shape(self, input_shapes):
+        return (None, *input_shapes[0][1:])
 
 
 @keras.saving.register_keras_serializable(package="facemtl")
 class MergeMirror(keras.layers.Layer):
-    """`(probs [batch, c], rows int32 [k], mirror probs [k, c])` -> `[batch, c]`: each listed row averaged with its
-    mirror image's answer, the other rows as they are."""
+    """`(probs [batch, c], rows int32 [k], mirror probs [k or 1, c])` -> `[batch, c]`: each listed row averaged with
+    its mirror image's answer, the other rows as they are (`TakeRows`' stand-in row, when none is listed, dropped)."""
 
     def call(self, inputs):
         probs, rows, mirrored = inputs
-        averaged = (ops.take(probs, rows, axis=0) + mirrored) / 2
+        averaged = (ops.take(probs, rows, axis=0) + mirrored[:ops.shape(rows)[0]]) / 2
         return ops.scatter_update(probs, ops.expand_dims(rows, -1), averaged)
 
     def compute_output_shape(self, input_shapes):

@@ -31,7 +31,7 @@ from facemtl.models.layers import (
     Mean,
     MeanOfHalves,
     MergeMirror,
-    MirrorPass,
+    TakeRows,
     UncertainRows,
 )
 from facemtl.preprocessing import Preprocessor
@@ -183,9 +183,8 @@ def build_multitask(config, num_identities, *, num_expressions=len(EXPRESSIONS),
             # of its cost (docs/expression.md).
             face = branch(features)
             rows = UncertainRows(c.mirror_threshold, name="mirror_gate")(face)
-            mirror_in = keras.Input(shape=x.shape[1:], name="mirror_pass_input")
-            network = keras.Model(mirror_in, branch(shared(mirror_in)), name="trunk_and_expression_branch")
-            mirrored = MirrorPass(network, name="mirror_pass")([x, rows])
+            uncertain = TakeRows(name="uncertain_faces")([x, rows])
+            mirrored = branch(shared(FlipLeftRight(name="mirror_images")(uncertain)))
             outputs["expression"] = layers.Activation("linear", dtype="float32", name="expression")(
                 MergeMirror(dtype="float32", name="mirror_average")([face, rows, mirrored]))
         elif c.mirror_expression:
@@ -319,9 +318,8 @@ def split_mirror_gate(model):
     outputs = dict(zip(model.output_names, model.outputs))
     outputs["expression"] = gate.input
     face_model = keras.Model(model.input, outputs, name="facemtl_face")
-    mirror_pass = model.get_layer("mirror_pass")
-    images = mirror_pass.input[0]  # the input as the trunk takes it
-    mirrored = mirror_pass.network(FlipLeftRight()(images))
+    images = model.get_layer("uncertain_faces").input[0]  # the input as the trunk takes it
+    mirrored = model.get_layer("expression_branch")(model.get_layer("backbone")(FlipLeftRight()(images)))
     return face_model, keras.Model(model.input, mirrored, name="facemtl_mirror")
 
 

@@ -123,7 +123,8 @@ def test_mirror_expression_averages_the_face_and_its_mirror_in_one_pass():
     assert tuple(out["identity"].shape) == (2, 3) and tuple(out["embedding"].shape) == (2, 128)
 
 
-def test_mirror_gate_runs_the_mirror_pass_only_for_uncertain_faces():
+def test_mirror_gate_runs_the_mirror_pass_only_for_uncertain_faces(tmp_path):
+    import keras
     import tensorflow as tf
 
     from facemtl.models.multitask import build_multitask, split_mirror_gate
@@ -153,9 +154,13 @@ def test_mirror_gate_runs_the_mirror_pass_only_for_uncertain_faces():
         copy_variables(weights, gated)  # the same weight names as the ungated model: a release loads into either
         out = gated(faces, training=False)
         np.testing.assert_allclose(out["expression"], answer, atol=1e-6)
-        # As a SavedModel runs it: a graph, where the mirror pass may get no face at all (t = 0).
+        # In a graph too, where the mirror pass may get no face at all (t = 0: `TakeRows`' stand-in face).
         graph = tf.function(lambda images, m=gated: m(images, training=False)["expression"], autograph=False)
         np.testing.assert_allclose(graph(tf.constant(faces)), answer, atol=1e-6)
+        if t == threshold:  # Keras saves and loads the gated model whole
+            gated.save(tmp_path / "gated.keras")
+            loaded = keras.saving.load_model(tmp_path / "gated.keras")
+            np.testing.assert_allclose(loaded(faces, training=False)["expression"], answer, atol=1e-6)
         for name in ("identity", "embedding"):  # the gate touches only the expression answer
             np.testing.assert_array_equal(out[name], always(faces, training=False)[name])
     face_model, mirror_model = split_mirror_gate(gated)  # LiteRT's two passes
