@@ -105,7 +105,11 @@ class TFLitePredictor:
         self._runners.get()  # checks the file now, and serves the thread that made the predictor
         self.size = (self.metadata["input"]["height"], self.metadata["input"]["width"])
         self.threads = threads
-        self._pool, self._pool_lock = None, threading.Lock()
+        # A batch's crops go to as many one-thread interpreters at once as the calling thread's interpreter has
+        # threads (`run`: the number of runs bounds the threads started; none starts before a batch comes).
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, threads, os.cpu_count() or 1),
+                                                           initializer=_use_threads, initargs=(1,),
+                                                           thread_name_prefix="facemtl-litert")
 
     def resize(self, images):
         """Crops of any size to the model's, as the SavedModel's graph does it (`prepare_images`)."""
@@ -128,13 +132,9 @@ class TFLitePredictor:
         of a pool that split the cores (`split_cores`) runs its own crops.
         """
         images = self.resize(images)
-        threads = interpreter_threads(self.threads)
+        threads = interpreter_threads(self.threads)  # 1 in a thread of a pool that split the cores
         if threads < 2 or len(images) < 2:
             return self._run(images)
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    threads, initializer=_use_threads, initargs=(1,), thread_name_prefix="facemtl-litert")
         runs = np.array_split(np.arange(len(images)), min(threads, len(images)))
         return [r for part in self._pool.map(self._run, [[images[i] for i in run] for run in runs]) for r in part]
 
