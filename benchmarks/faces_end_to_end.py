@@ -39,11 +39,11 @@ def quickstart_model():
     from facemtl.data.synthetic import identity_names
     from facemtl.export import export_saved_model
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models import build_from_recipe
+    from facemtl.models import build_multitask
 
     recipe = load_recipe(os.path.join(os.path.dirname(__file__), "..", "recipes", "quickstart.yaml"))
     n = recipe.data.synthetic.num_identities
-    model = build_from_recipe(recipe.model, n)
+    model = build_multitask(recipe.model, n)
     return export_saved_model(model, identity_names(n), EXPRESSIONS, base_dir=tempfile.mkdtemp(), name="bench")
 
 

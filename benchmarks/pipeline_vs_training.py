@@ -32,7 +32,7 @@ def main():
 
     from facemtl.config import load_recipe
     from facemtl.data.pipeline import load_splits
-    from facemtl.models import build_from_recipe
+    from facemtl.models import build_multitask
     from facemtl.training.task import MultiTaskTask, training_view
 
     recipe = load_recipe(args.recipe, overrides=args.set)
@@ -49,7 +49,7 @@ def main():
     print(f"pipeline : {pipeline:8.1f} img/s ({args.batches} batches of {b})", flush=True)
 
     x, y = next(it)
-    view = training_view(build_from_recipe(recipe.model, len(splits.identity_names)))
+    view = training_view(build_multitask(recipe.model, len(splits.identity_names)))
     MultiTaskTask(recipe).compile(view, 100)
     for _ in range(2):
         view.train_on_batch(x, y)

@@ -274,20 +274,14 @@ def _gallery(args):
                           "several_faces": [f.source for f in good if f.faces > 1], "photos_of_name": total}))
         return 1 if len(good) < len(faces) else 0
     gallery = Gallery.open(args.gallery, store)
-    if args.action == "list":
-        print(json.dumps({"gallery": gallery.path, "model": gallery.model, "people": gallery.people()}))
-        return 0
-    if args.action == "remove":
-        removed = gallery.remove(args.name)
-        print(json.dumps({"gallery": gallery.path, "removed": args.name, "embeddings": removed}))
-        return 0
-    if args.action == "rename":
-        gallery.rename(args.name, args.new_name)
-        print(json.dumps({"gallery": gallery.path, "renamed": args.name, "to": args.new_name}))
-        return 0
-    if args.action == "merge":
-        total = gallery.merge(args.name, args.into)
-        print(json.dumps({"gallery": gallery.path, "merged": args.name, "into": args.into, "photos_of_name": total}))
+    edits = {  # each answers with what it did
+        "list": lambda: {"model": gallery.model, "people": gallery.people()},
+        "remove": lambda: {"removed": args.name, "embeddings": gallery.remove(args.name)},
+        "rename": lambda: gallery.rename(args.name, args.new_name) or {"renamed": args.name, "to": args.new_name},
+        "merge": lambda: {"merged": args.name, "into": args.into, "photos_of_name": gallery.merge(args.name, args.into)},
+    }
+    if args.action in edits:
+        print(json.dumps({"gallery": gallery.path, **edits[args.action]()}))
         return 0
     model = args.model or _installed_model_of(gallery)
     failures = 0
@@ -466,12 +460,32 @@ def _serve(args):
 
 
 DETECTORS = sorted(DETECTOR_NAMES, key=lambda n: n != DEFAULT_DETECTOR)  # the default first
-DETECTOR_HELP = "face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"
 TENSORFLOW_HINT = 'pip install "facemtl[cpu]" (or "facemtl[gpu]"; any tensorflow 2.21 with keras 3.15 works)'
-RUNNER_HELP = ("local (default: this process), beam (Apache Beam's local runner; add --direct_num_workers N) or a Beam "
-               "runner: DirectRunner, FlinkRunner, SparkRunner, DataflowRunner...; Beam's own options (--project, "
-               "--flink_master...) are passed to it as written (docs/pipelines.md; needs facemtl[beam])")
 MODEL_HELP = "a SavedModel version folder (default: the release model shipped with facemtl, see `facemtl models`)"
+STORE_HELP = ("where galleries live: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or "
+              "~/.facemtl/galleries), milvus://HOST:19530[/DB], milvus+https://HOST or milvus-lite:PATH.db "
+              "(docs/identity.md)")
+# The options several commands share, each said once.
+OPTIONS = {
+    "--model": dict(help=MODEL_HELP),
+    "--detector": dict(choices=DETECTORS, default=DEFAULT_DETECTOR,
+                       help="face detector: blazeface (default, fast), mtcnn (5 landmarks, slower) or haar"),
+    "--runner": dict(default=LOCAL, help="local (default: this process), beam (Apache Beam's local runner; add "
+                     "--direct_num_workers N) or a Beam runner: DirectRunner, FlinkRunner, SparkRunner, "
+                     "DataflowRunner...; Beam's own options (--project, --flink_master...) are passed to it as "
+                     "written (docs/pipelines.md; needs facemtl[beam])"),
+    "--store": dict(help=STORE_HELP),
+    "--max-side": dict(type=int, default=2048, help="downscale larger photos to this longer side"),
+    "--crops": dict(action="store_true", help="inputs are aligned face crops: skip detection"),
+    "--set": dict(action="append", default=[], metavar="KEY=VALUE",
+                  help="override a recipe value, e.g. --set train.epochs=3 (repeatable)"),
+}
+
+
+def _options(p, *names, **changed):
+    """Adds the shared `OPTIONS` named (`changed`: `{dest: {setting: value}}` for this command's own wording)."""
+    for name in names:
+        p.add_argument(name, **{**OPTIONS[name], **changed.get(name.lstrip("-").replace("-", "_"), {})})
 
 
 def build_parser():
@@ -484,8 +498,7 @@ def build_parser():
     p = sub.add_parser("train", help="train, evaluate and export the model a recipe describes")
     p.add_argument("recipe", help="a shipped recipe's name (quickstart, finetune_release...: `facemtl recipes`) or a "
                                   "YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. --set train.epochs=3 (repeatable)")
+    _options(p, "--set")
     p.add_argument("--smoke", action="store_true", help="apply the recipe's tiny smoke-test variant")
     p.add_argument("--run-dir", help="run directory (default: <output_dir>/<name>/<timestamp>)")
     p.set_defaults(func=_train)
@@ -493,7 +506,7 @@ def build_parser():
     p = sub.add_parser("predict", help="expression and identity of face crops, one JSON line per image")
     p.add_argument("images", nargs="+", help="image files (face crops; any size, gray/RGB/RGBA); a SavedModel "
                    "folder first is taken as --model")
-    p.add_argument("--model", help=MODEL_HELP)
+    _options(p, "--model")
     p.add_argument("--embedding", action="store_true", help="include the embedding vector in the output")
     p.add_argument("--batch-size", type=int, default=64, help="crops per forward pass (default 64)")
     p.add_argument("--no-align", action="store_true",
@@ -504,10 +517,9 @@ def build_parser():
     p = sub.add_parser("analyze", help="detect, align and analyse every face in photos, folders and videos")
     p.add_argument("paths", nargs="+", help="photos, folders (walked recursively), video files and cameras "
                                             "(camera:0 or /dev/video0; Ctrl-C stops)")
-    p.add_argument("--model", help=MODEL_HELP)
+    _options(p, "--model", "--detector", "--max-side", "--store", "--runner")
     p.add_argument("--out", help="write JSON lines here instead of stdout")
     p.add_argument("--annotate", metavar="OUTDIR", help="write annotated pictures here")
-    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
     p.add_argument("--fallback", choices=DETECTORS, help="run this detector on photos where --detector finds no "
                                                           "face (e.g. mtcnn); counted in the summary")
     p.add_argument("--every", type=int, default=10, help="analyse every N-th video frame (default 10)")
@@ -516,13 +528,9 @@ def build_parser():
     p.add_argument("--min-score", type=float, help="minimum detection confidence (default: the detector's own: "
                                                    "blazeface 0.6, mtcnn and haar 0.9)")
     p.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
-    p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
     p.add_argument("--embedding", action="store_true", help="include each face's embedding in the output")
     p.add_argument("--gallery", help="name every face from this gallery (see `facemtl gallery`)")
-    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries) "
-                                   "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--threshold", type=float, help="match threshold (default: the model's calibrated one)")
-    p.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
     p.add_argument("--num-shards", type=int, help="--runner beam: output files PREFIX-SSSSS-of-NNNNN.jsonl (default "
                                                   "8; about one per 100,000 photos)")
     p.add_argument("--parquet", action="store_true", help="--runner beam: also write each shard as Parquet")
@@ -533,30 +541,23 @@ def build_parser():
     p.add_argument("dst", help="output folder for the aligned crops (existing crops are reused)")
     p.add_argument("--size", type=int, default=112, help="crop side in pixels")
     p.add_argument("--face-scale", type=float, default=1.0, help="< 1 leaves more context around the face")
-    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
-    p.add_argument("--max-side", type=int, default=2048, help="downscale larger photos to this longer side")
-    p.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
+    _options(p, "--detector", "--max-side", "--runner")
     p.set_defaults(func=_align)
 
     p = sub.add_parser("evaluate", help="per-task accuracy, macro-F1, per-class table and confusion matrices")
     p.add_argument("model", help="a SavedModel version folder or a run folder")
     p.add_argument("--recipe", help="recipe naming the data (default: the run's own recipe)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    _options(p, "--set")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test (the held-out split, default) or val (the split checkpoints were chosen on)")
     p.add_argument("--out", help="folder for report.json and the confusion PNGs")
     p.set_defaults(func=_evaluate)
 
-    def photo_options(p):
-        p.add_argument("--crops", action="store_true", help="inputs are aligned face crops: skip detection")
-        p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
-
     p = sub.add_parser("verify", help="are two photos the same person? score and threshold")
     p.add_argument("a", help="first photo")
     p.add_argument("b", help="second photo")
-    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--threshold", type=float, help="default: the model's calibrated threshold")
-    photo_options(p)
+    _options(p, "--model", "--crops", "--detector")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("calibrate", help="pick the verification threshold for a target false-accept rate")
@@ -573,36 +574,29 @@ def build_parser():
 
     p = sub.add_parser("gallery", help="enrol people, identify faces, find the people of a photo collection")
     gsub = p.add_subparsers(dest="action", required=True)
-    store_help = ("where galleries live: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries), "
-                  "milvus://HOST:19530[/DB], milvus+https://HOST or milvus-lite:PATH.db (docs/identity.md)")
     g = gsub.add_parser("enroll", help="add photos of a person (several photos are combined)")
     g.add_argument("gallery", help="gallery name (created when new)")
     g.add_argument("name", help="the person's name")
     g.add_argument("photos", nargs="+", help="photos of that person (the largest face of each is used)")
-    g.add_argument("--model", help=MODEL_HELP)
-    photo_options(g)
+    _options(g, "--model", "--crops", "--detector")
     g = gsub.add_parser("enroll-folders", help="enrol everyone of a labelled folder tree ROOT/<person>/<photos> "
                                                "(reruns add nothing twice; --runner beam for big trees)")
     g.add_argument("gallery", help="gallery name (created when new)")
     g.add_argument("root", help="folder with one sub-folder of photos per person (the folder name is the name)")
-    g.add_argument("--model", help=MODEL_HELP)
-    g.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
-    g.add_argument("--runner", default=LOCAL, help=RUNNER_HELP)
+    _options(g, "--model", "--detector", "--runner")
     g.add_argument("--report", help="--runner beam: prefix of the report of photos not used (default "
                                     "./<gallery>-enrolment-report; somewhere the workers can write)")
     g = gsub.add_parser("identify", help="who is in these photos? top-k names with scores, or unknown")
     g.add_argument("gallery", help="gallery name")
     g.add_argument("photos", nargs="+", help="photos (every face is identified) or, with --crops, face crops")
-    g.add_argument("--model", help="default: the model the gallery was made with")
+    _options(g, "--model", "--crops", "--detector", model={"help": "default: the model the gallery was made with"})
     g.add_argument("-k", type=int, default=3, help="candidates per face")
     g.add_argument("--threshold", type=float, help="default: the model's calibrated threshold for the gallery's size")
-    photo_options(g)
     g = gsub.add_parser("cluster", help="find the people in photos (no enrolment first): groups written into the "
                                         "gallery as person-0001..., one JSON line per face, a contact sheet per group")
     g.add_argument("gallery", help="gallery name (created when new)")
     g.add_argument("photos", nargs="+", help="photos, folders (walked recursively) and videos")
-    g.add_argument("--model", help=MODEL_HELP)
-    g.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
+    _options(g, "--model", "--detector")
     g.add_argument("--threshold", type=float, help="similarity that links two faces (default: the model's "
                                                    "verification threshold)")
     g.add_argument("--min-size", type=int, default=2, help="smallest group kept (default 2; smaller: unclustered)")
@@ -621,7 +615,7 @@ def build_parser():
     g.add_argument("name", help="the person whose photos move (removed afterwards)")
     g.add_argument("into", help="the person who keeps them")
     for g in gsub.choices.values():
-        g.add_argument("--store", help=store_help)
+        _options(g, "--store")
     p.set_defaults(func=_gallery)
 
     p = sub.add_parser("models", help="the models installed with facemtl: paths and headline metrics")
@@ -656,18 +650,16 @@ def build_parser():
     p.set_defaults(func=_export)
 
     p = sub.add_parser("serve", help="TF Serving's REST API, photos, galleries and a web page over HTTP")
-    p.add_argument("--model", help=MODEL_HELP + "; a model's base folder serves its newest version")
+    _options(p, "--model", "--detector", "--store",
+             model={"help": MODEL_HELP + "; a model's base folder serves its newest version"})
     p.add_argument("--name", help="the model name in /v1/models/<name> (default: the export's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="TF Serving's REST port by default")
-    p.add_argument("--detector", choices=DETECTORS, default=DEFAULT_DETECTOR, help=DETECTOR_HELP)
     p.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: most crops per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="dynamic batching: how long a batch's first request waits for others (default 0: a batch "
                         "takes the requests that queued while the model was busy, so a lone request never waits)")
     p.add_argument("--api-key", help="key for gallery writes (default $FACEMTL_API_KEY; none: writes refused)")
-    p.add_argument("--store", help="gallery store: a folder (default $FACEMTL_GALLERIES, $FACEMTL_HOME/galleries or ~/.facemtl/galleries) "
-                                   "or a Milvus URI (see `facemtl gallery enroll --help`)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="bigger requests are answered 413")
     p.add_argument("--max-instances", type=int, default=256, help="most images per :predict request")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this origin (CORS is off by default)")
@@ -677,29 +669,25 @@ def build_parser():
     return parser
 
 
-def _add_verbose(parser):
-    """`--verbose` on every (sub)command, so it can follow the command's own arguments."""
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+def _commands(parser):
+    """The parser and every (sub-)sub-command's parser below it."""
+    yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _add_verbose(child)
+                yield from _commands(child)
+
+
+def _add_verbose(parser):
+    """`--verbose` on every (sub)command, so it can follow the command's own arguments."""
+    for command in _commands(parser):
+        command.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def run():
     """The `facemtl` console script: native libraries' log lines go to a file unless `--verbose`."""
     route_native_logs(verbose="--verbose" in sys.argv[1:])
     sys.exit(main())
-
-
-def _option_strings(parser):
-    """Every option string of a parser and its sub-commands."""
-    found = set(parser._option_string_actions)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                found |= _option_strings(child)
-    return found
 
 
 def _parse(parser, argv):
@@ -713,7 +701,7 @@ def _parse(parser, argv):
         return args
     from facemtl.pipelines.runner import split_beam_args
 
-    mine, args_for_beam = split_beam_args(argv, _option_strings(parser))
+    mine, args_for_beam = split_beam_args(argv, {o for c in _commands(parser) for o in c._option_string_actions})
     args = parser.parse_args(mine)
     args.beam_args = args_for_beam
     return args
@@ -729,10 +717,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except FacemtlError as exc:
-        print(f"facemtl: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # validated model arguments (unknown backbone, bad sizes...)
+    except (FacemtlError, ValueError) as exc:  # ValueError: validated model arguments (unknown backbone, sizes...)
         print(f"facemtl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -348,33 +348,22 @@ def _check(value, tp, key):
         return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, key)
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"Bad value for '{key}': expected a mapping. Received: {key}={value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"Bad value for '{key}': expected true or false. Received: {key}={value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"Bad value for '{key}': expected an integer. Received: {key}={value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # PyYAML (YAML 1.1) reads "1e-4" without a dot as a string.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"Bad value for '{key}': expected a number. Received: {key}={value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"Bad value for '{key}': expected a string. Received: {key}={value!r}")
-        return value
-    raise TypeError(f"Unsupported recipe annotation {tp!r} for {key}")
+    if tp not in _PLAIN:
+        raise TypeError(f"Unsupported recipe annotation {tp!r} for {key}")
+    types_, expected = _PLAIN[tp]
+    if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-4" without a dot as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
+        raise RecipeError(f"Bad value for '{key}': expected {expected}. Received: {key}={value!r}")
+    return float(value) if tp is float else value
+
+
+# The plain annotations a recipe value may have: the Python types that pass, and how the error says it.
+_PLAIN = {dict: ((dict,), "a mapping"), bool: ((bool,), "true or false"), int: ((int,), "an integer"),
+          float: ((int, float), "a number"), str: ((str,), "a string")}
 
 
 def _from_dict(cls, data, prefix=""):

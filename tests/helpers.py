@@ -386,3 +386,19 @@ class Server:
             return response.status, json.loads(response.read())
         finally:
             conn.close()
+
+
+def dlib_multitask(num_identities, *, input_shape=(150, 150, 3), weights=None, **model):
+    """The multi-task network on dlib's ResNet (`build_multitask`, `model.backbone: dlib_resnet`), as tests build it.
+
+    `model`: `ModelConfig` keys (tuples are taken as lists); the expression head defaults to 512 units, dropout 0.5;
+    the shared stages are frozen.
+    """
+    from facemtl.config import ModelConfig
+    from facemtl.models.multitask import build_multitask
+
+    defaults = {"expression_units": [512], "dropout": 0.5, "freeze_backbone": True}
+    model = {**defaults, **{k: list(v) if isinstance(v, tuple) else v for k, v in model.items()}}
+    config = ModelConfig(backbone="dlib_resnet", height=input_shape[0], width=input_shape[1], channels=input_shape[2],
+                         crop_layout="dlib", **model)
+    return build_multitask(config, num_identities, weights=weights)

@@ -63,9 +63,9 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
         if os.path.isfile(os.path.join(folder, EXPORT_FILE)):  # the preset's LiteRT copy
             shutil.copyfile(os.path.join(folder, EXPORT_FILE), os.path.join(path, EXPORT_FILE))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _weights_sha1(folder),
+            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _sha1(folder, WEIGHTS_FILE),
                                                               "weights_stamp": _weights_stamp(folder),
-                                                              "metadata_sha1": _metadata_sha1(folder)}},
+                                                              "metadata_sha1": _sha1(folder, METADATA_FILE)}},
                       f, indent=2)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
@@ -85,14 +85,9 @@ def _weights_stamp(folder):
     return [st.st_size, st.st_mtime_ns]
 
 
-def _metadata_sha1(folder):
-    with open(os.path.join(folder, METADATA_FILE), "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
-
-
-def _weights_sha1(folder):
+def _sha1(folder, name):
     h = hashlib.sha1()
-    with open(os.path.join(folder, WEIGHTS_FILE), "rb") as f:
+    with open(os.path.join(folder, name), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -133,8 +128,8 @@ def _written_from(folder, target):
     try:
         with open(os.path.join(target, METADATA_FILE), encoding="utf-8") as f:
             written = json.load(f).get("preset", {})
-        stamp, described = _weights_stamp(folder), _metadata_sha1(folder)
-        if written.get("weights_stamp") != stamp and written.get("weights_sha1") != _weights_sha1(folder):
+        stamp, described = _weights_stamp(folder), _sha1(folder, METADATA_FILE)
+        if written.get("weights_stamp") != stamp and written.get("weights_sha1") != _sha1(folder, WEIGHTS_FILE):
             return False
         if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
             meta = read_preset_metadata(folder)

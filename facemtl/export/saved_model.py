@@ -36,11 +36,10 @@ signatures are the public contract:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime
+import functools
 import json
 import os
-import shutil
 import uuid
 
 import keras
@@ -52,7 +51,8 @@ from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import METADATA_FILE, read_metadata
 from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.graph import BlazeFaceGraph, align_crops
-from facemtl.models.multitask import build_from_recipe, split_mirror_gate
+from facemtl.files import replaced_atomically
+from facemtl.models.multitask import build_multitask, split_mirror_gate
 from facemtl.preprocessing import Preprocessor, prepare_images
 from facemtl.recognition.open_set import DIRECTIONS_FILE, OpenSetRule, export_open_set
 
@@ -302,8 +302,7 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
     if os.path.exists(target):
         raise FileExistsError(f"{target} already exists; versions are never overwritten")
     os.makedirs(model_base, exist_ok=True)
-    tmp = os.path.join(model_base, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-    try:
+    with replaced_atomically(target) as tmp:  # a hidden name: TF Serving takes only numbered folders
         height, width, channels = model.input_shape[1:]
         if preprocessor is None:
             preprocessor = Preprocessor.from_metadata({"input": {"height": height, "width": width},
@@ -345,10 +344,6 @@ def export_saved_model(model, identity_names, expression_names, *, base_dir="sav
             metadata["open_set"]["threshold"] = rule.threshold
         with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
-        os.rename(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -411,7 +406,7 @@ def load_run_model(run_dir, like=None):
                                    "whose class names and calibration to keep")
     metadata = read_metadata(like)
     recipe = load_recipe(os.path.join(run_dir, "recipe.yaml"))
-    model = build_from_recipe(recipe.model, len(metadata["identities"]))
+    model = build_multitask(recipe.model, len(metadata["identities"]))
     model.load_weights(checkpoint)
     return model, metadata
 

@@ -1,6 +1,6 @@
 """Backbones, heads, the multi-task model and the presets (the shipped models as Keras models)."""
 
-_WHERE = {"build_resnet": "backbones", "TASKS": "multitask", "build_from_recipe": "multitask",
+_WHERE = {"build_resnet": "backbones", "TASKS": "multitask", "build_multitask": "multitask",
           "build_multitask_model": "multitask", "set_backbone_trainable": "multitask", "from_preset": "presets",
           "list_presets": "presets"}
 __all__ = sorted(_WHERE)

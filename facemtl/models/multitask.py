@@ -23,7 +23,7 @@ from facemtl.errors import RecipeError
 from facemtl.labels import EXPRESSIONS
 from facemtl.models import heads
 from facemtl.models.backbones import build_resnet
-from facemtl.models.dlib_resnet import INPUT_SIZE, DlibBackbone, expression_branch_prefix
+from facemtl.models.dlib_resnet import DlibBackbone, expression_branch_prefix
 from facemtl.models.heads import attribute_head
 from facemtl.models.layers import (
     FlipLeftRight,
@@ -227,74 +227,6 @@ def build_multitask_model(num_identities, *, input_shape=(64, 64, 3), backbone="
                          freeze_backbone=freeze_backbone, sync_batchnorm=sync_bn, identity_head=identity_head,
                          margin_scale=margin_scale)
     return build_multitask(config, num_identities, num_expressions=num_expressions, tasks=tasks)
-
-
-def build_dlib_multitask(num_identities, *, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), split_stage=2,
-                         expression_last_stage=4, expression_units=(512,), dropout=0.5, freeze_shared=True,
-                         freeze_identity_branch=True, identity_scale=30.0, weights="auto",
-                         num_expressions=7, mirror_expression=False, expression_branches=1,
-                         expression_pool="average", learnable_affine=False):
-    """The multi-task network on dlib's face ResNet: shared lower stages, one branch per task.
-
-    Stages `0..split_stage` (stem = 0) are shared. The identity branch is dlib's
-    own upper stages and 128-d projection: its L2-normalised descriptor is the
-    `embedding`, and `identity` is a cosine classifier over the training
-    identities on top of it. The expression branch is its own copy of dlib's
-    stages `split_stage + 1 .. expression_last_stage`, initialised from dlib's
-    weights, pooled, then `expression_units` dense layers and the 7-way softmax.
-
-    Args:
-        num_identities: number of training identities (size of `identity`).
-        input_shape: `(height, width, channels)`, channels 1 (gray, copied to
-            RGB) or 3; dlib's chips are 150x150.
-        split_stage: last shared stage, 0..4.
-        expression_last_stage: last dlib stage copied into the expression
-            branch, `split_stage + 1 .. 5`.
-        expression_units: widths of the expression feature layers.
-        dropout: dropout rate in the expression head.
-        freeze_shared: keep the shared stages at dlib's weights.
-        freeze_identity_branch: keep the identity branch at dlib's weights, so
-            the `embedding` is exactly dlib's descriptor (normalised).
-        identity_scale: logit scale of the identity classifier (cosines are in [-1, 1]).
-        weights: `"auto"` (dlib's network as shipped in facemtl), a `.dat` path,
-            `DlibResNetWeights`, or `None` (random: for tests of the graph only).
-        num_expressions: number of expression classes.
-        mirror_expression: the expression branch answers for each face and
-            its mirror image in one batch and averages the probabilities (the
-            trunk runs on both; the identity branch only on the face). The
-            branch is then the sub-model layer `expression_branch`.
-        expression_branches: independently trained copies of the expression
-            branch whose probabilities are averaged inside the network (an
-            ensemble in one forward pass). Branch 1's layers are named
-            `expression_*`, branch k's `expression{k}_*`. With more than one,
-            the branches form the sub-model layer `expression_branch`.
-        expression_pool, learnable_affine: see `expression_branch`.
-
-    Returns:
-        A `keras.Model` named `facemtl` with dict outputs `identity`, `expression`
-        and `embedding`; the shared stages are the sub-model layer `backbone`.
-
-    Example:
-        >>> model = build_dlib_multitask(10, weights=None)
-        >>> sorted(model.output_names)
-        ['embedding', 'expression', 'identity']
-    """
-    config = ModelConfig(backbone="dlib_resnet", height=input_shape[0], width=input_shape[1],
-                         channels=input_shape[2], split_stage=split_stage, expression_last_stage=expression_last_stage,
-                         expression_units=list(expression_units), dropout=dropout, freeze_backbone=freeze_shared,
-                         freeze_identity_branch=freeze_identity_branch, margin_scale=identity_scale,
-                         mirror_expression=mirror_expression, expression_branches=expression_branches,
-                         expression_pool=expression_pool, learnable_affine=learnable_affine, crop_layout="dlib")
-    return build_multitask(config, num_identities, num_expressions=num_expressions, weights=weights)
-
-
-def build_from_recipe(model_config, num_identities, tasks=TASKS, num_expressions=7, attributes=()):
-    """Builds the model described by a recipe's `model` section (`num_expressions` classes: FER2013's 7 by default).
-
-    `attributes`: the recipe's attribute tasks (`config.attribute_tasks`), heads on the embedding.
-    """
-    return build_multitask(model_config, num_identities, num_expressions=num_expressions, tasks=tasks,
-                           attributes=attributes)
 
 
 def split_mirror_gate(model):

@@ -109,13 +109,13 @@ def build_from_metadata(meta, where):
     Raises:
         ModelFormatError: the metadata does not record its `model_config`.
     """
-    from facemtl.models.multitask import build_from_recipe  # deferred: Keras; metadata readers here run without it
+    from facemtl.models.multitask import build_multitask  # deferred: Keras; metadata readers here run without it
 
     if "model_config" not in meta:
         raise ModelFormatError(f"{where}: the metadata records no 'model_config' to build the network from; "
                                "rebuild it from its run folder (facemtl export RUN)")
     config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
-    return build_from_recipe(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]),
+    return build_multitask(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]),
                              attributes=meta.get("attributes", []))
 
 
@@ -188,7 +188,7 @@ def write_preset(model, metadata, folder, *, extra_files=()):
     """Writes `model` as a preset: the weights the builder does not load itself, and the metadata.
 
     Args:
-        model: the Keras model, built by `build_from_recipe(metadata["model_config"])`.
+        model: the Keras model, built by `build_multitask(metadata["model_config"])`.
         metadata: the export metadata (with `model_config`).
         folder: the new preset version folder (must not exist; written atomically).
         extra_files: `(source path, path inside the folder)` pairs to copy in

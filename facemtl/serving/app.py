@@ -38,6 +38,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from facemtl import __version__
 from facemtl.errors import FacemtlError
 from facemtl.faces.detect import DEFAULT_DETECTOR
 from facemtl.images import decode_each, load_image
@@ -319,7 +320,7 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         await asyncio.get_running_loop().run_in_executor(None, loader.join)
         state.close()
 
-    app = FastAPIOffline(title="facemtl", version=_version(), lifespan=lifespan,
+    app = FastAPIOffline(title="facemtl", version=__version__, lifespan=lifespan,
                          description="Face expression and identity: TF Serving's REST API, photos and galleries.")
     app.state.facemtl = state
     app.add_middleware(_BodyLimit, max_bytes=int(max_body_bytes))
@@ -365,9 +366,6 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
     async def in_pool(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(state.photo_pool, fn, *args)
 
-    async def wait(future):
-        return await asyncio.wrap_future(future)
-
     # -- health and the page ------------------------------------------------------------------------------------
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
@@ -386,39 +384,27 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
 
     # -- TF Serving's REST API ----------------------------------------------------------------------------------
 
+    # Each route answers for the latest version and for a named one (TF Serving's two paths).
     @app.get("/v1/models/{name}", tags=["tf-serving"], summary="Model status")
-    async def status(name: str):
-        return rest.model_status(state.check_model(name).version)
-
     @app.get("/v1/models/{name}/versions/{version}", tags=["tf-serving"], summary="Model version status")
-    async def version_status(name: str, version: str):
+    async def status(name: str, version: str | None = None):
         return rest.model_status(state.check_model(name, version).version)
 
     @app.get("/v1/models/{name}/metadata", tags=["tf-serving"], summary="Signatures")
-    async def metadata(name: str):
-        model = state.check_model(name)
-        return rest.model_metadata(model.name, model.version, model.signatures)
-
     @app.get("/v1/models/{name}/versions/{version}/metadata", tags=["tf-serving"], summary="Signatures")
-    async def version_metadata(name: str, version: str):
+    async def metadata(name: str, version: str | None = None):
         model = state.check_model(name, version)
         return rest.model_metadata(model.name, model.version, model.signatures)
 
-    async def predict(name, version, request):
+    @app.post("/v1/models/{name}:predict", tags=["tf-serving"], summary="Predict (TF Serving's row or column format)")
+    @app.post("/v1/models/{name}/versions/{version}:predict", tags=["tf-serving"], summary="Predict with a version")
+    async def predict(name: str, request: Request, version: str | None = None):
         model = state.check_model(name, version)
         body = await _json_body(request)
         signature, images, row = await asyncio.get_running_loop().run_in_executor(
             None, lambda: rest.parse_predict(body, max_instances=state.max_instances, max_pixels=state.max_pixels))
-        outputs = await wait(model.predict(signature, images))
+        outputs = await asyncio.wrap_future(model.predict(signature, images))
         return JSONResponse(rest.format_predict(outputs, row))
-
-    @app.post("/v1/models/{name}:predict", tags=["tf-serving"], summary="Predict (TF Serving's row or column format)")
-    async def predict_latest(name: str, request: Request):
-        return await predict(name, None, request)
-
-    @app.post("/v1/models/{name}/versions/{version}:predict", tags=["tf-serving"], summary="Predict with a version")
-    async def predict_version(name: str, version: str, request: Request):
-        return await predict(name, version, request)
 
     # -- photos and galleries -----------------------------------------------------------------------------------
 
@@ -491,12 +477,3 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
         return {"gallery": gallery, "removed": person, "embeddings": removed}
 
     return app
-
-
-def _version():
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("facemtl")
-    except PackageNotFoundError:
-        return "0"

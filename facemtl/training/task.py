@@ -30,7 +30,7 @@ import tensorflow as tf
 from facemtl.config import attribute_tasks, task_list
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models.heads import COSINE_LAYER
-from facemtl.models.multitask import TASKS, build_from_recipe
+from facemtl.models.multitask import TASKS, build_multitask
 from facemtl.training.losses import (
     MaskedSparseCategoricalAccuracy,
     MaskedSparseCategoricalCrossentropy,
@@ -72,7 +72,7 @@ class MultiTaskTask:
     def build_model(self, num_identities, num_expressions=None):
         """The recipe's full multi-task model (outputs `identity`, `expression`, `embedding`, and its attribute heads)."""
         kwargs = {} if num_expressions is None else {"num_expressions": num_expressions}
-        return build_from_recipe(self.recipe.model, num_identities, attributes=attribute_tasks(self.recipe), **kwargs)
+        return build_multitask(self.recipe.model, num_identities, attributes=attribute_tasks(self.recipe), **kwargs)
 
     training_view = staticmethod(training_view)
 

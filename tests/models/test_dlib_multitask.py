@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from facemtl.config import ModelConfig
-from facemtl.models import build_from_recipe
+from facemtl.models import build_multitask
 from facemtl.models.dlib_format import DlibModelError, default_weights
 from facemtl.models.dlib_resnet import build_dlib_resnet
-from facemtl.models.multitask import build_dlib_multitask
+from tests.helpers import dlib_multitask
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def dlib_weights():
 
 
 def test_outputs_and_what_trains():
-    model = build_dlib_multitask(5, input_shape=(150, 150, 1), weights=None, split_stage=2, expression_last_stage=3,
+    model = dlib_multitask(5, input_shape=(150, 150, 1), weights=None, split_stage=2, expression_last_stage=3,
                                  expression_units=(16,))
     out = model(np.zeros((2, 150, 150, 1), "float32"))
     assert {k: tuple(v.shape) for k, v in out.items()} == {"identity": (2, 5), "expression": (2, 7),
@@ -34,13 +34,13 @@ def test_outputs_and_what_trains():
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_dlib_multitask(3, weights=None, **kwargs)
+        dlib_multitask(3, weights=None, **kwargs)
 
 
 def test_embedding_is_dlibs_normalised_descriptor(dlib_weights):
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (3, 150, 150, 3)).astype("float32")
-    model = build_dlib_multitask(4, weights=dlib_weights)
+    model = dlib_multitask(4, weights=dlib_weights)
     reference = build_dlib_resnet(weights=dlib_weights)(faces).numpy()
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)
     np.testing.assert_allclose(model(faces)["embedding"].numpy(), reference, atol=1e-5)
@@ -54,7 +54,7 @@ def test_training_leaves_the_frozen_parts_unchanged(dlib_weights):
     # Seeded: with an unlucky draw every unit of the 8-unit head is dead on the 8 faces and no gradient reaches
     # the trained stage: 1 draw in 16 did (seeds 0-15: seed 7), which failed a fresh-clone run once.
     keras.utils.set_random_seed(0)
-    model = build_dlib_multitask(3, weights=dlib_weights, split_stage=3, expression_last_stage=4, expression_units=(8,))
+    model = dlib_multitask(3, weights=dlib_weights, split_stage=3, expression_last_stage=4, expression_units=(8,))
     frozen = {w.path: w.numpy().copy() for w in model.get_layer("backbone").weights + model.get_layer(
         "identity_branch").weights}
     branch = model.get_layer("expression_stage4_block1_1_conv").get_weights()[0].copy()
@@ -72,9 +72,9 @@ def test_recipe_builds_it_and_refuses_margin_heads():
     cfg = ModelConfig(backbone="dlib_resnet", height=150, width=150, backbone_weights=None, split_stage=3,
                       expression_units=[8], crop_layout="dlib")
     with pytest.raises(ValueError, match="margin heads"):
-        build_from_recipe(ModelConfig(backbone="dlib_resnet", identity_head="arcface"), 3)
+        build_multitask(ModelConfig(backbone="dlib_resnet", identity_head="arcface"), 3)
     try:
-        model = build_from_recipe(cfg, 3)
+        model = build_multitask(cfg, 3)
     except DlibModelError:
         pytest.skip("face_recognition_models is not installed")
     assert model.get_layer("backbone").output.shape[1:] == (8, 8, 128)
@@ -83,7 +83,7 @@ def test_recipe_builds_it_and_refuses_margin_heads():
 def test_training_view_trains_identity_on_probabilities():
     from facemtl.training.task import training_view
 
-    model = build_dlib_multitask(4, weights=None, expression_units=(8,))
+    model = dlib_multitask(4, weights=None, expression_units=(8,))
     view = training_view(model)
     out = view(np.random.default_rng(0).integers(0, 256, (2, 150, 150, 3)).astype("float32"))
     np.testing.assert_allclose(np.asarray(out["identity"]).sum(axis=1), 1.0, rtol=1e-5)
@@ -98,15 +98,15 @@ def test_imprinting_classifies_the_training_people(dlib_weights):
     people = rng.integers(0, 256, (3, 1, 150, 150, 3))
     faces = np.concatenate([np.clip(p + rng.normal(0, 8, (4, 150, 150, 3)), 0, 255) for p in people]).astype("uint8")
     labels = np.repeat(np.arange(3), 4)
-    model = build_dlib_multitask(3, weights=dlib_weights, expression_units=(8,))
+    model = dlib_multitask(3, weights=dlib_weights, expression_units=(8,))
     assert imprint_identity_classifier(model, faces, np.where(np.arange(12) == 5, -1, labels)) == 3
     probs = np.asarray(model(faces.astype("float32"))["identity"])
     assert (probs.argmax(axis=1) == labels).all()
 
 
 def test_mirror_expression_averages_the_face_and_its_mirror_in_one_pass():
-    model = build_dlib_multitask(3, weights=None, expression_units=(8,), mirror_expression=True)
-    plain = build_dlib_multitask(3, weights=None, expression_units=(8,))
+    model = dlib_multitask(3, weights=None, expression_units=(8,), mirror_expression=True)
+    plain = dlib_multitask(3, weights=None, expression_units=(8,))
     # The same weight names with or without the mirror: exports and checkpoints load into either.
     def names(m):
         return sorted(v.path for v in m.variables if "seed_generator" not in v.path)
@@ -173,8 +173,8 @@ def test_mirror_gate_runs_the_mirror_pass_only_for_uncertain_faces(tmp_path):
 
 
 def test_expression_branches_are_averaged_in_one_pass_and_keep_branch_one_s_names():
-    one = build_dlib_multitask(3, weights=None, expression_units=(8,))
-    two = build_dlib_multitask(3, weights=None, expression_units=(8,), expression_branches=2)
+    one = dlib_multitask(3, weights=None, expression_units=(8,))
+    two = dlib_multitask(3, weights=None, expression_units=(8,), expression_branches=2)
     names = {v.path for v in two.variables if "seed_generator" not in v.path}
     # Branch 1 keeps the single-branch names (an earlier export loads into it); branch 2 is expression2_*.
     assert {v.path for v in one.variables if "seed_generator" not in v.path} <= names
@@ -192,4 +192,4 @@ def test_expression_branches_are_averaged_in_one_pass_and_keep_branch_one_s_name
     np.testing.assert_allclose(out, (per_branch[0] + per_branch[1]) / 2, atol=1e-6)
     assert np.abs(per_branch[0] - per_branch[1]).max() > 1e-4
     with pytest.raises(ValueError, match="expression_branches=0"):
-        build_dlib_multitask(3, weights=None, expression_branches=0)
+        dlib_multitask(3, weights=None, expression_branches=0)

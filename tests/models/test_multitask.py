@@ -82,7 +82,7 @@ def test_a_registered_backbone_can_be_named_in_a_recipe(monkeypatch):
     monkeypatch.setitem(multitask.BACKBONES, "tiny_resnet", multitask.ResNetBackbone("resnet18"))
     recipe = load_recipe(QUICKSTART, overrides=["model.backbone=tiny_resnet", "model.stage_blocks=[1, 1]",
                                                 "model.base_filters=8"])
-    model = multitask.build_from_recipe(recipe.model, 3)
+    model = multitask.build_multitask(recipe.model, 3)
     assert sorted(model.output_names) == ["embedding", "expression", "identity"]
     assert model.get_layer("backbone").count_params() < 200_000  # the registered ResNet, at the recipe's size
 

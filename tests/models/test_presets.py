@@ -18,11 +18,11 @@ def _tiny_preset(tmp_path, seed=0):
     """A 112-px dlib multi-task model with random weights, written as a preset; returns (model, folder)."""
     from facemtl.config import ModelConfig
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models import build_from_recipe
+    from facemtl.models import build_multitask
 
     config = ModelConfig(backbone="dlib_resnet", height=112, width=112, crop_layout="dlib", expression_units=[8],
                          freeze_backbone=True)
-    model = build_from_recipe(config, num_identities=2)
+    model = build_multitask(config, num_identities=2)
     rng = np.random.default_rng(seed)
     for v in model.variables:  # everything but the trunk's stem: what the builder loads must come from dlib
         if "seed_generator" not in v.path and not v.path.startswith("stem_"):
@@ -185,7 +185,9 @@ def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_n
     assert cache.saved_model_for(folder) == target
     with open(os.path.join(target, presets.METADATA_FILE), encoding="utf-8") as f:
         assert json.load(f)["preset"]["weights_stamp"] == [os.path.getsize(weights), 10**18]  # recorded: no more hashing
-    monkeypatch.setattr(cache, "_weights_sha1", lambda *_: pytest.fail("hashed again"))
+    sha1 = cache._sha1  # the weights are not hashed again (the small metadata file is)
+    monkeypatch.setattr(cache, "_sha1", lambda folder, name: pytest.fail("hashed again") if name == presets.WEIGHTS_FILE
+                        else sha1(folder, name))
     assert cache.saved_model_for(folder) == target
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == written
     # Newer metadata for the same weights (a calibration measured later) reaches the SavedModel without a rewrite.

@@ -164,9 +164,9 @@ def random_export(tmp_path_factory, worker_id):
     """
     from facemtl.export.saved_model import export_saved_model
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models.multitask import build_dlib_multitask
+    from tests.helpers import dlib_multitask
 
-    base = build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
+    base = dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,))
     rng = np.random.default_rng(0)
     for v in base.variables:  # the same weights in every worker: the one export is of this model
         if "seed_generator" not in v.path:
@@ -311,7 +311,7 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model, read_metadata
     from facemtl.labels import EXPRESSIONS
-    from facemtl.models.multitask import build_dlib_multitask
+    from tests.helpers import dlib_multitask
     from facemtl.recognition.open_set import DIRECTIONS_FILE
     from facemtl.training.trainer import train
 
@@ -326,7 +326,7 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     # The init export (random weights: what the fine-tuned model keeps must come from it), with an open-set rule:
     # the fine-tuned export keeps the rule too (its identity half is the same).
     directions = rng.normal(size=(2, 128)).astype("float32")
-    init = export_saved_model(build_dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,),
+    init = export_saved_model(dlib_multitask(2, input_shape=(112, 112, 3), weights=None, expression_units=(8,),
                                                    mirror_expression=True, expression_branches=2),
                               ["ann", "bob"], EXPRESSIONS, base_dir=str(tmp_path / "init2"), name="base",
                               extra_metadata={"crop": {"layout": "dlib"}},

@@ -33,7 +33,7 @@ def test_a_later_phase_goes_on_with_the_runs_schedule_and_task_weights(tmp_path)
     """After unfreeze_at_epoch the new optimizer neither warms up again nor restarts the cosine."""
     import keras
 
-    from facemtl.models import build_from_recipe
+    from facemtl.models import build_multitask
     from facemtl.training.task import MultiTaskTask, training_view
 
     recipe = _recipe(tmp_path, "schedule.name=cosine", "schedule.warmup_epochs=1", "train.epochs=10",
@@ -47,7 +47,7 @@ def test_a_later_phase_goes_on_with_the_runs_schedule_and_task_weights(tmp_path)
     assert float(later(0)) > 0.0 and float(later(59)) < 1e-5
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(later))
     assert float(again(3)) == pytest.approx(float(later(3)))
-    view = training_view(build_from_recipe(recipe.model, 3))
+    view = training_view(build_multitask(recipe.model, 3))
     task = MultiTaskTask(recipe)
     first = task.compile(view, 10)
     first.log_variance.assign([0.5, -0.25])

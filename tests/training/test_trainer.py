@@ -146,7 +146,7 @@ def test_frozen_backbone_then_unfreeze(tmp_path, monkeypatch):
     import facemtl.training.trainer as trainer_module
 
     snapshots = {}
-    real_build, real_callbacks = task_module.build_from_recipe, trainer_module.fit_callbacks
+    real_build, real_callbacks = task_module.build_multitask, trainer_module.fit_callbacks
 
     def weights(model, backbone):
         return [w.numpy().copy() for layer in model.layers if (layer.name == "backbone") == backbone
@@ -163,7 +163,7 @@ def test_frozen_backbone_then_unfreeze(tmp_path, monkeypatch):
         return real_callbacks(*args, **kwargs) + [keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: snapshots.setdefault(epoch, (weights(model, True), weights(model, False))))]
 
-    monkeypatch.setattr(task_module, "build_from_recipe", build)
+    monkeypatch.setattr(task_module, "build_multitask", build)
     monkeypatch.setattr(trainer_module, "fit_callbacks", fit_callbacks)
     recipe = load_recipe(QUICKSTART, smoke=True, overrides=tiny_overrides(tmp_path) + [
         "model.freeze_backbone=true", "train.unfreeze_at_epoch=1", "train.epochs=2", "export.enabled=false"])
