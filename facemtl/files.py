@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +70,23 @@ def replaced_atomically(path):
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.exists(tmp):
             os.remove(tmp)
+
+
+def content_key(settings, *arrays):
+    """A cache's key: 16 hex digits of the SHA-1 of JSON-able `settings` and each array's dtype, shape and bytes.
+
+    Example:
+        >>> content_key(["framing", 150], np.zeros((2, 48, 48, 3), np.uint8))
+        '8f3c...'
+    """
+    import numpy as np  # only the caches need it
+
+    h = hashlib.sha1(json.dumps(settings, default=str).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        h.update(f"{array.dtype}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:16]
 
 
 def write_text_atomically(path, text):

@@ -14,8 +14,6 @@ their `_mirror`s, and `_jitter` (a random similarity warp and flip).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 
@@ -23,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from facemtl.config import TRAIN_VIEWS, FeatureCacheConfig
-from facemtl.files import replaced_atomically
+from facemtl.files import content_key, replaced_atomically
 from facemtl.preprocessing import resize_face
 
 # Views cached for validation faces (no jitter: scored as served).
@@ -66,41 +64,61 @@ class TrunkCache:
 
 def build_trunk_cache(images, framed, labels, trunk, cache_dir, name, views=TRAIN_VIEWS, cfg=None, batch_size=256,
                       log=print):
-    """Runs the frozen trunk once over every view of every face; stores the maps in `cache_dir`.
-
-    The cache is keyed by the faces' pixels, the framed crops, the views, the
-    jitter settings and the trunk's weights; it is written under a temporary
-    name and renamed when complete, so an interrupted run never reuses half a cache.
+    """Runs the frozen trunk once over every view of every face; stores the maps in `cache_dir` (`model_views`).
 
     Returns:
         A `TrunkCache` over the stored file (memory-mapped).
     """
+    maps = model_views(trunk, images, framed, cache_dir, f"{name}-trunk", views, cfg=cfg, batch_size=batch_size,
+                       log=log, key=(labels,))
+    return TrunkCache(maps, np.asarray(labels), tuple(views))
+
+
+def model_views(model, images, framed, cache_dir, name, views, *, cfg=None, dtype=np.float16, batch_size=256,
+                log=print, key=()):
+    """A frozen model's outputs for every view of every face, `[views, n, ...]`, computed once and kept on disk.
+
+    The file is keyed by the faces' pixels, the framed crops, the views, the
+    jitter settings, the model's weights and `key` (more arrays); it is written
+    under a temporary name and renamed when complete, so an interrupted run
+    never reuses half a cache.
+
+    Args:
+        model: a Keras model (the trunk; the embedding's part of the network).
+        images: the crops the `plain` views are made of (`None`: framed views only).
+        framed: the faces framed like served photos.
+        views: `view_images`' names.
+        dtype: how the outputs are stored (float16: trunk maps).
+
+    Returns:
+        The stored array, memory-mapped.
+    """
     cfg = cfg or FeatureCacheConfig()
-    h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views), cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotation,
-                                 cfg.seed]).encode())
-    for array in (images, framed, labels, *trunk.get_weights()):
-        h.update(np.ascontiguousarray(array).tobytes())
-    path = os.path.join(cache_dir, f"{name}-trunk-{h.hexdigest()[:16]}.npy")
+    settings = [CACHE_FORMAT, list(views), cfg.jitter_shift, cfg.jitter_scale, cfg.jitter_rotation, cfg.seed,
+                np.dtype(dtype).name]
+    arrays = [a for a in (images, framed, *key) if a is not None]
+    path = os.path.join(cache_dir, f"{name}-{content_key(settings, *arrays, *model.get_weights())}.npy")
     if os.path.isfile(path):
-        log(f"{name}: trunk maps cached ({path})")
-        return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
+        log(f"{name}: cached ({path})")
+        return np.load(path, mmap_mode="r")
     os.makedirs(cache_dir, exist_ok=True)
-    run = tf.function(lambda x: trunk(x, training=False), jit_compile=False, reduce_retracing=True)
-    shape = tuple(trunk.output_shape[1:])
+    run = tf.function(lambda x: model(x, training=False), jit_compile=False, reduce_retracing=True)
     with replaced_atomically(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(views), len(images), *shape))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,
+                                        shape=(len(views), len(framed), *model.output_shape[1:]))
         rng = np.random.default_rng(cfg.seed)
         start = time.time()
         for v, view in enumerate(views):
-            for s in range(0, len(images), 2048):
-                pixels = view_images(images[s:s + 2048], framed[s:s + 2048], view, rng, cfg)
+            for s in range(0, len(framed), 2048):
+                pixels = view_images(None if images is None else images[s:s + 2048], framed[s:s + 2048], view, rng,
+                                     cfg)
                 for b in range(0, len(pixels), batch_size):
                     out[v, s + b:s + b + len(pixels[b:b + batch_size])] = run(
-                        tf.constant(pixels[b:b + batch_size], tf.float32)).numpy().astype(np.float16)
-            log(f"{name}: trunk maps of view {view!r} done ({v + 1}/{len(views)}, {time.time() - start:.0f} s)")
+                        tf.constant(pixels[b:b + batch_size], tf.float32)).numpy().astype(dtype)
+            log(f"{name}: view {view!r} done ({v + 1}/{len(views)}, {time.time() - start:.0f} s)")
         out.flush()
         del out
-    return TrunkCache(np.load(path, mmap_mode="r"), np.asarray(labels), tuple(views))
+    return np.load(path, mmap_mode="r")
 
 
 def _shift_maps(x, shift, rng):

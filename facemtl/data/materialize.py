@@ -10,7 +10,6 @@ never a crash and never a silent loss.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from facemtl.data.sources import warn_skipped
 from facemtl.errors import FacemtlError
-from facemtl.files import replaced_atomically
+from facemtl.files import content_key, replaced_atomically
 from facemtl.images import load_image
 from facemtl.preprocessing import resize_face
 
@@ -75,20 +74,16 @@ def cache_key(source, size, margin):
     themselves: their pixels (a FER2013 CSV's bytes, not its row count), or each
     file's path, size and modification time.
     """
-    h = hashlib.sha1(json.dumps([CACHE_FORMAT, source.name, source.split, size, margin,
-                                 list(source.identity_names)]).encode())
-    for array in (source.identity, source.expression, source.boxes, source.pixels):
-        if array is not None:
-            array = np.ascontiguousarray(array)
-            h.update(f"{array.dtype}{array.shape}".encode())
-            h.update(array.tobytes())
+    files = []
     for path in source.paths or ():
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            files.append((path, st.st_size, st.st_mtime_ns))
         except OSError:  # unreadable now: skipped when decoded; part of the key all the same
-            h.update(f"{path}\0missing\n".encode())
-    return h.hexdigest()[:16]
+            files.append((path, "missing"))
+    arrays = (source.identity, source.expression, source.boxes, source.pixels)
+    return content_key([CACHE_FORMAT, source.name, source.split, size, margin, list(source.identity_names), files,
+                        [a is None for a in arrays]], *(a for a in arrays if a is not None))
 
 
 def materialize(source, size, *, margin=0.2, cache_dir=None, progress=None):

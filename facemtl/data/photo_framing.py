@@ -22,15 +22,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 
 import numpy as np
 
 from facemtl.faces.detect import get_detector
 from facemtl.faces.detection import DEFAULT_DETECTOR
-from facemtl.files import replaced_atomically
+from facemtl.files import content_key, replaced_atomically
 from facemtl.media import Progress
 from facemtl.preprocessing import CROP_UPSCALE as UPSCALE  # the photo side a crop is upscaled to before detection
 from facemtl.preprocessing import Preprocessor
@@ -114,15 +112,6 @@ def frame_like_photos(images, *, size=150, layout="dlib", detector=DEFAULT_DETEC
     return FramedFaces(crops, found, matrix)
 
 
-def framing_key(images, **settings):
-    """A digest of the crops' pixels and the framing settings (the cache key)."""
-    h = hashlib.sha1(json.dumps([FRAMING_FORMAT, sorted(settings.items())], default=str).encode())
-    images = np.ascontiguousarray(images)
-    h.update(f"{images.dtype}{images.shape}".encode())
-    h.update(images.tobytes())
-    return h.hexdigest()[:16]
-
-
 def cached_framing(images, cache_dir, name, log=print, **settings):
     """`frame_like_photos`, stored in `cache_dir` keyed by the pixels and settings, and reused.
 
@@ -132,7 +121,7 @@ def cached_framing(images, cache_dir, name, log=print, **settings):
     settings = {"size": 150, "layout": "dlib", "detector": DEFAULT_DETECTOR, "upscale": UPSCALE, "face_scale": 1.0,
                 **settings}
     path = os.path.join(cache_dir, f"{name}-framed-{settings['detector']}-{settings['layout']}-{settings['size']}px-"
-                                   f"{framing_key(images, **settings)}.npz")
+                                   f"{content_key([FRAMING_FORMAT, sorted(settings.items())], images)}.npz")
     if os.path.isfile(path):
         with np.load(path, allow_pickle=False) as z:
             framed = FramedFaces(z["crops"], z["found"], z["matrix"])

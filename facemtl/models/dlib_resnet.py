@@ -338,7 +338,7 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
     without images keep their random directions.
 
     Args:
-        model: a model from `build_multitask` (dlib backbone) (layer `identity_similarity`).
+        model: a dlib-backbone model from `build_multitask` (layer `identity_similarity`).
         images: `uint8 [n, h, w, c]` training faces at the model's input size.
         identity: `int [n]` identity labels (`IGNORE_LABEL` entries are skipped).
         batch_size: faces per forward pass.
@@ -367,7 +367,7 @@ def imprint_identity_classifier(model, images, identity, batch_size=64):
 
 
 def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto", frozen=True):
-    """The shared part of `build_multitask` (dlib backbone) (`DlibBackbone`): normalisation, stem and stages `0..split_stage`.
+    """The shared part of the dlib backbone (`DlibBackbone`): normalisation, stem and stages `0..split_stage`.
 
     Args:
         weights: `"auto"` (dlib's network as shipped), a `.dat` path, or `None` (random: the builder loads them).
@@ -384,7 +384,7 @@ def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto", frozen
 
 def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(512,), dropout=0.5,
                             num_classes=7, weights="auto", pool="average", learnable_affine=False):
-    """The expression branch of `build_multitask` (dlib backbone) as its own model: trunk maps in, probabilities out.
+    """The expression branch of the dlib backbone as its own model: trunk maps in, probabilities out.
 
     Its layers are named as in the multi-task model (`expression_stage3_...`,
     `expression_dense1`, `expression`), so its weights copy over by name

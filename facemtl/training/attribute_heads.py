@@ -16,8 +16,6 @@ seconds per epoch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 
@@ -25,11 +23,11 @@ import keras
 import numpy as np
 
 from facemtl.config import attribute_tasks
+from facemtl.data.feature_cache import model_views
 from facemtl.data.photo_framing import cached_framing
 from facemtl.data.utkface import load_faces, read_utkface, split_faces, task_labels
 from facemtl.errors import RecipeError
 from facemtl.evaluation import labelled, scores
-from facemtl.files import replaced_atomically
 from facemtl.labels import IGNORE_LABEL
 from facemtl.models.heads import attribute_head
 from facemtl.preprocessing import Preprocessor
@@ -38,7 +36,6 @@ from facemtl.training.loop import Phase, fit_phases
 from facemtl.training.losses import MaskedMeanAbsoluteError, MaskedSparseCategoricalCrossentropy
 
 EMBEDDING_VIEWS = ("framed", "framed_mirror")
-CACHE_FORMAT = 1
 
 
 def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_size=128, log=print):
@@ -55,33 +52,9 @@ def embedding_cache(crops, model, cache_dir, name, views=EMBEDDING_VIEWS, batch_
     Returns:
         `float32 [len(views), n, dim]`.
     """
-    import tensorflow as tf
-
     embed = keras.Model(model.input, model.output["embedding"])
-    h = hashlib.sha1(json.dumps([CACHE_FORMAT, list(views)]).encode())
-    crops = np.ascontiguousarray(crops)
-    h.update(f"{crops.shape}".encode())
-    h.update(crops.tobytes())
-    for w in embed.weights:
-        h.update(np.ascontiguousarray(w.numpy()).tobytes())
-    path = os.path.join(cache_dir, f"{name}-embedding-{h.hexdigest()[:16]}.npy")
-    if os.path.isfile(path):
-        log(f"{name}: embeddings cached ({path})")
-        return np.load(path)
-    run = tf.function(lambda x: embed(x, training=False), reduce_retracing=True)
-    out = np.zeros((len(views), len(crops), embed.output_shape[-1]), np.float32)
-    start = time.time()
-    for v, view in enumerate(views):
-        for s in range(0, len(crops), batch_size):
-            x = crops[s:s + batch_size]
-            x = x[:, :, ::-1] if view.endswith("_mirror") else x
-            out[v, s:s + len(x)] = run(tf.constant(x, tf.float32)).numpy()
-            if s // batch_size % 40 == 0:
-                log(f"{name}: embeddings of view {view!r}: {s + len(x)}/{len(crops)} ({time.time() - start:.0f} s)")
-    os.makedirs(cache_dir, exist_ok=True)
-    with replaced_atomically(path) as tmp:
-        np.save(tmp, out)  # the temporary name keeps the .npy ending
-    return out
+    return model_views(embed, None, crops, cache_dir, f"{name}-embedding", views, dtype=np.float32,
+                       batch_size=batch_size, log=log)
 
 
 @dataclasses.dataclass
