@@ -74,8 +74,9 @@ def main():
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
+    from facemtl.export.metadata import read_metadata
     from facemtl.models.dlib_resnet import build_expression_branch, build_trunk, expression_branch_prefix
-    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir, read_preset_metadata
+    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir
     from facemtl.training.callbacks import AtomicBestCheckpoint
     from facemtl.training.feature_cache import (ValidationScores, class_names, crop_side, expression_source,
                                                 framing_settings, predict_views)
@@ -110,7 +111,7 @@ def main():
         caches["transfer"] = trunk_cache(FaceSource("utkface_gray", no_labels(len(gray)), no_labels(len(gray)),
                                                     pixels=gray, split="transfer"))
     names = class_names(src)
-    meta = read_preset_metadata(preset_dir("release"))
+    meta = read_metadata(preset_dir("release"))
     assert meta["expressions"] == names, (meta["expressions"], names)
     model = from_preset("release")
     maps_shape = caches["train"].features.shape[2:]

@@ -45,8 +45,9 @@ def main():
     from facemtl.data.materialize import materialize
     from facemtl.data.photo_framing import cached_framing
     from facemtl.evaluation import classification_report
+    from facemtl.export.metadata import read_metadata
     from facemtl.models.dlib_resnet import build_expression_branch, expression_branch_prefix
-    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir, read_preset_metadata
+    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir
     from facemtl.training.feature_cache import class_names, crop_side, expression_source, framing_settings
 
     recipe = load_recipe(RECIPE)
@@ -58,7 +59,7 @@ def main():
     views = {"crop": view_images(mat.images, framed.crops, "plain"), "photo": framed.crops}
     labels, names = mat.expression, class_names(src)
 
-    meta = read_preset_metadata(preset_dir("release"))
+    meta = read_metadata(preset_dir("release"))
     model = from_preset("release")
     trunk, identity = model.get_layer("backbone"), model.get_layer("identity_branch")
     m = meta["model_config"]

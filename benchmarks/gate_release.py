@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main():
-    from facemtl.export.metadata import EXPORT_FILE
+    from facemtl.export.metadata import EXPORT_FILE, read_metadata
     from facemtl.export.tflite import convert
     from facemtl.models.multitask import split_mirror_gate
     from facemtl.models.presets import (
@@ -40,7 +40,6 @@ def main():
         copy_variables,
         from_preset,
         preset_dir,
-        read_preset_metadata,
         write_preset,
     )
     from facemtl.recognition.open_set import DIRECTIONS_FILE
@@ -54,7 +53,7 @@ def main():
     args = ap.parse_args()
 
     folder = preset_dir(args.base)
-    base = read_preset_metadata(folder)
+    base = read_metadata(folder)
     meta = {**base, "version": base["version"] + 1,
             "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "init_from": {"model_id": base["model_id"], "name": base["name"], "version": base["version"]},

@@ -122,13 +122,14 @@ def main():
     import tensorflow as tf
     from skimage import data
 
+    from facemtl.export.metadata import read_metadata
     from facemtl.faces.detect import get_detector
     from facemtl.inference import FaceAnalyzer, Predictor
     from facemtl.models.dlib_resnet import build_expression_branch
-    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir, read_preset_metadata
+    from facemtl.models.presets import copy_weights_by_name, from_preset, preset_dir
     from facemtl.preprocessing import Preprocessor, prepare_images
 
-    meta = read_preset_metadata(preset_dir("release"))
+    meta = read_metadata(preset_dir("release"))
     model = from_preset("release")
     p = Preprocessor.from_metadata(meta)
     analyzer = FaceAnalyzer()

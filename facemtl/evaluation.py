@@ -92,20 +92,6 @@ def plot_confusion(confusion, names, path, title):
     plt.close(fig)
 
 
-def predict_splits(model, dataset):
-    """Runs the in-memory model over a dataset; returns (predicted, true) labels per task."""
-    preds = {"identity": [], "expression": []}
-    trues = {"identity": [], "expression": []}
-    for x, y in dataset:
-        out = model(x, training=False)
-        for task in preds:
-            if task in out:
-                preds[task].append(np.argmax(out[task], axis=-1))
-                trues[task].append(np.asarray(y[task]))
-    return ({t: np.concatenate(v) for t, v in preds.items() if v},
-            {t: np.concatenate(v) for t, v in trues.items() if v})
-
-
 def write_report(preds, trues, names, out_dir, title=""):
     """Scores each task's predictions; writes `report.json` and one confusion-matrix PNG per task."""
     os.makedirs(out_dir, exist_ok=True)
@@ -147,8 +133,15 @@ def evaluate_model(model, dataset, names, out_dir, title=""):
     Returns:
         `{task: classification_report}`.
     """
-    preds, trues = predict_splits(model, dataset)
-    return write_report(preds, trues, names, out_dir, title)
+    preds, trues = {}, {}
+    for x, y in dataset:
+        out = model(x, training=False)
+        for task in ("identity", "expression"):
+            if task in out:
+                preds.setdefault(task, []).append(np.argmax(out[task], axis=-1))
+                trues.setdefault(task, []).append(np.asarray(y[task]))
+    return write_report({t: np.concatenate(v) for t, v in preds.items()},
+                        {t: np.concatenate(v) for t, v in trues.items()}, names, out_dir, title)
 
 
 def plot_history(history_csv, path):
@@ -190,10 +183,9 @@ def scores(tasks, labels, predicted, mask):
     for t in tasks:
         y = labels[t.name]
         have = mask & labelled(t, y)
-        if t.kind == "classification":
-            out[t.name] = {"accuracy": float((predicted[t.name][have] == y[have]).mean()), "count": int(have.sum())}
-        else:
-            out[t.name] = {"mae": float(np.abs(predicted[t.name][have] - y[have]).mean()), "count": int(have.sum())}
+        metric, value = (("accuracy", predicted[t.name][have] == y[have]) if t.kind == "classification"
+                         else ("mae", np.abs(predicted[t.name][have] - y[have])))
+        out[t.name] = {metric: float(value.mean()), "count": int(have.sum())}
     return out
 
 

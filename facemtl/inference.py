@@ -12,38 +12,16 @@ import time
 import numpy as np
 
 from facemtl.errors import FacemtlError, ModelFormatError
-from facemtl.export.metadata import EXPORT_FILE
+from facemtl.export.metadata import EXPORT_FILE, read_metadata
 from facemtl.export.outputs import attribute_output, label_outputs
 from facemtl.faces.detect import DEFAULT_DETECTOR, get_detector
 from facemtl.images import decode_each, load_image
 from facemtl.installed import resolve_model
 from facemtl.litert import TFLitePredictor, split_cores
 from facemtl.media import Progress, expand_paths, is_camera, is_video, video_frame_count, video_frames
-from facemtl.models.presets import folder_metadata, is_preset
+from facemtl.models.presets import is_preset
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import rule_for_export
-
-
-def describe_attributes(attributes, raw):
-    """The JSON answer of each attribute task for one face: `"age": 31.4`, `"gender": {"label", "probabilities"}`.
-
-    Args:
-        attributes: the export's `attributes` (task dicts).
-        raw: one face's outputs (`serving_default`'s, or `analyze_photo`'s row).
-    """
-    answer = {}
-    for task in attributes:
-        name, key = task["name"], attribute_output(task)
-        if key not in raw:
-            continue
-        if task["kind"] == "classification":
-            label = raw[name]
-            answer[name] = {"label": label.decode() if isinstance(label, bytes) else str(label),
-                            "probabilities": {c: round(float(p), 6) for c, p in zip(task["classes"], raw[key])}}
-        else:
-            answer[name] = round(float(raw[key]), 2)
-    return answer
-
 
 _LOADED = collections.OrderedDict()  # (folder, its files' stats, fingerprint) -> the loaded SavedModel, newest last
 _LOADED_KEEP = 4
@@ -131,7 +109,7 @@ class Predictor:
         if not os.path.isfile(os.path.join(folder, "saved_model.pb")) and is_preset(folder) and not os.path.isfile(lite):
             folder = resolve_model(folder)  # a preset without a LiteRT copy runs its SavedModel
             lite = os.path.join(folder, EXPORT_FILE)
-        self.metadata = folder_metadata(folder)
+        self.metadata = read_metadata(folder)
         self.path = folder
         self.batch_size = batch_size
         self._saved_model = None
@@ -255,7 +233,14 @@ class Predictor:
                 answer["identity"]["similarity"] = round(float(raw["identity_similarity"]), 6)
             answer["embedding_size"] = int(raw["embedding"].shape[-1])
             answer["embedding"] = raw["embedding"].astype(float).round(6).tolist()
-        answer.update(describe_attributes(self.attributes, raw))
+        for task in self.attributes:  # age: a number; gender: {"label", "probabilities"}
+            name, key = task["name"], attribute_output(task)
+            if key in raw and task["kind"] == "classification":
+                label = raw[name]
+                answer[name] = {"label": label.decode() if isinstance(label, bytes) else str(label),
+                                "probabilities": {c: round(float(p), 6) for c, p in zip(task["classes"], raw[key])}}
+            elif key in raw:
+                answer[name] = round(float(raw[key]), 2)
         return answer
 
     # Crops are decoded at most this long (the graph resizes them to the model's size anyway), so
@@ -384,8 +369,11 @@ class FaceAnalyzer:
             d.detector = name
         return found
 
-    def analyze_images(self, images):
-        """Analyses decoded `uint8 [h, w, 3]` photos; returns per photo a list of face dicts."""
+    def analyze_images(self, images, gallery=None, threshold=None, top_k=None):
+        """Analyses decoded `uint8 [h, w, 3]` photos; returns per photo a list of face dicts.
+
+        `gallery`, `threshold`, `top_k`: name the faces from this gallery for this call (default: the analyzer's).
+        """
         per_photo, crops = [], []
         for image in images:
             detections, photo_crops = self.detect_and_align(image)
@@ -393,9 +381,11 @@ class FaceAnalyzer:
             crops.extend(photo_crops)
         t0 = time.perf_counter()
         raw = self.predictor.run(crops) if crops else []
-        matches = []
-        if self.gallery is not None and raw:
-            matches = self.gallery.identify(np.stack([r["embedding"] for r in raw]), self.threshold, self.top_k)
+        matches, gallery = [], self.gallery if gallery is None else gallery
+        if gallery is not None and raw:
+            limit = (self.threshold if gallery is self.gallery and threshold is None
+                     else gallery.threshold_for(self.predictor.metadata, threshold))
+            matches = gallery.identify(np.stack([r["embedding"] for r in raw]), limit, top_k or self.top_k)
         with self._counting:
             self.timings["model"] += time.perf_counter() - t0
         results, k = [], 0

@@ -14,12 +14,10 @@ from facemtl.errors import ModelFormatError
 from facemtl.export.metadata import read_metadata
 from facemtl.models.presets import (
     cached_saved_model,
-    folder_metadata,
     is_preset,
     model_folders,
     model_versions,
     newest_version,
-    read_preset_metadata,
 )
 from facemtl.pretrained import PRETRAINED_DIR, RELEASE
 
@@ -55,11 +53,8 @@ def installed_models(root=PRETRAINED_DIR):
     """
     models = []
     for name, version, path in model_folders(root):
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            meta, saved_model = read_metadata(path), path
-        else:
-            meta = read_preset_metadata(path)
-            saved_model = cached_saved_model(meta)
+        meta = read_metadata(path)
+        saved_model = path if os.path.isfile(os.path.join(path, "saved_model.pb")) else cached_saved_model(meta)
         models.append({"name": name, "version": version, "path": path, "saved_model": saved_model,
                        "preset": f"{name}/{version}" if saved_model != path else None,
                        "model_id": meta.get("model_id"),
@@ -107,4 +102,4 @@ def model_metadata(path=None):
         >>> model_metadata()["name"]
         'release'
     """
-    return folder_metadata(resolve_model(path, write=False))
+    return read_metadata(resolve_model(path, write=False))

@@ -176,7 +176,8 @@ def test_predict_frames_a_face_crop_as_a_photo_and_leaves_a_faceless_crop_as_it_
 
 def test_the_shipped_metadata_names_no_path_of_the_machine_that_made_it():
     """`facemtl verify` says where its threshold came from, `evaluate` reads `run_dir`: neither may be ours."""
-    from facemtl.models.presets import model_folders, read_preset_metadata
+    from facemtl.export.metadata import read_metadata
+    from facemtl.models.presets import model_folders
     from facemtl.recognition.metrics import model_threshold
 
     def strings(value):
@@ -190,7 +191,7 @@ def test_the_shipped_metadata_names_no_path_of_the_machine_that_made_it():
             yield value
 
     for _, _, folder in model_folders():
-        meta = read_preset_metadata(folder)
+        meta = read_metadata(folder)
         machine = [s for s in strings(meta) if os.path.isabs(s) or "../" in s or "shared/data" in s]
         assert not machine and "run_dir" not in meta, machine
         assert model_threshold(meta)[1].endswith("of lfw_subset")

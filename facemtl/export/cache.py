@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 
-from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, update_metadata
+from facemtl.export.metadata import EXPORT_FILE, METADATA_FILE, read_metadata, update_metadata
 from facemtl.export.saved_model import OWN_METADATA, export_saved_model
 from facemtl.files import file_lock, writable_folder
 from facemtl.models.presets import (
@@ -23,7 +23,6 @@ from facemtl.models.presets import (
     cached_saved_model,
     from_preset,
     preset_dir,
-    read_preset_metadata,
 )
 from facemtl.recognition.open_set import export_open_set
 
@@ -45,7 +44,7 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
         The SavedModel version folder.
     """
     folder = preset_dir(name)
-    meta = read_preset_metadata(folder)
+    meta = read_metadata(folder)
     base_dir = base_dir or cache_root()
     version = int(version or meta["version"])
     if log:
@@ -107,7 +106,7 @@ def saved_model_for(name="release", log=None):
         The SavedModel version folder.
     """
     folder = preset_dir(name)
-    target = cached_saved_model(read_preset_metadata(folder))
+    target = cached_saved_model(read_metadata(folder))
     if _written_from(folder, target):
         return target
     writable_folder(cache_root(), "the model cache", "FACEMTL_HOME")
@@ -132,7 +131,7 @@ def _written_from(folder, target):
         if written.get("weights_stamp") != stamp and written.get("weights_sha1") != _sha1(folder, WEIGHTS_FILE):
             return False
         if written.get("metadata_sha1") != described:  # the same weights, newer metadata: no rewrite
-            meta = read_preset_metadata(folder)
+            meta = read_metadata(folder)
             update_metadata(target, {**meta, "version": meta["version"],
                                      "preset": {**written, "weights_stamp": stamp, "metadata_sha1": described}})
         elif written.get("weights_stamp") != stamp:

@@ -1,4 +1,4 @@
-"""An export's metadata file (`assets.extra/facemtl.json`), read without TensorFlow.
+"""The metadata file of an export or a preset (`assets.extra/facemtl.json`), read without TensorFlow.
 
 Commands that only read metadata (`facemtl models`, errors about a model
 folder) answer before TensorFlow is imported.
@@ -17,21 +17,21 @@ METADATA_FILE = os.path.join("assets.extra", "facemtl.json")
 EXPORT_FILE = os.path.join("assets.extra", "model.tflite")
 
 
-def read_metadata(saved_model_dir):
-    """Reads `assets.extra/facemtl.json` of an export, with clear errors."""
-    if not os.path.isdir(saved_model_dir):
-        raise ModelFormatError(f"{saved_model_dir}: no such model directory")
-    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
-        versions = sorted((d for d in os.listdir(saved_model_dir) if d.isdigit()), key=int)
-        hint = f" (did you mean {os.path.join(saved_model_dir, versions[-1])}?)" if versions else ""
-        raise ModelFormatError(f"{saved_model_dir}: not a SavedModel directory (no saved_model.pb){hint}")
-    path = os.path.join(saved_model_dir, METADATA_FILE)
+def read_metadata(folder):
+    """Reads the metadata (`assets.extra/facemtl.json`) of an export or of a preset folder, with clear errors."""
+    if not os.path.isdir(folder):
+        raise ModelFormatError(f"{folder}: no such model directory")
+    path = os.path.join(folder, METADATA_FILE)
+    if not os.path.isfile(os.path.join(folder, "saved_model.pb")) and not os.path.isfile(path):
+        versions = sorted((d for d in os.listdir(folder) if d.isdigit()), key=int)
+        hint = f" (did you mean {os.path.join(folder, versions[-1])}?)" if versions else ""
+        raise ModelFormatError(f"{folder}: not a SavedModel directory (no saved_model.pb){hint}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ModelFormatError(f"{saved_model_dir}: not exported by facemtl (no {METADATA_FILE})") from None
-    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{folder}: not exported by facemtl (no {METADATA_FILE})") from None
+    except (OSError, ValueError) as exc:
         raise ModelFormatError(f"{path}: corrupt metadata ({exc})") from None
 
 

@@ -82,21 +82,11 @@ def list_presets():
     out = []
     for name, version, path in model_folders(PRETRAINED_DIR):
         if is_preset(path):
-            meta = read_preset_metadata(path)
+            meta = read_metadata(path)
             out.append({"name": name, "version": version, "path": path,
                         "expressions": meta.get("expressions", []), "identities": len(meta.get("identities", [])),
                         "model_id": meta.get("model_id")})
     return out
-
-
-def read_preset_metadata(folder):
-    """The preset's metadata (the export metadata its SavedModel carries)."""
-    path = os.path.join(folder, METADATA_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: not a readable preset metadata file ({exc})") from None
 
 
 def build_from_metadata(meta, where):
@@ -145,7 +135,7 @@ def from_preset(name="release"):
 
     Returns:
         A `keras.Model`; its metadata (class names, crop layout, ...) is
-        `read_preset_metadata(preset_dir(name))`.
+        `read_metadata(preset_dir(name))`.
 
     Raises:
         ModelFormatError: no such preset, a damaged weights file, or dlib's
@@ -156,7 +146,7 @@ def from_preset(name="release"):
         >>> model.compile(optimizer="adam", loss={"expression": "categorical_crossentropy"})
     """
     folder = preset_dir(name)
-    meta = read_preset_metadata(folder)
+    meta = read_metadata(folder)
     model = build_from_metadata(meta, folder)
     path = os.path.join(folder, WEIGHTS_FILE)
     try:
@@ -270,7 +260,7 @@ def update_preset_metadata(folder, updates):
 
     SavedModels written from the preset take the new metadata at their next use (`saved_model_for`).
     """
-    meta = portable_metadata({**read_preset_metadata(folder), **updates})
+    meta = portable_metadata({**read_metadata(folder), **updates})
     write_json_atomically(os.path.join(folder, METADATA_FILE), meta, indent=2)
     return meta
 
@@ -322,13 +312,6 @@ def newest_version(path):
     return path
 
 
-def folder_metadata(folder):
-    """The metadata of a SavedModel version folder or of a preset folder (a folder that is neither: one clear error)."""
-    if is_preset(folder) and not os.path.isfile(os.path.join(folder, "saved_model.pb")):
-        return read_preset_metadata(folder)
-    return read_metadata(folder)
-
-
 def source_folder(name):
     """The folder a recipe's `model.init_from` names: a shipped preset (`release`, `release/5`) or an export.
 
@@ -336,11 +319,6 @@ def source_folder(name):
     model's base folder meaning its newest version, or a preset folder).
     """
     return newest_version(name) if os.path.exists(name) else preset_dir(name)
-
-
-def source_metadata(name):
-    """The metadata of what `source_folder(name)` names (a preset's or an export's)."""
-    return folder_metadata(source_folder(name))
 
 
 def named_under(name, prefix):
@@ -442,7 +420,7 @@ def load_weights_from(model, name, skip=(), partial=False):
         return load_export_weights(model, folder, skip=skip, partial=partial), read_metadata(folder)
     source = from_preset(folder)
     values = {v.path: v for v in _variables(source)}
-    return copy_variables(values, model, skip=skip, partial=partial, where=folder), read_preset_metadata(folder)
+    return copy_variables(values, model, skip=skip, partial=partial, where=folder), read_metadata(folder)
 
 
 def copy_weights_by_name(source, target, prefix="expression", target_prefix=None):

@@ -31,7 +31,6 @@ import os
 import threading
 from contextlib import asynccontextmanager
 
-import numpy as np
 from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -251,14 +250,7 @@ def _analyze_photos(state, photos, gallery=None, threshold=None, top_k=3):
     results = [{"source": name} if exc is None else
                {"source": name, "error": str(exc), "_status": getattr(exc, "status", 400)}
                for (name, _), exc in zip(photos, entries)]
-    faces_per_photo = analyzer.analyze_images(images) if images else []
-    if gallery is not None:
-        limit = gallery.threshold_for(state.model.metadata, threshold)
-        embeddings = [f["embedding"] for faces in faces_per_photo for f in faces]
-        matches = iter(gallery.identify(np.asarray(embeddings, np.float32), limit, top_k) if embeddings else [])
-        for faces in faces_per_photo:
-            for face in faces:
-                face["match"] = next(matches)
+    faces_per_photo = analyzer.analyze_images(images, gallery, threshold, top_k) if images else []
     for i, image, faces in zip(owners, images, faces_per_photo):
         results[i].update({"size": list(image.shape[:2]), "faces": faces})
     return results

@@ -46,7 +46,7 @@ from facemtl.files import write_json_atomically
 from facemtl.labels import EXPRESSIONS
 from facemtl.models.dlib_resnet import build_expression_branch, build_trunk, expression_branch_prefix
 from facemtl.models.multitask import build_multitask
-from facemtl.models.presets import copy_weights_by_name, load_weights_from, source_folder, source_metadata
+from facemtl.models.presets import copy_weights_by_name, load_weights_from, source_folder
 from facemtl.preprocessing import Preprocessor
 from facemtl.recognition.open_set import export_open_set
 from facemtl.training import attribute_heads as ah
@@ -387,7 +387,7 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
     if not init:
         raise RecipeError("feature_cache.enabled needs model.init_from (an export whose trunk and identity "
                           "branch to keep, e.g. release)")
-    meta = source_metadata(init)
+    meta = read_metadata(source_folder(init))
     model = build_multitask(recipe.model, num_identities=len(meta["identities"]),
                               num_expressions=num_expressions or len(meta["expressions"]),
                               attributes=model_attributes(recipe, meta))

@@ -8,6 +8,7 @@ import pytest
 
 from facemtl.errors import ModelFormatError
 from facemtl.export import cache
+from facemtl.export.metadata import read_metadata
 from facemtl.models import presets
 from tests.helpers import run_cli_here
 
@@ -46,7 +47,7 @@ def test_a_preset_stores_only_what_the_builder_cannot_load_and_rebuilds_the_same
     for key in ("identity", "expression", "embedding"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), atol=1e-6)
     with pytest.raises(FileExistsError):
-        presets.write_preset(model, presets.read_preset_metadata(folder), folder)
+        presets.write_preset(model, read_metadata(folder), folder)
 
 
 @pytest.mark.slow
@@ -111,11 +112,11 @@ def test_release_preset_answers_as_the_shipped_savedmodel_did_on_a_real_face():
     face_model, mirror_model = split_mirror_gate(model)
     face = np.asarray(face_model(chip.astype("float32"), training=False)["expression"])
     mirror = np.asarray(mirror_model(chip.astype("float32"), training=False))
-    gate = presets.read_preset_metadata(presets.preset_dir("release"))["model_config"]["mirror_threshold"]
+    gate = read_metadata(presets.preset_dir("release"))["model_config"]["mirror_threshold"]
     assert face[0].max() >= gate  # confident: the face's own answer, no mirror pass
     np.testing.assert_allclose(served["expression_probs"].numpy()[0], face[0], atol=1e-4)
     np.testing.assert_allclose((face[0] + mirror[0]) / 2, shipped["expression_probs"], atol=1e-4)  # version 3's
-    meta = presets.read_preset_metadata(presets.preset_dir("release"))
+    meta = read_metadata(presets.preset_dir("release"))
     with open(os.path.join(path, presets.METADATA_FILE), encoding="utf-8") as f:
         assert json.load(f)["model_id"] == meta["model_id"]  # galleries made with the shipped SavedModel still match
     assert os.path.isfile(os.path.join(path, "assets.extra", "model.tflite"))
@@ -177,7 +178,7 @@ def test_the_savedmodel_is_written_once_and_a_reinstall_of_the_same_weights_is_n
     monkeypatch.setenv("FACEMTL_HOME", str(tmp_path / "home"))
     _, folder = _tiny_preset(tmp_path)
     target = cache.saved_model_for(folder)
-    assert target == presets.cached_saved_model(presets.read_preset_metadata(folder))
+    assert target == presets.cached_saved_model(read_metadata(folder))
     written = os.path.getmtime(os.path.join(target, "saved_model.pb"))
     weights = os.path.join(folder, presets.WEIGHTS_FILE)
     os.utime(weights, ns=(1, 10**18))  # the same file installed again: a new time, the same bytes

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from facemtl.config import FeatureCacheConfig
-from facemtl.models import presets
 from facemtl.data import feature_cache as cached
-from facemtl.models import dlib_resnet
+from facemtl.models import dlib_resnet, presets
 from facemtl.training import feature_cache as fc
 from tests.helpers import once_per_run
 
@@ -311,9 +310,9 @@ def test_finetune_recipe_trains_your_own_classes_and_keeps_the_identity_half(tmp
     from facemtl.config import load_recipe
     from facemtl.export import export_saved_model, read_metadata
     from facemtl.labels import EXPRESSIONS
-    from tests.helpers import dlib_multitask
     from facemtl.recognition.open_set import DIRECTIONS_FILE
     from facemtl.training.trainer import train
+    from tests.helpers import dlib_multitask
 
     images, labels = _faces(45, seed=4)
     labels = np.arange(45) % 3
