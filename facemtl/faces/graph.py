@@ -58,7 +58,6 @@ class TFLiteNet:
         graph = model.subgraphs[0]
         codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         dtypes = {0: np.float32, 1: np.float16, 2: np.int32, 4: np.int64}
-        self._tensors = graph.tensors
         self._constants = {}
         for i, t in enumerate(graph.tensors):
             data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None

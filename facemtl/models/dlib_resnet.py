@@ -142,8 +142,8 @@ def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
 
     Args:
         model: a Keras model containing layers built by `dlib_stages` / `descriptor_head`.
-        weights: `DlibResNetWeights`, a `.dat` (or `.npz` copy) path, or `None`
-            for dlib's network as shipped in facemtl (`default_weights`).
+        weights: `DlibResNetWeights`, a `.dat` (or `.npz` copy) path, or `"auto"`
+            (or `None`) for dlib's network as shipped in facemtl (`default_weights`).
         prefixes: the name prefixes of the copies to fill.
         stages: the stages to fill (default: every stage found in the model).
 
@@ -153,8 +153,7 @@ def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
     Raises:
         DlibModelError: the `.dat` file is missing or unreadable.
     """
-    if not isinstance(weights, DlibResNetWeights):
-        weights = default_weights() if weights is None else read_dlib_resnet(weights)
+    weights = _read_weights(weights)
     names = conv_names(stages if stages is not None else range(NUM_STAGES + 1))
     by_name = dict(zip(conv_names(), zip(weights.convs, weights.affines)))
     filled = 0
@@ -173,6 +172,12 @@ def load_dlib_weights(model, weights=None, prefixes=("",), stages=None):
             get(f"{prefix}descriptor").set_weights([weights.fc])
             filled += 1
     return filled
+
+
+def _read_weights(weights):
+    if isinstance(weights, DlibResNetWeights):
+        return weights
+    return default_weights() if weights in (None, "auto") else read_dlib_resnet(weights)
 
 
 def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), name="dlib_resnet"):
@@ -202,7 +207,7 @@ def build_dlib_resnet(weights="auto", input_shape=(INPUT_SIZE, INPUT_SIZE, 3), n
     outputs = descriptor_head(dlib_stages(x, 0, NUM_STAGES))
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        load_dlib_weights(model, None if weights == "auto" else weights)
+        load_dlib_weights(model, weights)
     return model
 
 
@@ -266,8 +271,7 @@ class DlibBackbone:
         """Loads dlib's weights into the trunk and every branch, then freezes what the config keeps."""
         shared, identity_net = model.get_layer("backbone"), model.get_layer("identity_branch")
         if weights is not None:
-            if not isinstance(weights, DlibResNetWeights):
-                weights = default_weights() if weights == "auto" else read_dlib_resnet(weights)
+            weights = _read_weights(weights)  # read once for the trunk and every branch
             load_dlib_weights(shared, weights)
             load_dlib_weights(identity_net, weights, prefixes=("identity_",))
             try:
@@ -377,7 +381,7 @@ def build_trunk(input_shape=(150, 150, 3), split_stage=2, weights="auto", frozen
     trunk = keras.Model(inputs, dlib_stages(ImageNormalization("dlib", name="normalize")(inputs), 0, split_stage),
                         name="backbone")
     if weights is not None:
-        load_dlib_weights(trunk, None if weights == "auto" else weights)
+        load_dlib_weights(trunk, weights)
     trunk.trainable = not frozen
     return trunk
 
@@ -407,5 +411,5 @@ def build_expression_branch(input_shape, *, split_stage=2, last_stage=4, units=(
                                 learnable_affine=learnable_affine)
     branch = keras.Model(inputs, outputs, name="expression_branch")
     if weights is not None:
-        load_dlib_weights(branch, None if weights == "auto" else weights, prefixes=("expression_",))
+        load_dlib_weights(branch, weights, prefixes=("expression_",))
     return branch

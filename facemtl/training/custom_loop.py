@@ -16,6 +16,7 @@ depend on the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -141,10 +142,8 @@ def fit_custom_loop(task, view, optimizer, strategy, make_train_dataset, val_ds,
             _append_csv(history_path, epoch, logs)
         saver.on_epoch_end(epoch)
     backup.remove()  # each worker removes only its own state...
-    try:
-        os.rmdir(os.path.dirname(backup.dir))  # ...and the last one to finish, the emptied backup folder
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # ...and the last one to finish, the emptied backup folder
+        os.rmdir(os.path.dirname(backup.dir))
     return history
 
 

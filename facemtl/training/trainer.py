@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -166,20 +167,14 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
     verbose = recipe.train.verbose
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    if loop == "custom":
+    if loop == "custom":  # it removes each worker's backup, and the emptied backup folder, itself
         batch = recipe.train.batch_size
-        history = fit_custom_loop(
+        return fit_custom_loop(
             task, view, view.optimizer, strategy, lambda: data.make_train_ds(recipe, drop_remainder=True),
             data.val_ds, epochs=recipe.train.epochs, global_batch=batch,
             steps_per_epoch=recipe.data.steps_per_epoch or split_size(data.splits.train) // batch, run_dir=run_dir,
             backup_every_steps=recipe.train.backup_every_steps if recipe.train.backup else None,
             checkpoint=checkpoint if chief else None, log=log if chief else (lambda *_: None), verbose=verbose)
-        if chief:
-            try:
-                os.rmdir(os.path.join(run_dir, "backup"))  # empty once every worker removed its own state
-            except OSError:
-                pass
-        return history
     compiled = [trainee]
 
     def unfreeze(first, lr_factor):
@@ -201,11 +196,9 @@ def fit_model(task, data, strategy, loop, run_dir, model, view, trainee, checkpo
                           fit_kwargs=dict(x=data.train_ds, validation_data=data.val_ds, shuffle=False,
                                           steps_per_epoch=data.steps_per_epoch
                                           if data.splits.train_stream is not None else None))
-    finally:
-        try:  # empty once a NaN dropped the backup (it may hold diverged weights); `close_run` removes the rest
+    finally:  # empty once a NaN dropped the backup (it may hold diverged weights); `close_run` removes the rest
+        with contextlib.suppress(OSError):
             os.rmdir(os.path.join(run_dir, "backup"))
-        except OSError:
-            pass
 
 
 def fit_callbacks(recipe, data, run_dir):
