@@ -278,7 +278,8 @@ def _gallery(args):
         "list": lambda: {"model": gallery.model, "people": gallery.people()},
         "remove": lambda: {"removed": args.name, "embeddings": gallery.remove(args.name)},
         "rename": lambda: gallery.rename(args.name, args.new_name) or {"renamed": args.name, "to": args.new_name},
-        "merge": lambda: {"merged": args.name, "into": args.into, "photos_of_name": gallery.merge(args.name, args.into)},
+        "merge": lambda: {"merged": args.name, "into": args.into,
+                          "photos_of_name": gallery.merge(args.name, args.into)},
     }
     if args.action in edits:
         print(json.dumps({"gallery": gallery.path, **edits[args.action]()}))
@@ -322,7 +323,7 @@ def _enroll_folders(args):
     else:
         from facemtl.installed import model_metadata
         from facemtl.pipelines.enroll import enroll_collection
-        from facemtl.pipelines.io import single_shard
+        from facemtl.pipelines.io import read_bytes, single_shard
 
         # Made here, once, with the model's info: the workers only add to it.
         metadata = model_metadata(args.model)
@@ -330,15 +331,9 @@ def _enroll_folders(args):
         prefix = args.report or f"{args.gallery}-enrolment-report"
         counts = enroll_collection(args.root, args.gallery, prefix, store=args.store, model=args.model,
                                    detector=args.detector, runner=args.runner, beam_args=args.beam_args)
-        report = [json.loads(line) for line in _read_lines(single_shard(prefix))]
+        report = [json.loads(line) for line in read_bytes(single_shard(prefix)).decode("utf-8").splitlines()]
     print(json.dumps(enrolment_summary(gallery, counts, report)))
     return 1 if counts["no_face"] or counts["unreadable"] else 0
-
-
-def _read_lines(path):
-    from facemtl.pipelines.io import read_bytes
-
-    return read_bytes(path).decode("utf-8").splitlines()
 
 
 def _cluster(args, analyzer, gallery):

@@ -54,14 +54,9 @@ def classification_report(y_true, y_pred, names):
                    "support": int(support[i])}
             for i, name in enumerate(names)
         },
-        "confusion": _confusion(y_true, y_pred, k).tolist() if k <= MAX_CONFUSION_CLASSES else None,
+        "confusion": np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).tolist()
+        if k <= MAX_CONFUSION_CLASSES else None,
     }
-
-
-def _confusion(y_true, y_pred, k):
-    confusion = np.zeros((k, k), np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    return confusion
 
 
 def plot_confusion(confusion, names, path, title):

@@ -265,12 +265,9 @@ def update_preset_metadata(folder, updates):
     return meta
 
 
-def _is_model(folder):
-    return os.path.isfile(os.path.join(folder, "saved_model.pb")) or is_preset(folder)
-
-
 def model_versions(base):
-    return sorted((d for d in os.listdir(base) if d.isdigit() and _is_model(os.path.join(base, d))), key=int)
+    return sorted((d for d in os.listdir(base) if d.isdigit() and (is_preset(os.path.join(base, d)) or os.path.isfile(
+        os.path.join(base, d, "saved_model.pb")))), key=int)
 
 
 def model_folders(root=PRETRAINED_DIR):

@@ -205,7 +205,8 @@ class Gallery:
             if len(sources) != len(e):
                 raise GalleryError(f"One source per embedding. Received: {len(sources)} sources, {len(e)} embeddings")
             items.append((check_person_name(name), e, sources))
-        totals = self.backend.add(items, added=_now())
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        totals = self.backend.add(items, added=now)
         self.backend.compact()
         return totals
 
@@ -320,7 +321,3 @@ def model_info(metadata, path=None):
 
 def _describe(model):
     return f"{model.get('name')}/{model.get('version')} id {str(model.get('model_id'))[:8]}"
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
