@@ -20,8 +20,6 @@ origins are given; every bad input is a 4xx JSON `{"error": ...}`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import dataclasses
 import hmac
@@ -192,15 +190,6 @@ async def _json_body(request):
         raise RequestError(f"Malformed JSON body: {exc}") from None
 
 
-def _b64_photo(value, where):
-    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
-        raise RequestError(f"{where}: a photo is {{\"b64\": \"<base64 of the JPEG/PNG file>\"}}")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RequestError(f"{where}: invalid base64 ({exc})") from None
-
-
 async def _photos(request, state):
     """The photos of an analyze/enroll/identify request: `[(name, bytes)]`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -222,9 +211,9 @@ async def _photos(request, state):
     elif content_type in JSON_TYPES:
         body = await _json_body(request)
         if isinstance(body, dict) and set(body) == {"b64"}:
-            photos = [("photo", _b64_photo(body, "body"))]
+            photos = [("photo", rest.decode_b64(body, "body"))]
         elif isinstance(body, dict) and set(body) == {"photos"} and isinstance(body["photos"], list):
-            photos = [(f"photos[{i}]", _b64_photo(v, f"photos[{i}]")) for i, v in enumerate(body["photos"])]
+            photos = [(f"photos[{i}]", rest.decode_b64(v, f"photos[{i}]")) for i, v in enumerate(body["photos"])]
         else:
             raise RequestError("Expected {\"b64\": ...} or {\"photos\": [{\"b64\": ...}, ...]}")
     else:

@@ -76,9 +76,11 @@ def model_metadata(name, version, signatures):
             "metadata": {"signature_def": {"signature_def": signature_defs(signatures)}}}
 
 
-def _decode_b64(value, where):
-    if set(value) != {"b64"} or not isinstance(value["b64"], str):
-        raise RequestError(f"{where}: a binary value is {{\"b64\": \"<base64 string>\"}}. Received keys {sorted(value)}")
+def decode_b64(value, where):
+    """The bytes of TF Serving's binary value `{"b64": "<base64 string>"}` (a 400 `RequestError` for anything else)."""
+    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise RequestError(f"{where}: a binary value is {{\"b64\": \"<base64 string>\"}}. Received keys {keys}")
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -127,7 +129,7 @@ def _instance(value, where, max_pixels):
     if isinstance(value, dict) and set(value) == {INPUT}:
         value, where = value[INPUT], f"{where}.{INPUT}"
     if isinstance(value, dict):
-        data = _decode_b64(value, where)
+        data = decode_b64(value, where)
         check_encoded_image(data, where, max_pixels)
         return data
     if isinstance(value, list):
