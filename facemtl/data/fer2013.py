@@ -13,12 +13,12 @@ import os
 
 import numpy as np
 
+from facemtl.data.folders import read_expression_folders
 from facemtl.data.sources import FaceSource, no_labels
 from facemtl.errors import FacemtlError
 from facemtl.labels import EXPRESSIONS
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 
 def read_fer2013_csv(path, usage=("Training",)):
@@ -87,35 +87,17 @@ def read_fer2013_csv(path, usage=("Training",)):
 
 
 def read_fer2013_folders(root, split="train"):
-    """Reads FER2013's image-folder layout, `root/<split>/<class>/*.jpg`.
+    """Reads FER2013's image-folder layout, `root/<split>/<class>/*.jpg` (`read_expression_folders` with its classes).
 
     Args:
         root: the folder holding `train/` and `test/`.
         split: the sub-folder to read.
 
     Returns:
-        A `FaceSource` of image paths with expression labels.
+        A `FaceSource` of image paths with expression labels in FER2013's order.
 
     Raises:
         FacemtlError: for a missing split folder, a class folder whose name is not
             a FER2013 class, or an empty class folder (a broken download).
     """
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise FacemtlError(f"{folder}: no such FER2013 split folder")
-    paths, labels = [], []
-    for name in sorted(os.listdir(folder)):
-        class_dir = os.path.join(folder, name)
-        if not os.path.isdir(class_dir) or name.startswith("."):
-            continue
-        if name.lower() not in EXPRESSIONS:
-            raise FacemtlError(f"{class_dir}: unknown expression class {name!r}; expected one of {list(EXPRESSIONS)}")
-        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise FacemtlError(f"{class_dir}: empty class folder")
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [EXPRESSIONS.index(name.lower())] * len(files)
-    if not paths:
-        raise FacemtlError(f"{folder}: no class folders with images")
-    return FaceSource(name="fer2013", paths=paths, identity=no_labels(len(paths)),
-                      expression=np.array(labels, np.int32), split=split)
+    return read_expression_folders(root, split, classes=EXPRESSIONS, name="fer2013")

@@ -6,8 +6,7 @@ import os
 
 import numpy as np
 
-from facemtl.data.fer2013 import IMAGE_EXTENSIONS
-from facemtl.data.sources import FaceSource, no_labels
+from facemtl.data.sources import IMAGE_EXTENSIONS, FaceSource, no_labels
 from facemtl.errors import FacemtlError
 
 
@@ -52,7 +51,7 @@ def read_identity_folders(root, name=None, min_images=1):
                       identity=np.array(labels, np.int32), expression=no_labels(len(paths)), identity_names=names)
 
 
-def read_expression_folders(root, split="train", classes=None):
+def read_expression_folders(root, split="train", classes=None, name=None):
     """Reads `root/<split>/<class>/<image>` (or `root/<class>/<image>`): any expression classes, any number.
 
     For fine-tuning on your own classes ("pain", "confused", ...): each folder is
@@ -62,8 +61,10 @@ def read_expression_folders(root, split="train", classes=None):
     Args:
         root: the dataset folder.
         split: its sub-folder (`train`, `test`); a `root` without split folders is read whole for `train`.
-        classes: the class names in label order (a test split must use the training split's);
-            default: the class folders in sorted order.
+        classes: the class names in label order (a test split must use the training split's;
+            FER2013's folders, `facemtl.labels.EXPRESSIONS`); default: the class folders in sorted order.
+            Folder names match them whatever their case.
+        name: the source's name (default: the folder's).
 
     Returns:
         A `FaceSource` of paths with `expression_names` set.
@@ -87,16 +88,20 @@ def read_expression_folders(root, split="train", classes=None):
     names = list(classes) if classes is not None else found
     if len(names) < 2:
         raise FacemtlError(f"{folder}: expression classes need at least two class folders. Received: {found}")
+    index = {n.lower(): i for i, n in enumerate(names)}
     paths, labels = [], []
-    for name in found:
-        if name not in names:
-            raise FacemtlError(f"{os.path.join(folder, name)}: class {name!r} is not one of the training classes "
-                               f"{names}")
-        class_dir = os.path.join(folder, name)
+    for found_name in found:
+        class_dir = os.path.join(folder, found_name)
+        if found_name.lower() not in index:
+            raise FacemtlError(f"{class_dir}: unknown expression class {found_name!r}: not one of the training "
+                               f"classes {names}")
         files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise FacemtlError(f"{class_dir}: empty class folder")
         paths += [os.path.join(class_dir, f) for f in files]
-        labels += [names.index(name)] * len(files)
-    return FaceSource(name=os.path.basename(os.path.normpath(root)), paths=paths, identity=no_labels(len(paths)),
-                      expression=np.array(labels, np.int32), split=split, expression_names=names)
+        labels += [index[found_name.lower()]] * len(files)
+    if not paths:
+        raise FacemtlError(f"{folder}: no class folders with images")
+    return FaceSource(name=name or os.path.basename(os.path.normpath(root)), paths=paths,
+                      identity=no_labels(len(paths)), expression=np.array(labels, np.int32), split=split,
+                      expression_names=names)

@@ -17,6 +17,8 @@ import numpy as np
 from facemtl.labels import IGNORE_LABEL
 
 logger = logging.getLogger("facemtl.data")
+# The image files the folder readers take, by ending.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
 
 @dataclasses.dataclass

@@ -13,8 +13,7 @@ import os
 
 import numpy as np
 
-from facemtl.data.fer2013 import IMAGE_EXTENSIONS
-from facemtl.data.sources import FaceSource, no_labels
+from facemtl.data.sources import IMAGE_EXTENSIONS, FaceSource, no_labels
 from facemtl.errors import FacemtlError
 
 

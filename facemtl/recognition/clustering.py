@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 
+from facemtl.files import replaced_atomically
 from facemtl.inference import analyze_files
 from facemtl.recognition.gallery import model_info
 from facemtl.recognition.metrics import model_threshold, normalize
@@ -140,9 +141,8 @@ def contact_sheet(thumbnails, title, path, columns=6, size=96):
     ImageDraw.Draw(sheet).text((6, 5), title, fill="black")
     for i, thumb in enumerate(thumbs):
         sheet.paste(thumb, ((i % columns) * size, 22 + (i // columns) * size))
-    tmp = f"{path}.tmp.png"
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:  # the temporary name keeps the .png ending
+        sheet.save(tmp)
 
 
 def _thumbnail(image, box, size=96):
