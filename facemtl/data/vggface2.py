@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from facemtl.data.sources import IMAGE_EXTENSIONS, FaceSource, no_labels
+from facemtl.data.folders import read_identity_folders
+from facemtl.data.sources import FaceSource, no_labels
 from facemtl.errors import FacemtlError
 
 
@@ -78,15 +79,8 @@ def read_vggface2(root, split="train", use_boxes=True):
         for line, r in enumerate(rel, start=1):
             if "/" not in r:
                 raise FacemtlError(f"{list_file}:{line}: expected <class_id>/<file>, found {r!r}")
-    else:
-        rel = []
-        for cls in sorted(os.listdir(folder)):
-            cdir = os.path.join(folder, cls)
-            if os.path.isdir(cdir):
-                files = sorted(f for f in os.listdir(cdir) if f.lower().endswith(IMAGE_EXTENSIONS))
-                if not files:
-                    raise FacemtlError(f"{cdir}: identity folder without images")
-                rel += [f"{cls}/{f}" for f in files]
+    else:  # one folder per identity
+        rel = [os.path.relpath(p, folder).replace(os.sep, "/") for p in read_identity_folders(folder).paths]
     if not rel:
         raise FacemtlError(f"{folder}: no images")
     classes = sorted({r.split("/", 1)[0] for r in rel})
