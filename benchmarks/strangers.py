@@ -71,7 +71,8 @@ def head_directions(saved_model_dir):
 
 def gallery_trials(emb, people, threshold, fpir, sizes, rng, trials=20):
     """Simulated 1:N searches: FPIR at `threshold`, and the threshold for `fpir`, per gallery size."""
-    from facemtl.recognition.open_set import stranger_fpir, threshold_for_fpir, unit_rows
+    from facemtl.recognition.metrics import normalize
+    from facemtl.recognition.open_set import stranger_fpir, threshold_for_fpir
 
     names = np.unique(people)
     by_person = {n: np.flatnonzero(people == n) for n in names}
@@ -80,10 +81,10 @@ def gallery_trials(emb, people, threshold, fpir, sizes, rng, trials=20):
         at_1to1, thresholds = [], []
         for _ in range(trials):
             enrolled = rng.choice(names, size, replace=False)
-            templates = unit_rows(np.stack([emb[rng.permutation(by_person[n])[:TEMPLATE_PHOTOS]].mean(0)
+            templates = normalize(np.stack([emb[rng.permutation(by_person[n])[:TEMPLATE_PHOTOS]].mean(0)
                                             for n in enrolled]))
             probes = np.flatnonzero(~np.isin(people, enrolled))
-            best = (unit_rows(emb[probes]) @ templates.T).max(1)
+            best = (normalize(emb[probes]) @ templates.T).max(1)
             at_1to1.append(stranger_fpir(best, threshold))
             thresholds.append(threshold_for_fpir(best, fpir))
         out[str(size)] = {"fpir_at_1to1_threshold": float(np.mean(at_1to1)),
@@ -93,26 +94,26 @@ def gallery_trials(emb, people, threshold, fpir, sizes, rng, trials=20):
 
 def per_template_rate(emb, people, rng, threshold_grid):
     """p(t): the share of (stranger photo, other person's template) pairs scoring >= t, for each t of the grid."""
-    from facemtl.recognition.open_set import unit_rows
+    from facemtl.recognition.metrics import normalize
 
     names = np.unique(people)
-    templates = unit_rows(np.stack([emb[rng.permutation(np.flatnonzero(people == n))[:TEMPLATE_PHOTOS]].mean(0)
+    templates = normalize(np.stack([emb[rng.permutation(np.flatnonzero(people == n))[:TEMPLATE_PHOTOS]].mean(0)
                                     for n in names]))
-    sims = unit_rows(emb) @ templates.T
+    sims = normalize(emb) @ templates.T
     impostor = sims[people[:, None] != names[None, :]]
     return np.array([(impostor >= t).mean() for t in threshold_grid]), int(impostor.size), impostor
 
 
 def genuine_scores(emb, people, rng):
     """Each photo against a template of up to TEMPLATE_PHOTOS *other* photos of its person (people with 2+)."""
-    from facemtl.recognition.open_set import unit_rows
+    from facemtl.recognition.metrics import normalize
 
-    e, out = unit_rows(emb), []
+    e, out = normalize(emb), []
     for n in np.unique(people):
         idx = np.flatnonzero(people == n)
         for i in idx if len(idx) > 1 else []:
             others = rng.permutation(idx[idx != i])[:TEMPLATE_PHOTOS]
-            out.append(float(e[i] @ unit_rows(e[others].mean(0, keepdims=True))[0]))
+            out.append(float(e[i] @ normalize(e[others].mean(0, keepdims=True))[0]))
     return np.asarray(out)
 
 
@@ -147,9 +148,8 @@ def main():
     from facemtl.inference import Predictor
     from facemtl.installed import resolve_model
     from facemtl.recognition.embed import embed_arrays
-    from facemtl.recognition.metrics import model_threshold
-    from facemtl.recognition.open_set import (OpenSetRule, class_directions, stranger_fpir, threshold_for_fpir,
-                                              unit_rows)
+    from facemtl.recognition.metrics import model_threshold, normalize
+    from facemtl.recognition.open_set import OpenSetRule, class_directions, stranger_fpir, threshold_for_fpir
 
     path = resolve_model(args.model)
     predictor = Predictor(path, backend="savedmodel")
@@ -184,8 +184,8 @@ def main():
     for label, directions in candidates.items():
         if directions is None:
             continue
-        directions = unit_rows(directions)
-        best = (unit_rows(strangers) @ directions.T).max(1)
+        directions = normalize(directions)
+        best = (normalize(strangers) @ directions.T).max(1)
         threshold = threshold_for_fpir(best[in_a], args.fpir)
         rule = OpenSetRule(directions, known, threshold)
         answers = [d["label"] for d in rule.decide(emb["lfw_test"])]

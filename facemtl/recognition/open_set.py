@@ -29,14 +29,10 @@ import os
 
 import numpy as np
 
+from facemtl.recognition.metrics import normalize
+
 UNKNOWN = "unknown"
 DIRECTIONS_FILE = os.path.join("assets.extra", "identity_directions.npy")
-
-
-def unit_rows(x):
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def class_directions(embeddings, labels, num_classes):
@@ -45,12 +41,12 @@ def class_directions(embeddings, labels, num_classes):
     Raises:
         ValueError: a class has no embedding.
     """
-    embeddings, labels = unit_rows(embeddings), np.asarray(labels)
+    embeddings, labels = normalize(embeddings), np.asarray(labels)
     missing = [k for k in range(num_classes) if not np.any(labels == k)]
     if missing:
         raise ValueError(f"Every class needs at least one embedding for its direction. Received none for classes "
                          f"{missing}")
-    return unit_rows(np.stack([embeddings[labels == k].mean(0) for k in range(num_classes)]))
+    return normalize(np.stack([embeddings[labels == k].mean(0) for k in range(num_classes)]))
 
 
 def threshold_for_fpir(stranger_scores, fpir):
@@ -84,7 +80,7 @@ class OpenSetRule:
     """
 
     def __init__(self, directions, names, threshold):
-        self.directions = unit_rows(directions)
+        self.directions = normalize(directions)
         self.names = list(names)
         if len(self.names) != len(self.directions):
             raise ValueError(f"One name per direction. Received: {len(self.names)} names, "
@@ -93,7 +89,7 @@ class OpenSetRule:
 
     def similarities(self, embeddings):
         """Cosine similarity of each face to each person: `float32 [n, N]`."""
-        return unit_rows(np.atleast_2d(embeddings)) @ self.directions.T
+        return normalize(np.atleast_2d(embeddings)) @ self.directions.T
 
     def decide(self, embeddings):
         """One `{label, closest, similarity}` per face (`label` is a name or "unknown")."""

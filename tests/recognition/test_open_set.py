@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from facemtl.recognition.metrics import normalize
 from facemtl.recognition.open_set import (
     UNKNOWN,
     OpenSetRule,
@@ -12,7 +13,6 @@ from facemtl.recognition.open_set import (
     gallery_threshold,
     stranger_fpir,
     threshold_for_fpir,
-    unit_rows,
 )
 
 
@@ -37,7 +37,7 @@ def test_numpy_and_tensorflow_give_the_same_answers():
     import tensorflow as tf
 
     rule, rng = _rule(0.3, seed=1)
-    embeddings = unit_rows(rng.normal(size=(200, 8)))
+    embeddings = normalize(rng.normal(size=(200, 8)))
     graph = {k: v.numpy() for k, v in rule.tf_outputs(tf.constant(embeddings)).items()}
     host = rule.decide(embeddings)
     assert [d["label"] for d in host] == [s.decode() for s in graph["identity"]]
@@ -66,7 +66,7 @@ def test_gallery_thresholds_grow_with_the_gallery_and_interpolate_in_log_size():
 def test_class_directions_are_the_normalised_class_means():
     emb = np.array([[1, 0], [0.8, 0.6], [0, 1]], np.float32)
     directions = class_directions(emb, [0, 0, 1], 2)
-    np.testing.assert_allclose(directions[0], unit_rows(emb[0] + emb[1]), atol=1e-6)
+    np.testing.assert_allclose(directions[0], normalize(emb[0] + emb[1]), atol=1e-6)
     with pytest.raises(ValueError, match=r"classes \[2\]"):
         class_directions(emb, [0, 0, 1], 3)
 
@@ -84,7 +84,7 @@ def test_an_export_with_the_rule_answers_unknown_in_the_graph_and_through_the_pr
     faces = rng.integers(0, 256, (6, 64, 64, 3)).astype(np.uint8)
     emb = trained.model(faces.astype("float32"), training=False)["embedding"].numpy()
     directions = np.stack([emb[0], emb[1], emb[2], -emb[0]])  # faces 0-2 are "their" people
-    sims = unit_rows(emb) @ unit_rows(directions).T
+    sims = normalize(emb) @ normalize(directions).T
     best = np.sort(sims.max(1))
     assert best[3] - best[2] > 1e-4
     threshold = float(best[2] + best[3]) / 2  # the three closest faces pass, the others do not
