@@ -9,6 +9,7 @@ file and the dotted key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -352,10 +353,8 @@ def _check(value, tp, key):
         raise TypeError(f"Unsupported recipe annotation {tp!r} for {key}")
     types_, expected = _PLAIN[tp]
     if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-4" without a dot as a string
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
         raise RecipeError(f"Bad value for '{key}': expected {expected}. Received: {key}={value!r}")
     return float(value) if tp is float else value
@@ -367,8 +366,7 @@ _PLAIN = {dict: ((dict,), "a mapping"), bool: ((bool,), "true or false"), int: (
 
 
 def _from_dict(cls, data, prefix=""):
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise RecipeError(f"Bad value for '{prefix or '<recipe>'}': expected a mapping. Received: {data!r}")
     hints = typing.get_type_hints(cls)
@@ -451,8 +449,7 @@ def recipe_from_dict(raw, overrides=(), smoke=False, source="<dict>"):
     Returns:
         A validated `Recipe`.
     """
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping at top level. Received: {type(raw).__name__}")
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 
@@ -111,10 +112,8 @@ def open_image(fp):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
+        with contextlib.suppress(Image.DecompressionBombError):
             return Image.open(fp)
-        except Image.DecompressionBombError:
-            pass
     if isinstance(fp, (str, os.PathLike)):
         with open(fp, "rb") as f:
             fp = io.BytesIO(f.read())
@@ -225,10 +224,8 @@ def load_image(source, max_side=None, max_pixels=MAX_DECODE_PIXELS):
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{name}: not a readable image ({exc})") from None
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block should not lose the picture itself
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not lose the picture itself
-        pass
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{name}: zero-size image")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):

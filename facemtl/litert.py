@@ -78,9 +78,7 @@ class TFLitePredictor:
 
     def __init__(self, path, threads=2, metadata=None):
         """`metadata`: the export's, when the caller has it (reading the file's own needs TensorFlow)."""
-        if metadata is None:
-            metadata = read_tflite_metadata(path)
-        self.metadata = metadata
+        self.metadata = read_tflite_metadata(path) if metadata is None else metadata
         path = os.fspath(path)
 
         # The mirror gate (`facemtl.models.multitask.split_mirror_gate`): the mirror pass for uncertain faces only.

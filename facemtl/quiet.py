@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -60,11 +61,9 @@ def route_native_logs(verbose=False):
     # are dropped; facemtl's own loggers (skipped files...) keep the root's level.
     logging.getLogger().addFilter(_not_beam_chatter)
     path = native_log_path()
-    try:
+    with contextlib.suppress(OSError):
         if os.path.getsize(path) > MAX_LOG_BYTES:  # bounded: one older copy kept beside it
             os.replace(path, path + ".1")
-    except OSError:
-        pass
     try:
         sys.stderr.flush()
         terminal = os.dup(2)
