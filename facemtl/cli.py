@@ -274,15 +274,18 @@ def _gallery(args):
                           "several_faces": [f.source for f in good if f.faces > 1], "photos_of_name": total}))
         return 1 if len(good) < len(faces) else 0
     gallery = Gallery.open(args.gallery, store)
-    edits = {  # each answers with what it did
-        "list": lambda: {"model": gallery.model, "people": gallery.people()},
-        "remove": lambda: {"removed": args.name, "embeddings": gallery.remove(args.name)},
-        "rename": lambda: gallery.rename(args.name, args.new_name) or {"renamed": args.name, "to": args.new_name},
-        "merge": lambda: {"merged": args.name, "into": args.into,
-                          "photos_of_name": gallery.merge(args.name, args.into)},
-    }
-    if args.action in edits:
-        print(json.dumps({"gallery": gallery.path, **edits[args.action]()}))
+    done = None  # what list, remove, rename and merge answer
+    if args.action == "list":
+        done = {"model": gallery.model, "people": gallery.people()}
+    elif args.action == "remove":
+        done = {"removed": args.name, "embeddings": gallery.remove(args.name)}
+    elif args.action == "rename":
+        gallery.rename(args.name, args.new_name)
+        done = {"renamed": args.name, "to": args.new_name}
+    elif args.action == "merge":
+        done = {"merged": args.name, "into": args.into, "photos_of_name": gallery.merge(args.name, args.into)}
+    if done is not None:
+        print(json.dumps({"gallery": gallery.path, **done}))
         return 0
     model = args.model or _installed_model_of(gallery)
     failures = 0

@@ -62,10 +62,9 @@ def export_preset(name="release", base_dir=None, *, version=None, log=None):
         if os.path.isfile(os.path.join(folder, EXPORT_FILE)):  # the preset's LiteRT copy
             shutil.copyfile(os.path.join(folder, EXPORT_FILE), os.path.join(path, EXPORT_FILE))
         with open(os.path.join(path, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump({**meta, "version": version, "preset": {"path": folder, "weights_sha1": _sha1(folder, WEIGHTS_FILE),
-                                                              "weights_stamp": _weights_stamp(folder),
-                                                              "metadata_sha1": _sha1(folder, METADATA_FILE)}},
-                      f, indent=2)
+            preset = {"path": folder, "weights_sha1": _sha1(folder, WEIGHTS_FILE),
+                      "weights_stamp": _weights_stamp(folder), "metadata_sha1": _sha1(folder, METADATA_FILE)}
+            json.dump({**meta, "version": version, "preset": preset}, f, indent=2)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         try:
             os.rename(path, target)

@@ -106,7 +106,7 @@ def build_from_metadata(meta, where):
                                "rebuild it from its run folder (facemtl export RUN)")
     config = _from_dict(ModelConfig, {**meta["model_config"], "init_from": None}, "model_config")
     return build_multitask(config, num_identities=len(meta["identities"]), num_expressions=len(meta["expressions"]),
-                             attributes=meta.get("attributes", []))
+                           attributes=meta.get("attributes", []))
 
 
 def _fingerprint(arrays):
@@ -265,9 +265,12 @@ def update_preset_metadata(folder, updates):
     return meta
 
 
+def _is_model(folder):
+    return os.path.isfile(os.path.join(folder, "saved_model.pb")) or is_preset(folder)
+
+
 def model_versions(base):
-    return sorted((d for d in os.listdir(base) if d.isdigit() and (is_preset(os.path.join(base, d)) or os.path.isfile(
-        os.path.join(base, d, "saved_model.pb")))), key=int)
+    return sorted((d for d in os.listdir(base) if d.isdigit() and _is_model(os.path.join(base, d))), key=int)
 
 
 def model_folders(root=PRETRAINED_DIR):

@@ -365,22 +365,23 @@ def create_app(model=None, *, name=None, detector=DEFAULT_DETECTOR, max_batch_si
 
     # -- TF Serving's REST API ----------------------------------------------------------------------------------
 
-    # Each route answers for the latest version and for a named one (TF Serving's two paths).
+    # Each route answers for the latest version and for a named one (TF Serving's two paths); the version comes
+    # from the path only, as TF Serving reads it (a query string is not a version).
     @app.get("/v1/models/{name}", tags=["tf-serving"], summary="Model status")
     @app.get("/v1/models/{name}/versions/{version}", tags=["tf-serving"], summary="Model version status")
-    async def status(name: str, version: str | None = None):
-        return rest.model_status(state.check_model(name, version).version)
+    async def status(name: str, request: Request):
+        return rest.model_status(state.check_model(name, request.path_params.get("version")).version)
 
     @app.get("/v1/models/{name}/metadata", tags=["tf-serving"], summary="Signatures")
     @app.get("/v1/models/{name}/versions/{version}/metadata", tags=["tf-serving"], summary="Signatures")
-    async def metadata(name: str, version: str | None = None):
-        model = state.check_model(name, version)
+    async def metadata(name: str, request: Request):
+        model = state.check_model(name, request.path_params.get("version"))
         return rest.model_metadata(model.name, model.version, model.signatures)
 
     @app.post("/v1/models/{name}:predict", tags=["tf-serving"], summary="Predict (TF Serving's row or column format)")
     @app.post("/v1/models/{name}/versions/{version}:predict", tags=["tf-serving"], summary="Predict with a version")
-    async def predict(name: str, request: Request, version: str | None = None):
-        model = state.check_model(name, version)
+    async def predict(name: str, request: Request):
+        model = state.check_model(name, request.path_params.get("version"))
         body = await _json_body(request)
         signature, images, row = await asyncio.get_running_loop().run_in_executor(
             None, lambda: rest.parse_predict(body, max_instances=state.max_instances, max_pixels=state.max_pixels))

@@ -79,8 +79,8 @@ def model_metadata(name, version, signatures):
 def decode_b64(value, where):
     """The bytes of TF Serving's binary value `{"b64": "<base64 string>"}` (a 400 `RequestError` for anything else)."""
     if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
-        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
-        raise RequestError(f"{where}: a binary value is {{\"b64\": \"<base64 string>\"}}. Received keys {keys}")
+        got = f"keys {sorted(value)}" if isinstance(value, dict) else f"a {type(value).__name__}"
+        raise RequestError(f"{where}: a binary value is {{\"b64\": \"<base64 string>\"}}. Received {got}")
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -389,8 +389,8 @@ def assemble_model(recipe, branches, log=print, num_expressions=None):
                           "branch to keep, e.g. release)")
     meta = read_metadata(source_folder(init))
     model = build_multitask(recipe.model, num_identities=len(meta["identities"]),
-                              num_expressions=num_expressions or len(meta["expressions"]),
-                              attributes=model_attributes(recipe, meta))
+                            num_expressions=num_expressions or len(meta["expressions"]),
+                            attributes=model_attributes(recipe, meta))
     trained = [(expression_branch_prefix(k), b) for k, b in enumerate(branches, 1) if b is not None]
     # Weight names do not depend on whether the branch is a sub-model (mirror_expression) or not; the recipe's
     # attribute heads are trained afterwards (`attribute_heads`), init_from's other heads kept.
